@@ -1,0 +1,84 @@
+"""One place that turns a URL (or a caller's client) into a redis.asyncio client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import anyio
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from redismigrate.errors import BadInputError, ConnectionFailed
+from redismigrate.urls import check_url, redact_text, redact_url, url_password
+
+CONNECT_TIMEOUT_SECONDS = 5.0
+DEFAULT_MAX_CONNECTIONS = 32
+
+
+def _describe(exc: BaseException, url: str | None) -> str:
+    message = str(exc) or type(exc).__name__
+    return redact_text(message, url_password(url) if url else None)
+
+
+@contextmanager
+def translate_errors(url: str | None) -> Iterator[None]:
+    """Turn redis-py connection and auth failures into one-line ConnectionFailed errors."""
+    shown = redact_url(url) if url else "the Redis server"
+    try:
+        yield
+    except rexc.AuthenticationError as exc:
+        raise ConnectionFailed(f"{shown} refused the credentials: {_describe(exc, url)}") from None
+    except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+        raise ConnectionFailed(f"cannot reach {shown}: {_describe(exc, url)}") from None
+    except TimeoutError:
+        raise ConnectionFailed(
+            f"cannot reach {shown}: no answer within {CONNECT_TIMEOUT_SECONDS:g} s"
+        ) from None
+
+
+def client_from_url(url: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> aioredis.Redis:
+    """A redis.asyncio client over its own pool; bytes in and out."""
+    check_url(url)
+    try:
+        return aioredis.Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            max_connections=max_connections,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+        )
+    except (ValueError, TypeError) as exc:
+        raise BadInputError(f"malformed Redis URL {redact_url(url)!r}: {exc}") from None
+
+
+@asynccontextmanager
+async def connect(
+    redis_url: str | None = None,
+    redis_client: aioredis.Redis | None = None,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+) -> AsyncIterator[aioredis.Redis]:
+    """Yield a connected client: the caller's own (left open) or a new one from ``redis_url``.
+
+    The server is pinged first, so an unreachable one fails within five seconds.
+    """
+    if (redis_url is None) == (redis_client is None):
+        raise BadInputError("give exactly one of redis_url or redis_client")
+    if redis_client is not None:
+        with translate_errors(None):
+            with anyio.fail_after(CONNECT_TIMEOUT_SECONDS):
+                await redis_client.ping()
+        yield redis_client
+        return
+    assert redis_url is not None
+    client = client_from_url(redis_url, max_connections=max_connections)
+    try:
+        with translate_errors(redis_url):
+            with anyio.fail_after(CONNECT_TIMEOUT_SECONDS):
+                await client.ping()
+            yield client
+    finally:
+        await client.aclose()

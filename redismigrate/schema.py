@@ -1,0 +1,571 @@
+"""The index schema model: what a Redis Search index is, as data.
+
+Pure code, no I/O. The file layout is the one users of Redis vector tools
+already write::
+
+    version: 0.1.0
+    index: {name, prefix, key_separator, storage_type, options}
+    fields:
+      - {name, type, path, attrs}
+
+``canonical()`` gives the form the server reports back for a schema (defaults
+filled in, implied flags set); two schemas describe the same index exactly
+when their canonical forms are equal.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeAlias
+
+import msgspec
+import yaml
+
+from redismigrate.errors import SchemaError
+
+SCHEMA_FORMAT_VERSION = "0.1.0"
+SUPPORTED_SCHEMA_VERSIONS = ("0.1.0",)
+
+StorageType: TypeAlias = Literal["hash", "json"]
+VECTOR_ALGORITHMS = ("flat", "hnsw", "svs-vamana")
+VECTOR_DATATYPES = ("float32", "float64", "float16", "bfloat16", "int8", "uint8")
+DISTANCE_METRICS = ("cosine", "l2", "ip")
+DATATYPE_BYTES = {
+    "float32": 4,
+    "float64": 8,
+    "float16": 2,
+    "bfloat16": 2,
+    "int8": 1,
+    "uint8": 1,
+}
+HNSW_DEFAULTS = {"m": 16, "ef_construction": 200, "ef_runtime": 10, "epsilon": 0.01}
+FLAT_DEFAULT_BLOCK_SIZE = 1024
+DEFAULT_TAG_SEPARATOR = ","
+DEFAULT_LANGUAGE = "english"
+PHONETIC_MATCHERS = ("dm:en", "dm:fr", "dm:pt", "dm:es")
+
+_STRUCT_OPTS: dict[str, Any] = {
+    "frozen": True,
+    "forbid_unknown_fields": True,
+    "omit_defaults": True,
+    "kw_only": True,
+}
+
+
+class TextAttrs(msgspec.Struct, **_STRUCT_OPTS):
+    weight: float = 1.0
+    no_stem: bool = False
+    phonetic_matcher: str | None = None
+    withsuffixtrie: bool = False
+    sortable: bool = False
+    unf: bool = False
+    no_index: bool = False
+    index_missing: bool = False
+    index_empty: bool = False
+
+
+class TagAttrs(msgspec.Struct, **_STRUCT_OPTS):
+    separator: str | None = None
+    case_sensitive: bool = False
+    withsuffixtrie: bool = False
+    sortable: bool = False
+    unf: bool = False
+    no_index: bool = False
+    index_missing: bool = False
+    index_empty: bool = False
+
+
+class NumericAttrs(msgspec.Struct, **_STRUCT_OPTS):
+    sortable: bool = False
+    unf: bool = False
+    no_index: bool = False
+    index_missing: bool = False
+
+
+class GeoAttrs(msgspec.Struct, **_STRUCT_OPTS):
+    sortable: bool = False
+    no_index: bool = False
+    index_missing: bool = False
+
+
+class GeoShapeAttrs(msgspec.Struct, **_STRUCT_OPTS):
+    coord_system: Literal["spherical", "flat"] = "spherical"
+    no_index: bool = False
+    index_missing: bool = False
+
+
+class VectorAttrs(msgspec.Struct, **_STRUCT_OPTS):
+    dims: int
+    algorithm: str = "flat"
+    datatype: str = "float32"
+    distance_metric: str = "cosine"
+    index_missing: bool = False
+    # FLAT
+    block_size: int | None = None
+    initial_cap: int | None = None
+    # HNSW (epsilon also SVS-VAMANA)
+    m: int | None = None
+    ef_construction: int | None = None
+    ef_runtime: int | None = None
+    epsilon: float | None = None
+    # SVS-VAMANA
+    graph_max_degree: int | None = None
+    construction_window_size: int | None = None
+    search_window_size: int | None = None
+    compression: str | None = None
+    reduce: int | None = None
+    training_threshold: int | None = None
+
+    @property
+    def bytes_per_vector(self) -> int:
+        return self.dims * DATATYPE_BYTES[self.datatype]
+
+
+class _FieldBase(msgspec.Struct, tag_field="type", **_STRUCT_OPTS):
+    name: str
+    # JSON: the JSONPath indexed. Hash: the hash field when it differs from ``name``
+    # (FT.CREATE ... field AS name).
+    path: str | None = None
+
+
+class TextField(_FieldBase, tag="text"):
+    attrs: TextAttrs = TextAttrs()
+
+
+class TagField(_FieldBase, tag="tag"):
+    attrs: TagAttrs = TagAttrs()
+
+
+class NumericField(_FieldBase, tag="numeric"):
+    attrs: NumericAttrs = NumericAttrs()
+
+
+class GeoField(_FieldBase, tag="geo"):
+    attrs: GeoAttrs = GeoAttrs()
+
+
+class GeoShapeField(_FieldBase, tag="geoshape"):
+    attrs: GeoShapeAttrs = GeoShapeAttrs()
+
+
+class VectorField(_FieldBase, tag="vector"):
+    attrs: VectorAttrs
+
+
+Field: TypeAlias = TextField | TagField | NumericField | GeoField | GeoShapeField | VectorField
+FIELD_TYPES: dict[str, type[Field]] = {
+    "text": TextField,
+    "tag": TagField,
+    "numeric": NumericField,
+    "geo": GeoField,
+    "geoshape": GeoShapeField,
+    "vector": VectorField,
+}
+
+
+class IndexOptions(msgspec.Struct, **_STRUCT_OPTS):
+    """Index-wide FT.CREATE options that FT.INFO reports back."""
+
+    filter: str | None = None
+    language: str | None = None
+    language_field: str | None = None
+    score: float | None = None
+    score_field: str | None = None
+    payload_field: str | None = None
+    max_text_fields: bool = False
+    no_offsets: bool = False
+    no_highlight: bool = False
+    no_fields: bool = False
+    no_freqs: bool = False
+    # None: the server's default list; []: no stopwords at all.
+    stopwords: list[str] | None = None
+
+
+class IndexInfo(msgspec.Struct, **_STRUCT_OPTS):
+    name: str
+    prefix: str | list[str] = ""
+    key_separator: str = ":"
+    storage_type: StorageType = "hash"
+    options: IndexOptions = IndexOptions()
+
+    @property
+    def prefixes(self) -> list[str]:
+        return [self.prefix] if isinstance(self.prefix, str) else list(self.prefix)
+
+
+class IndexSchema(msgspec.Struct, **_STRUCT_OPTS):
+    """A Redis Search index definition: index-level settings and fields."""
+
+    index: IndexInfo
+    fields: list[Field] = []
+    version: str = SCHEMA_FORMAT_VERSION
+
+    @property
+    def name(self) -> str:
+        return self.index.name
+
+    @property
+    def storage_type(self) -> StorageType:
+        return self.index.storage_type
+
+    @property
+    def prefixes(self) -> list[str]:
+        return self.index.prefixes
+
+    def field(self, name: str) -> Field | None:
+        for candidate in self.fields:
+            if candidate.name == name:
+                return candidate
+        return None
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    @property
+    def vector_fields(self) -> list[VectorField]:
+        return [f for f in self.fields if isinstance(f, VectorField)]
+
+    def canonical(self) -> IndexSchema:
+        """The form the server reports for this schema (see module docstring)."""
+        return canonicalize(self)
+
+    def same_index_as(self, other: IndexSchema) -> bool:
+        return self.canonical() == other.canonical()
+
+    # file formats -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data in the file layout: keys in the order people write them."""
+        index: dict[str, Any] = {
+            "name": self.index.name,
+            "prefix": self.index.prefix,
+            "key_separator": self.index.key_separator,
+            "storage_type": self.index.storage_type,
+        }
+        options = non_default_builtins(self.index.options)
+        if options:
+            index["options"] = options
+        return {
+            "version": self.version,
+            "index": index,
+            "fields": [field_to_dict(f) for f in self.fields],
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "schema") -> IndexSchema:
+        return schema_from_dict(data, source=source)
+
+    @classmethod
+    def from_yaml(cls, text: str, *, source: str = "schema") -> IndexSchema:
+        return schema_from_dict(_parse_yaml(text, source), source=source)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "schema") -> IndexSchema:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SchemaError(f"{source}: not valid JSON ({exc})") from None
+        return schema_from_dict(data, source=source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> IndexSchema:
+        """Load a schema from a YAML or JSON file."""
+        text = read_text_file(path, what="schema file")
+        if str(path).endswith(".json"):
+            return cls.from_json(text, source=str(path))
+        return cls.from_yaml(text, source=str(path))
+
+    def dump(self, path: str | Path) -> None:
+        text = self.to_json() if str(path).endswith(".json") else self.to_yaml()
+        Path(path).write_text(text, encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_text_file(path: str | Path, *, what: str) -> str:
+    p = Path(path)
+    if not p.exists():
+        raise SchemaError(f"{what} {str(p)!r} does not exist")
+    if p.is_dir():
+        raise SchemaError(f"{what} {str(p)!r} is a directory, not a file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"{what} {str(p)!r} cannot be read: {exc}") from None
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise SchemaError(f"{source}: not valid YAML{where}: {problem}") from None
+
+
+_LOWERCASE_VECTOR_ATTRS = ("algorithm", "datatype", "distance_metric")
+_LOWERCASE_FIELD_KEYS = ("type",)
+
+
+def _normalize_field_dict(raw: Any, source: str, position: int) -> Any:
+    if not isinstance(raw, dict):
+        raise SchemaError(f"{source}: fields[{position}] must be a mapping, got {type(raw).__name__}")
+    field = dict(raw)
+    for key in _LOWERCASE_FIELD_KEYS:
+        if isinstance(field.get(key), str):
+            field[key] = field[key].strip().lower()
+    if field.get("type") not in FIELD_TYPES:
+        name = field.get("name", f"#{position}")
+        raise SchemaError(
+            f"{source}: field {name!r} has type {field.get('type')!r}; expected one of "
+            + ", ".join(FIELD_TYPES)
+        )
+    attrs = field.get("attrs")
+    if isinstance(attrs, dict):
+        attrs = dict(attrs)
+        if field["type"] == "vector":
+            for key in _LOWERCASE_VECTOR_ATTRS:
+                if isinstance(attrs.get(key), str):
+                    attrs[key] = attrs[key].strip().lower()
+            if attrs.get("algorithm") == "svs_vamana":
+                attrs["algorithm"] = "svs-vamana"
+        if field["type"] == "geoshape" and isinstance(attrs.get("coord_system"), str):
+            attrs["coord_system"] = attrs["coord_system"].lower()
+        field["attrs"] = attrs
+    elif attrs is None:
+        field.pop("attrs", None)
+    return field
+
+
+def schema_from_dict(data: Any, *, source: str = "schema") -> IndexSchema:
+    """Build and check an IndexSchema from plain data; SchemaError names the problem."""
+    if not isinstance(data, dict):
+        raise SchemaError(f"{source}: expected a mapping with 'index' and 'fields'")
+    data = dict(data)
+    if "version" in data:
+        data["version"] = str(data["version"])
+        if data["version"] not in SUPPORTED_SCHEMA_VERSIONS:
+            raise SchemaError(
+                f"{source}: schema version {data['version']!r} is not supported "
+                f"(supported: {', '.join(SUPPORTED_SCHEMA_VERSIONS)})"
+            )
+    if "index" not in data:
+        raise SchemaError(f"{source}: missing the 'index' section")
+    index = data["index"]
+    if isinstance(index, dict) and isinstance(index.get("storage_type"), str):
+        data["index"] = {**index, "storage_type": index["storage_type"].lower()}
+    fields = data.get("fields")
+    if fields is None:
+        data["fields"] = []
+    elif not isinstance(fields, list):
+        raise SchemaError(f"{source}: 'fields' must be a list")
+    else:
+        data["fields"] = [_normalize_field_dict(f, source, i) for i, f in enumerate(fields)]
+    try:
+        schema = msgspec.convert(data, IndexSchema)
+    except msgspec.ValidationError as exc:
+        raise SchemaError(f"{source}: {exc}") from None
+    validate_schema(schema, source=source)
+    return schema
+
+
+def validate_schema(schema: IndexSchema, *, source: str = "schema") -> None:
+    """Check what the types alone cannot; raise SchemaError with the first problem."""
+    if not schema.index.name:
+        raise SchemaError(f"{source}: the index name is empty")
+    if not schema.prefixes:
+        raise SchemaError(f"{source}: the index has an empty prefix list")
+    seen: set[str] = set()
+    for field in schema.fields:
+        if not field.name:
+            raise SchemaError(f"{source}: a field has an empty name")
+        if field.name in seen:
+            raise SchemaError(f"{source}: field {field.name!r} is defined twice")
+        seen.add(field.name)
+        if isinstance(field, VectorField):
+            _validate_vector(field, source)
+        if isinstance(field, TagField) and field.attrs.separator is not None and (
+            len(field.attrs.separator) != 1
+        ):
+            raise SchemaError(
+                f"{source}: field {field.name!r}: separator must be one character, "
+                f"got {field.attrs.separator!r}"
+            )
+        if isinstance(field, TextField) and field.attrs.phonetic_matcher is not None and (
+            field.attrs.phonetic_matcher not in PHONETIC_MATCHERS
+        ):
+            raise SchemaError(
+                f"{source}: field {field.name!r}: phonetic_matcher must be one of "
+                + ", ".join(PHONETIC_MATCHERS)
+            )
+        attrs = field.attrs
+        if getattr(attrs, "no_index", False) and getattr(attrs, "index_missing", False):
+            raise SchemaError(
+                f"{source}: field {field.name!r} cannot be both no_index and index_missing"
+            )
+
+
+def _validate_vector(field: VectorField, source: str) -> None:
+    a = field.attrs
+    where = f"{source}: vector field {field.name!r}"
+    if a.dims <= 0:
+        raise SchemaError(f"{where}: dims must be a positive number")
+    if a.algorithm not in VECTOR_ALGORITHMS:
+        raise SchemaError(
+            f"{where}: algorithm {a.algorithm!r} is not one of " + ", ".join(VECTOR_ALGORITHMS)
+        )
+    if a.datatype not in VECTOR_DATATYPES:
+        raise SchemaError(
+            f"{where}: datatype {a.datatype!r} is not one of " + ", ".join(VECTOR_DATATYPES)
+        )
+    if a.distance_metric not in DISTANCE_METRICS:
+        raise SchemaError(
+            f"{where}: distance_metric {a.distance_metric!r} is not one of "
+            + ", ".join(DISTANCE_METRICS)
+        )
+    hnsw_only = ("m", "ef_construction", "ef_runtime")
+    svs_only = (
+        "graph_max_degree",
+        "construction_window_size",
+        "search_window_size",
+        "compression",
+        "reduce",
+        "training_threshold",
+    )
+    allowed: dict[str, tuple[str, ...]] = {
+        "flat": ("block_size", "initial_cap"),
+        "hnsw": (*hnsw_only, "epsilon", "initial_cap"),
+        "svs-vamana": (*svs_only, "epsilon"),
+    }
+    for name in ("block_size", "initial_cap", *hnsw_only, "epsilon", *svs_only):
+        if getattr(a, name) is not None and name not in allowed[a.algorithm]:
+            raise SchemaError(f"{where}: {name} does not apply to algorithm {a.algorithm}")
+
+
+# --------------------------------------------------------------------------- canonical form
+
+
+def default_json_path(name: str) -> str:
+    return name if name.startswith("$") else f"$.{name}"
+
+
+def canonicalize(schema: IndexSchema) -> IndexSchema:
+    """Fill defaults and implied flags so equal indexes compare equal."""
+    storage = schema.index.storage_type
+    options = schema.index.options
+    if options.language == DEFAULT_LANGUAGE:
+        options = msgspec.structs.replace(options, language=None)
+    if options.score == 1.0:
+        options = msgspec.structs.replace(options, score=None)
+    if options.no_offsets and not options.no_highlight:
+        options = msgspec.structs.replace(options, no_highlight=True)
+    if options.stopwords is not None:
+        options = msgspec.structs.replace(options, stopwords=sorted(options.stopwords))
+    index = msgspec.structs.replace(
+        schema.index,
+        prefix=list(schema.index.prefixes),
+        options=options,
+    )
+    fields = [_canonical_field(f, storage) for f in schema.fields]
+    return IndexSchema(index=index, fields=fields, version=SCHEMA_FORMAT_VERSION)
+
+
+def _canonical_field(field: Field, storage: StorageType) -> Field:
+    path = field.path
+    if storage == "json":
+        path = path or default_json_path(field.name)
+    elif path == field.name:
+        path = None
+    replace = msgspec.structs.replace
+    if isinstance(field, TextField):
+        a = field.attrs
+        # the server keeps only the flag, not the matcher's language
+        matcher = "dm:en" if a.phonetic_matcher else None
+        unf = a.unf and a.sortable
+        if storage == "json" and a.sortable:
+            unf = True
+        return replace(field, path=path, attrs=replace(a, phonetic_matcher=matcher, unf=unf))
+    if isinstance(field, TagField):
+        a = field.attrs
+        separator = a.separator
+        if separator == DEFAULT_TAG_SEPARATOR and storage == "hash":
+            separator = None
+        unf = a.sortable and (a.unf or a.case_sensitive)
+        return replace(field, path=path, attrs=replace(a, separator=separator, unf=unf))
+    if isinstance(field, NumericField):
+        a = field.attrs
+        return replace(field, path=path, attrs=replace(a, unf=a.sortable))
+    if isinstance(field, VectorField):
+        return replace(field, path=path, attrs=_canonical_vector(field.attrs))
+    return replace(field, path=path)
+
+
+def _canonical_vector(a: VectorAttrs) -> VectorAttrs:
+    replace = msgspec.structs.replace
+    a = replace(a, initial_cap=None)
+    if a.algorithm == "flat":
+        return replace(a, block_size=a.block_size or FLAT_DEFAULT_BLOCK_SIZE)
+    if a.algorithm == "hnsw":
+        return replace(
+            a,
+            m=a.m if a.m is not None else HNSW_DEFAULTS["m"],
+            ef_construction=(
+                a.ef_construction
+                if a.ef_construction is not None
+                else HNSW_DEFAULTS["ef_construction"]
+            ),
+            ef_runtime=a.ef_runtime if a.ef_runtime is not None else HNSW_DEFAULTS["ef_runtime"],
+            epsilon=a.epsilon if a.epsilon is not None else HNSW_DEFAULTS["epsilon"],
+        )
+    return a
+
+
+def non_default_builtins(struct: msgspec.Struct) -> dict[str, Any]:
+    """A struct's fields as plain data, leaving out those equal to their defaults."""
+    out: dict[str, Any] = {}
+    for info in msgspec.structs.fields(struct):
+        value = getattr(struct, info.name)
+        default = info.default if info.default is not msgspec.NODEFAULT else msgspec.NODEFAULT
+        if info.default_factory is not msgspec.NODEFAULT:
+            default = info.default_factory()
+        if default is not msgspec.NODEFAULT and value == default:
+            continue
+        out[info.name] = msgspec.to_builtins(value)
+    return out
+
+
+def field_to_dict(field: Field) -> dict[str, Any]:
+    """One field as plain data: ``{name, type, path, attrs}``, empty parts left out."""
+    data: dict[str, Any] = {"name": field.name, "type": type_name(field)}
+    if field.path is not None:
+        data["path"] = field.path
+    attrs = non_default_builtins(field.attrs)
+    if attrs:
+        data["attrs"] = attrs
+    return data
+
+
+def type_name(field: Field) -> str:
+    """The ``type`` tag of a field: text, tag, numeric, geo, geoshape or vector."""
+    for name, cls in FIELD_TYPES.items():
+        if isinstance(field, cls):
+            return name
+    raise AssertionError(field)
+
+
+def field_summary(field: Field) -> str:
+    """A short human description, e.g. ``vector hnsw float32 768d cosine``."""
+    if isinstance(field, VectorField):
+        a = field.attrs
+        return f"vector {a.algorithm} {a.datatype} {a.dims}d {a.distance_metric}"
+    flags = [k for k, v in msgspec.structs.asdict(field.attrs).items() if v is True]
+    return " ".join([type_name(field), *flags])
