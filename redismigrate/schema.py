@@ -470,9 +470,10 @@ def canonicalize(schema: IndexSchema) -> IndexSchema:
         options = msgspec.structs.replace(options, no_highlight=True)
     if options.stopwords is not None:
         options = msgspec.structs.replace(options, stopwords=sorted(options.stopwords))
+    prefixes = schema.index.prefixes
     index = msgspec.structs.replace(
         schema.index,
-        prefix=list(schema.index.prefixes),
+        prefix=prefixes[0] if len(prefixes) == 1 else list(prefixes),
         options=options,
     )
     fields = [_canonical_field(f, storage) for f in schema.fields]
@@ -499,7 +500,7 @@ def _canonical_field(field: Field, storage: StorageType) -> Field:
         separator = a.separator
         if separator == DEFAULT_TAG_SEPARATOR and storage == "hash":
             separator = None
-        unf = a.sortable and (a.unf or a.case_sensitive)
+        unf = a.sortable and (a.unf or a.case_sensitive or storage == "json")
         return replace(field, path=path, attrs=replace(a, separator=separator, unf=unf))
     if isinstance(field, NumericField):
         a = field.attrs

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 HOST = "127.0.0.1"
 LOG_NAME = "redis.log"
@@ -388,6 +390,7 @@ def _client(port: int, timeout: float = 2.0) -> redis.Redis:
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
         decode_responses=True,
+        retry=Retry(NoBackoff(), 0),  # fail fast: callers poll or expect a closed socket
     )
 
 
@@ -449,29 +452,37 @@ def _wait_gone(pid: int, proc: subprocess.Popen[bytes] | None, timeout: float) -
     return True
 
 
-def _signal(pid: int, sig: int) -> None:
+def _signal(pid: int, proc: subprocess.Popen[bytes] | None, sig: int) -> None:
+    if proc is not None:
+        proc.send_signal(sig)  # does nothing once the child has been reaped
+        return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
 
 
 def _shutdown(port: int, pid: int, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
     """Stop a server: SHUTDOWN NOSAVE, then SIGTERM, then SIGKILL."""
+    if proc is not None and proc.poll() is not None:
+        return  # already exited (and reaped): its pid may belong to someone else now
     if _answering_pid(port) == pid:
         client = _client(port, max(1.0, timeout / 2))
         try:
             client.shutdown(nosave=True)
-        except (*_REDIS_DOWN, redis.RedisError):
-            pass
+            accepted = True
+        except _REDIS_DOWN:
+            accepted = True
+        except redis.RedisError:
+            accepted = False  # e.g. SHUTDOWN renamed away: go straight to signals
         finally:
             client.close()
-        if _wait_gone(pid, proc, timeout / 2):
+        if accepted and _wait_gone(pid, proc, timeout / 2):
             return
     if proc is None and not _is_redis_pid(pid):
         return  # gone, or the pid now belongs to some other program
-    _signal(pid, signal.SIGTERM)
+    _signal(pid, proc, signal.SIGTERM)
     if _wait_gone(pid, proc, max(1.0, timeout / 2)):
         return
-    _signal(pid, signal.SIGKILL)
+    _signal(pid, proc, signal.SIGKILL)
     if not _wait_gone(pid, proc, 5.0):
         raise ServerError(f"redis-server (pid {pid}) did not exit after SIGKILL")
 

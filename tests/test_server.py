@@ -74,8 +74,7 @@ def test_start_stop_modules_and_index() -> None:
             "FT.CREATE", "idx", "ON", "HASH", "PREFIX", "1", "doc:", "SCHEMA", "title", "TEXT"
         )
         client.hset("doc:1", mapping={"title": "hello world"})
-        result = client.execute_command("FT.SEARCH", "idx", "hello", "DIALECT", "2")
-        assert result[0] == 1
+        assert client.ft("idx").search("hello").total == 1
         client.execute_command("JSON.SET", "j:1", "$", '{"a": 1}')
         assert json.loads(client.execute_command("JSON.GET", "j:1", "$.a")) == [1]
         client.close()
@@ -104,6 +103,18 @@ def test_context_manager_extra_args_and_restart() -> None:
     with server:
         assert server.info is not None
         assert _client(server.info).ping() is True
+
+
+def test_stop_falls_back_to_signals_without_shutdown_command() -> None:
+    server = EmbeddedRedis(extra_args=["--rename-command", "SHUTDOWN", ""])
+    info = server.start()
+    client = _client(info)
+    with pytest.raises(redis.ResponseError):
+        client.execute_command("SHUTDOWN", "NOSAVE")
+    client.close()
+    server.stop()
+    assert _refuses(info.port)
+    assert not os.path.exists(info.dir)
 
 
 def test_port_taken_by_socket() -> None:

@@ -31,6 +31,8 @@ def translate_errors(url: str | None) -> Iterator[None]:
         yield
     except rexc.AuthenticationError as exc:
         raise ConnectionFailed(f"{shown} refused the credentials: {_describe(exc, url)}") from None
+    except rexc.InvalidResponse:
+        raise ConnectionFailed(f"{shown} does not speak the Redis protocol") from None
     except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
         raise ConnectionFailed(f"cannot reach {shown}: {_describe(exc, url)}") from None
     except TimeoutError:

@@ -1,0 +1,3 @@
+from redismigrate.cli import main
+
+main()

@@ -1,0 +1,172 @@
+"""Typer commands. Each one parses its options, calls the library, and renders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import msgspec
+import typer
+from rich.console import Console
+
+from redismigrate import __version__
+from redismigrate.aio.connection import connect
+from redismigrate.aio.indexes import list_indexes, read_schema_and_stats, server_capabilities
+from redismigrate.cli import _render
+from redismigrate.urls import check_url
+
+app = typer.Typer(
+    name="redismigrate",
+    help="Change the schema of a live Redis Search index and keep every document.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+index_app = typer.Typer(help="Look at the indexes on a server.", no_args_is_help=True)
+server_app = typer.Typer(
+    help="A throwaway Redis Stack server (search + JSON) for trying things out.",
+    no_args_is_help=True,
+)
+app.add_typer(index_app, name="index")
+app.add_typer(server_app, name="server")
+
+console = Console()
+
+UrlOption = Annotated[
+    str,
+    typer.Option(
+        "--url",
+        envvar="REDIS_URL",
+        help="Redis URL, e.g. redis://localhost:6379 (env REDIS_URL).",
+        show_default=True,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"redismigrate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """redismigrate: plan, apply, validate and roll back Redis Search schema changes."""
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+@index_app.command("list")
+def index_list(url: UrlOption = "redis://localhost:6379", as_json: JsonOption = False) -> None:
+    """List every index on the server with its document count."""
+    check_url(url)
+
+    async def work() -> list[tuple[str, int, str]]:
+        async with connect(url) as client:
+            await server_capabilities(client)
+            rows = []
+            for name in await list_indexes(client):
+                described = await read_schema_and_stats(client, name)
+                rows.append(
+                    (name, described.stats.num_docs, described.schema.index.storage_type)
+                )
+            return rows
+
+    rows = anyio.run(work)
+    if as_json:
+        _print_json([{"name": n, "num_docs": d, "storage_type": s} for n, d, s in rows])
+    else:
+        console.print(_render.index_list_table(rows))
+
+
+@index_app.command("info")
+def index_info(
+    index: Annotated[str, typer.Option("--index", "-i", help="Index name.")],
+    url: UrlOption = "redis://localhost:6379",
+    as_json: JsonOption = False,
+) -> None:
+    """Show one index: settings, fields and counters."""
+    check_url(url)
+
+    async def work() -> Any:
+        async with connect(url) as client:
+            await server_capabilities(client)
+            return await read_schema_and_stats(client, index)
+
+    described = anyio.run(work)
+    if as_json:
+        _print_json(
+            {"schema": described.schema.to_dict(), "stats": msgspec.to_builtins(described.stats)}
+        )
+    else:
+        _render.print_index(console, described.schema, described.stats)
+
+
+@server_app.command("start")
+def server_start(
+    port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None,
+    dir: Annotated[
+        Path | None, typer.Option("--dir", help="Working folder for logs (default: a cache dir).")
+    ] = None,
+) -> None:
+    """Start a Redis Stack server in the background on 127.0.0.1 (persistence off)."""
+    from redismigrate import server
+
+    info = server.start_detached(port=port, dir=str(dir) if dir else None)
+    console.print(f"Redis Stack running at {info.url} (pid {info.pid}, dir {info.dir})")
+    console.print("Stop it with: redismigrate server stop")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the server that `redismigrate server start` started."""
+    from redismigrate import server
+
+    info = server.stop_detached()
+    if info is None:
+        console.print("No server started by redismigrate is running.")
+    else:
+        console.print(f"Stopped the server at {info.url} (pid {info.pid}).")
+
+
+@app.command("demo")
+def demo(
+    docs: Annotated[int, typer.Option(help="Number of sample documents.")] = 2000,
+    dims: Annotated[int, typer.Option(help="Vector dimensions.")] = 128,
+) -> None:
+    """Start a throwaway server, create a sample vector index, show it, stop the server."""
+    from redismigrate import server
+    from redismigrate.demo import load_sample_index
+
+    console.print("Starting a throwaway Redis Stack server ...")
+    with server.EmbeddedRedis() as embedded:
+        info = embedded.info
+        assert info is not None
+        console.print(f"Server at {info.url}")
+
+        async def work() -> Any:
+            async with connect(info.url) as client:
+                caps = await server_capabilities(client)
+                await load_sample_index(client, docs=docs, dims=dims)
+                return caps, await read_schema_and_stats(client, "demo_idx")
+
+        caps, described = anyio.run(work)
+        console.print(
+            f"Redis {caps.redis_version}, search {caps.search_version_text}; vector types: "
+            + ", ".join(caps.vector_datatypes)
+        )
+        _render.print_index(console, described.schema, described.stats)
+        console.print("Schema as YAML (the layout plans and patches use):")
+        console.print(described.schema.to_yaml(), markup=False, highlight=False)
+    console.print("Server stopped.")

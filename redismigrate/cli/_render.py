@@ -1,0 +1,59 @@
+"""Rich renderings of library results."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from redismigrate.ftinfo import IndexStats
+from redismigrate.schema import IndexSchema, VectorField, non_default_builtins, type_name
+
+
+def index_list_table(rows: list[tuple[str, int, str]]) -> Table:
+    table = Table(title=f"{len(rows)} index(es)")
+    table.add_column("#", justify="right")
+    table.add_column("index")
+    table.add_column("storage")
+    table.add_column("docs", justify="right")
+    for position, (name, docs, storage) in enumerate(rows, start=1):
+        table.add_row(str(position), name, storage, f"{docs:,}")
+    return table
+
+
+def _attrs_text(attrs: dict[str, object]) -> str:
+    parts = []
+    for key, value in attrs.items():
+        parts.append(key if value is True else f"{key}={value}")
+    return ", ".join(parts)
+
+
+def print_index(console: Console, schema: IndexSchema, stats: IndexStats) -> None:
+    head = Table(title=f"Index {schema.name!r}", show_header=False)
+    head.add_column("setting")
+    head.add_column("value")
+    head.add_row("storage", schema.storage_type)
+    head.add_row("prefixes", ", ".join(repr(p) for p in schema.prefixes))
+    options = non_default_builtins(schema.index.options)
+    if options:
+        head.add_row("options", _attrs_text(options))
+    head.add_row("documents", f"{stats.num_docs:,}")
+    head.add_row("indexing failures", f"{stats.hash_indexing_failures:,}")
+    head.add_row(
+        "indexing",
+        f"{stats.percent_indexed:.0%}" + (" (in progress)" if stats.indexing else ""),
+    )
+    head.add_row("vector index size", f"{stats.vector_index_mb:.2f} MB")
+    head.add_row("index memory", f"{stats.total_mb:.2f} MB")
+    console.print(head)
+
+    fields = Table(title="Fields")
+    fields.add_column("name")
+    fields.add_column("type")
+    fields.add_column("path")
+    fields.add_column("attributes")
+    for field in schema.fields:
+        attrs = non_default_builtins(field.attrs)
+        if isinstance(field, VectorField):
+            attrs = {"dims": field.attrs.dims, **attrs}
+        fields.add_row(field.name, type_name(field), field.path or "", _attrs_text(attrs))
+    console.print(fields)
