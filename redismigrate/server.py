@@ -32,6 +32,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from redismigrate.errors import RedisMigrateError
+
 HOST = "127.0.0.1"
 LOG_NAME = "redis.log"
 PID_NAME = "redis.pid"
@@ -58,7 +60,7 @@ _APT_TIMEOUT = 300.0
 _TAIL_LINES = 20
 
 
-class ServerError(Exception):
+class ServerError(RedisMigrateError):
     """A throwaway Redis server could not be prepared, started or stopped."""
 
 
@@ -503,7 +505,12 @@ class _PortTaken(Exception):
 
 
 def _wait_ready(
-    proc: subprocess.Popen[bytes], port: int, log: Path, offset: int, timeout: float
+    proc: subprocess.Popen[bytes],
+    port: int,
+    log: Path,
+    offset: int,
+    timeout: float,
+    required: Sequence[str] = REQUIRED_MODULES,
 ) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -529,11 +536,11 @@ def _wait_ready(
                 client.close()
             if modules is not None:
                 names = {str(m.get("name")) for m in modules}
-                if all(n in names for n in REQUIRED_MODULES):
+                if all(n in names for n in required):
                     return
                 raise ServerError(
                     f"redis-server on port {port} loaded modules {sorted(names)} but "
-                    f"{' and '.join(REQUIRED_MODULES)} are required; last log lines "
+                    f"{' and '.join(required)} are required; last log lines "
                     f"({log}):\n{_log_tail(log, offset)}"
                 )
         if time.monotonic() >= deadline:
@@ -558,6 +565,7 @@ def _launch(
     *,
     detached: bool,
     timeout: float,
+    modules: bool = True,
 ) -> tuple[subprocess.Popen[bytes], ServerInfo]:
     bins = _binaries()
     env = _with_library_path(os.environ, library_path())
@@ -578,8 +586,7 @@ def _launch(
             "--dir", str(workdir),
             "--logfile", str(log),
             "--pidfile", str(workdir / PID_NAME),
-            "--loadmodule", bins.search,
-            "--loadmodule", bins.json,
+            *(["--loadmodule", bins.search, "--loadmodule", bins.json] if modules else []),
             *extra_args,
         ]  # fmt: skip
         try:
@@ -600,7 +607,9 @@ def _launch(
             except OSError as exc:
                 raise ServerError(f"cannot run {bins.server}: {exc}") from None
         try:
-            _wait_ready(proc, chosen, log, offset, timeout)
+            _wait_ready(
+                proc, chosen, log, offset, timeout, REQUIRED_MODULES if modules else ()
+            )
         except _PortTaken:
             _kill(proc)
             if port is None and attempt + 1 < attempts:
@@ -618,7 +627,8 @@ class EmbeddedRedis:
 
     Listens on 127.0.0.1 only, with persistence off; ``extra_args`` are passed
     through to redis-server.  Without ``dir`` a temporary folder is used and
-    removed again by :meth:`stop`.  Use as a context manager or call
+    removed again by :meth:`stop`.  ``modules=False`` starts plain Redis without
+    search and JSON (for testing how a server without them is handled).  Use as a context manager or call
     :meth:`start` / :meth:`stop`; a still-running server is stopped at exit.
     """
 
@@ -627,8 +637,11 @@ class EmbeddedRedis:
         port: int | None = None,
         dir: str | os.PathLike[str] | None = None,
         extra_args: Sequence[str] = (),
+        *,
+        modules: bool = True,
     ) -> None:
         self.port = port
+        self.modules = modules
         self.dir = None if dir is None else Path(dir).absolute()
         self.extra_args = tuple(extra_args)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -653,7 +666,12 @@ class EmbeddedRedis:
                 workdir = self.dir
             try:
                 proc, info = _launch(
-                    self.port, workdir, self.extra_args, detached=False, timeout=timeout
+                    self.port,
+                    workdir,
+                    self.extra_args,
+                    detached=False,
+                    timeout=timeout,
+                    modules=self.modules,
                 )
             except BaseException:
                 self._remove_tempdir()

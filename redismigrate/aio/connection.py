@@ -14,7 +14,7 @@ from redis.backoff import ExponentialBackoff
 from redismigrate.errors import BadInputError, ConnectionFailed
 from redismigrate.urls import check_url, redact_text, redact_url, url_password
 
-CONNECT_TIMEOUT_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 4.0
 DEFAULT_MAX_CONNECTIONS = 32
 
 
