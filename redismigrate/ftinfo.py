@@ -115,14 +115,17 @@ def pairs_to_dict(value: Any) -> dict[str, Any]:
 
 def _attribute_to_dict(raw: Any) -> tuple[dict[str, Any], set[str]]:
     """One entry of ``attributes``: (key/value settings with upper-case keys, flags)."""
-    if isinstance(raw, Mapping):
-        values = {text(k).upper(): v for k, v in raw.items() if text(k).lower() != "flags"}
-        flags_raw = next((v for k, v in raw.items() if text(k).lower() == "flags"), [])
-        return values, {text(f).upper() for f in flags_raw or []}
-    if not isinstance(raw, (list, tuple)):
-        raise ServerReplyError("FT.INFO attribute entry is neither a list nor a map")
     values: dict[str, Any] = {}
     flags: set[str] = set()
+    if isinstance(raw, Mapping):
+        for key, value in raw.items():
+            if text(key).lower() == "flags":
+                flags = {text(f).upper() for f in value or []}
+            else:
+                values[text(key).upper()] = value
+        return values, flags
+    if not isinstance(raw, (list, tuple)):
+        raise ServerReplyError("FT.INFO attribute entry is neither a list nor a map")
     i = 0
     while i < len(raw):
         word = text(raw[i])
@@ -157,15 +160,13 @@ def schema_from_ft_info(
         attributes = info["attributes"]
     except KeyError as exc:
         raise ServerReplyError(f"FT.INFO reply lacks {exc.args[0]!r}") from None
-    storage_type: StorageType = "json" if text(definition.get("key_type", "HASH")).upper() == (
-        "JSON"
-    ) else "hash"
+    storage_type: StorageType = (
+        "json" if text(definition.get("key_type", "HASH")).upper() == ("JSON") else "hash"
+    )
     prefixes = [text(p) for p in definition.get("prefixes", [""]) or [""]]
     options = _options_from_info(info, definition)
     fields = [
-        _field_from_attribute(
-            raw, storage_type, vector_details or {}, frozenset(phonetic_fields)
-        )
+        _field_from_attribute(raw, storage_type, vector_details or {}, frozenset(phonetic_fields))
         for raw in attributes
     ]
     index = IndexInfo(
@@ -263,7 +264,9 @@ def _field_from_attribute(
         )
     if kind == "NUMERIC":
         return NumericField(
-            name=name, path=path, attrs=NumericAttrs(sortable=sortable, unf="UNF" in flags, **common)
+            name=name,
+            path=path,
+            attrs=NumericAttrs(sortable=sortable, unf="UNF" in flags, **common),
         )
     if kind == "GEO":
         return GeoField(name=name, path=path, attrs=GeoAttrs(sortable=sortable, **common))

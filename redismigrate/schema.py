@@ -45,15 +45,14 @@ DEFAULT_TAG_SEPARATOR = ","
 DEFAULT_LANGUAGE = "english"
 PHONETIC_MATCHERS = ("dm:en", "dm:fr", "dm:pt", "dm:es")
 
-_STRUCT_OPTS: dict[str, Any] = {
-    "frozen": True,
-    "forbid_unknown_fields": True,
-    "omit_defaults": True,
-    "kw_only": True,
-}
+
+class Model(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, kw_only=True
+):
+    """Base of every file-format struct: frozen, strict about unknown keys, keywords only."""
 
 
-class TextAttrs(msgspec.Struct, **_STRUCT_OPTS):
+class TextAttrs(Model, frozen=True, kw_only=True):
     weight: float = 1.0
     no_stem: bool = False
     phonetic_matcher: str | None = None
@@ -65,7 +64,7 @@ class TextAttrs(msgspec.Struct, **_STRUCT_OPTS):
     index_empty: bool = False
 
 
-class TagAttrs(msgspec.Struct, **_STRUCT_OPTS):
+class TagAttrs(Model, frozen=True, kw_only=True):
     separator: str | None = None
     case_sensitive: bool = False
     withsuffixtrie: bool = False
@@ -76,26 +75,26 @@ class TagAttrs(msgspec.Struct, **_STRUCT_OPTS):
     index_empty: bool = False
 
 
-class NumericAttrs(msgspec.Struct, **_STRUCT_OPTS):
+class NumericAttrs(Model, frozen=True, kw_only=True):
     sortable: bool = False
     unf: bool = False
     no_index: bool = False
     index_missing: bool = False
 
 
-class GeoAttrs(msgspec.Struct, **_STRUCT_OPTS):
+class GeoAttrs(Model, frozen=True, kw_only=True):
     sortable: bool = False
     no_index: bool = False
     index_missing: bool = False
 
 
-class GeoShapeAttrs(msgspec.Struct, **_STRUCT_OPTS):
+class GeoShapeAttrs(Model, frozen=True, kw_only=True):
     coord_system: Literal["spherical", "flat"] = "spherical"
     no_index: bool = False
     index_missing: bool = False
 
 
-class VectorAttrs(msgspec.Struct, **_STRUCT_OPTS):
+class VectorAttrs(Model, frozen=True, kw_only=True):
     dims: int
     algorithm: str = "flat"
     datatype: str = "float32"
@@ -122,34 +121,34 @@ class VectorAttrs(msgspec.Struct, **_STRUCT_OPTS):
         return self.dims * DATATYPE_BYTES[self.datatype]
 
 
-class _FieldBase(msgspec.Struct, tag_field="type", **_STRUCT_OPTS):
+class _FieldBase(Model, tag_field="type", frozen=True, kw_only=True):
     name: str
     # JSON: the JSONPath indexed. Hash: the hash field when it differs from ``name``
     # (FT.CREATE ... field AS name).
     path: str | None = None
 
 
-class TextField(_FieldBase, tag="text"):
+class TextField(_FieldBase, tag="text", frozen=True, kw_only=True):
     attrs: TextAttrs = TextAttrs()
 
 
-class TagField(_FieldBase, tag="tag"):
+class TagField(_FieldBase, tag="tag", frozen=True, kw_only=True):
     attrs: TagAttrs = TagAttrs()
 
 
-class NumericField(_FieldBase, tag="numeric"):
+class NumericField(_FieldBase, tag="numeric", frozen=True, kw_only=True):
     attrs: NumericAttrs = NumericAttrs()
 
 
-class GeoField(_FieldBase, tag="geo"):
+class GeoField(_FieldBase, tag="geo", frozen=True, kw_only=True):
     attrs: GeoAttrs = GeoAttrs()
 
 
-class GeoShapeField(_FieldBase, tag="geoshape"):
+class GeoShapeField(_FieldBase, tag="geoshape", frozen=True, kw_only=True):
     attrs: GeoShapeAttrs = GeoShapeAttrs()
 
 
-class VectorField(_FieldBase, tag="vector"):
+class VectorField(_FieldBase, tag="vector", frozen=True, kw_only=True):
     attrs: VectorAttrs
 
 
@@ -164,7 +163,7 @@ FIELD_TYPES: dict[str, type[Field]] = {
 }
 
 
-class IndexOptions(msgspec.Struct, **_STRUCT_OPTS):
+class IndexOptions(Model, frozen=True, kw_only=True):
     """Index-wide FT.CREATE options that FT.INFO reports back."""
 
     filter: str | None = None
@@ -182,7 +181,7 @@ class IndexOptions(msgspec.Struct, **_STRUCT_OPTS):
     stopwords: list[str] | None = None
 
 
-class IndexInfo(msgspec.Struct, **_STRUCT_OPTS):
+class IndexInfo(Model, frozen=True, kw_only=True):
     name: str
     prefix: str | list[str] = ""
     key_separator: str = ":"
@@ -194,7 +193,7 @@ class IndexInfo(msgspec.Struct, **_STRUCT_OPTS):
         return [self.prefix] if isinstance(self.prefix, str) else list(self.prefix)
 
 
-class IndexSchema(msgspec.Struct, **_STRUCT_OPTS):
+class IndexSchema(Model, frozen=True, kw_only=True):
     """A Redis Search index definition: index-level settings and fields."""
 
     index: IndexInfo
@@ -318,7 +317,9 @@ _LOWERCASE_FIELD_KEYS = ("type",)
 
 def _normalize_field_dict(raw: Any, source: str, position: int) -> Any:
     if not isinstance(raw, dict):
-        raise SchemaError(f"{source}: fields[{position}] must be a mapping, got {type(raw).__name__}")
+        raise SchemaError(
+            f"{source}: fields[{position}] must be a mapping, got {type(raw).__name__}"
+        )
     field = dict(raw)
     for key in _LOWERCASE_FIELD_KEYS:
         if isinstance(field.get(key), str):
@@ -393,15 +394,19 @@ def validate_schema(schema: IndexSchema, *, source: str = "schema") -> None:
         seen.add(field.name)
         if isinstance(field, VectorField):
             _validate_vector(field, source)
-        if isinstance(field, TagField) and field.attrs.separator is not None and (
-            len(field.attrs.separator) != 1
+        if (
+            isinstance(field, TagField)
+            and field.attrs.separator is not None
+            and (len(field.attrs.separator) != 1)
         ):
             raise SchemaError(
                 f"{source}: field {field.name!r}: separator must be one character, "
                 f"got {field.attrs.separator!r}"
             )
-        if isinstance(field, TextField) and field.attrs.phonetic_matcher is not None and (
-            field.attrs.phonetic_matcher not in PHONETIC_MATCHERS
+        if (
+            isinstance(field, TextField)
+            and field.attrs.phonetic_matcher is not None
+            and (field.attrs.phonetic_matcher not in PHONETIC_MATCHERS)
         ):
             raise SchemaError(
                 f"{source}: field {field.name!r}: phonetic_matcher must be one of "
@@ -496,15 +501,14 @@ def _canonical_field(field: Field, storage: StorageType) -> Field:
             unf = True
         return replace(field, path=path, attrs=replace(a, phonetic_matcher=matcher, unf=unf))
     if isinstance(field, TagField):
-        a = field.attrs
-        separator = a.separator
+        tag = field.attrs
+        separator = tag.separator
         if separator == DEFAULT_TAG_SEPARATOR and storage == "hash":
             separator = None
-        unf = a.sortable and (a.unf or a.case_sensitive or storage == "json")
-        return replace(field, path=path, attrs=replace(a, separator=separator, unf=unf))
+        tag_unf = tag.sortable and (tag.unf or tag.case_sensitive or storage == "json")
+        return replace(field, path=path, attrs=replace(tag, separator=separator, unf=tag_unf))
     if isinstance(field, NumericField):
-        a = field.attrs
-        return replace(field, path=path, attrs=replace(a, unf=a.sortable))
+        return replace(field, path=path, attrs=replace(field.attrs, unf=field.attrs.sortable))
     if isinstance(field, VectorField):
         return replace(field, path=path, attrs=_canonical_vector(field.attrs))
     return replace(field, path=path)

@@ -607,9 +607,7 @@ def _launch(
             except OSError as exc:
                 raise ServerError(f"cannot run {bins.server}: {exc}") from None
         try:
-            _wait_ready(
-                proc, chosen, log, offset, timeout, REQUIRED_MODULES if modules else ()
-            )
+            _wait_ready(proc, chosen, log, offset, timeout, REQUIRED_MODULES if modules else ())
         except _PortTaken:
             _kill(proc)
             if port is None and attempt + 1 < attempts:
@@ -628,8 +626,9 @@ class EmbeddedRedis:
     Listens on 127.0.0.1 only, with persistence off; ``extra_args`` are passed
     through to redis-server.  Without ``dir`` a temporary folder is used and
     removed again by :meth:`stop`.  ``modules=False`` starts plain Redis without
-    search and JSON (for testing how a server without them is handled).  Use as a context manager or call
-    :meth:`start` / :meth:`stop`; a still-running server is stopped at exit.
+    search and JSON (for testing how a server without them is handled).  Use as a
+    context manager or call :meth:`start` / :meth:`stop`; a still-running server is
+    stopped at exit.
     """
 
     def __init__(

@@ -100,9 +100,13 @@ def test_canonical_form_fills_defaults_and_is_idempotent() -> None:
     ("text", "expected"),
     [
         ("index: {name: a}\nfields:\n  - {name: t, type: text, attrs: {wieght: 2}}", "wieght"),
-        ("index: {name: a}\nfields:\n  - {name: v, type: vector, attrs: {algorithm: flat}}", "dims"),
         (
-            "index: {name: a}\nfields:\n  - {name: v, type: vector, attrs: {dims: 4, datatype: f8}}",
+            "index: {name: a}\nfields:\n  - {name: v, type: vector, attrs: {algorithm: flat}}",
+            "dims",
+        ),
+        (
+            "index: {name: a}\nfields:\n"
+            "  - {name: v, type: vector, attrs: {dims: 4, datatype: f8}}",
             "datatype 'f8'",
         ),
         ("index: {name: a}\nfields:\n  - {name: t, type: txt}", "type 'txt'"),
@@ -123,9 +127,7 @@ def test_canonical_form_fills_defaults_and_is_idempotent() -> None:
         ("index: {name: a}\nfields:\n  - {name: t, type: tag, attrs: {separator: ab}}", "one char"),
     ],
 )
-def test_bad_schemas_are_refused_with_one_line_naming_the_problem(
-    text: str, expected: str
-) -> None:
+def test_bad_schemas_are_refused_with_one_line_naming_the_problem(text: str, expected: str) -> None:
     with pytest.raises(SchemaError) as info:
         IndexSchema.from_yaml(text, source="s.yaml")
     message = str(info.value)

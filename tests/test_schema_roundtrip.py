@@ -256,7 +256,9 @@ def _flag() -> st.SearchStrategy[bool]:
 
 
 @st.composite
-def field_dicts(draw: st.DrawFn, name: str, storage: str, vector_types: list[str]) -> dict[str, Any]:
+def field_dicts(
+    draw: st.DrawFn, name: str, storage: str, vector_types: list[str]
+) -> dict[str, Any]:
     kind = draw(st.sampled_from(["text", "tag", "numeric", "geo", "geoshape", "vector"]))
     attrs: dict[str, Any] = {}
     no_index = draw(_flag()) if kind != "vector" else False
@@ -334,7 +336,12 @@ def schemas(draw: st.DrawFn, name: str, prefix: str, vector_types: list[str]) ->
     prefixes = draw(st.sampled_from([[f"{prefix}:"], [f"{prefix}:x:", f"{prefix}:y:"]]))
     return IndexSchema.from_dict(
         {
-            "index": {"name": name, "prefix": prefixes, "storage_type": storage, "options": options},
+            "index": {
+                "name": name,
+                "prefix": prefixes,
+                "storage_type": storage,
+                "options": options,
+            },
             "fields": fields,
         }
     )

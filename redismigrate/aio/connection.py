@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
@@ -39,6 +40,11 @@ def translate_errors(url: str | None) -> Iterator[None]:
         raise ConnectionFailed(
             f"cannot reach {shown}: no answer within {CONNECT_TIMEOUT_SECONDS:g} s"
         ) from None
+
+
+async def execute(client: aioredis.Redis, *args: Any) -> Any:
+    """Send one raw command (redis-py leaves ``execute_command`` untyped)."""
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 def client_from_url(url: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> aioredis.Redis:

@@ -9,6 +9,7 @@ import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
+from redismigrate.aio.connection import execute
 from redismigrate.capabilities import ServerCapabilities, parse_module_version
 from redismigrate.errors import IndexNotFound, SearchModuleMissing, ServerReplyError
 from redismigrate.ftinfo import (
@@ -39,7 +40,7 @@ async def server_capabilities(client: aioredis.Redis) -> ServerCapabilities:
     search: tuple[int, int, int] | None = None
     json_version: tuple[int, int, int] | None = None
     try:
-        modules = await client.execute_command("MODULE", "LIST")
+        modules = await execute(client, "MODULE", "LIST")
     except rexc.ResponseError:
         modules = []
     for module in modules or []:
@@ -55,7 +56,7 @@ async def server_capabilities(client: aioredis.Redis) -> ServerCapabilities:
     if search is None:
         # MODULE LIST can be disabled (managed services); FT._LIST still tells.
         try:
-            await client.execute_command("FT._LIST")
+            await execute(client, "FT._LIST")
         except rexc.ResponseError as exc:
             if _UNKNOWN_COMMAND.search(str(exc)):
                 raise SearchModuleMissing(
@@ -73,7 +74,7 @@ async def server_capabilities(client: aioredis.Redis) -> ServerCapabilities:
 async def list_indexes(client: aioredis.Redis) -> list[str]:
     """Names of every index on the server, sorted."""
     try:
-        names = await client.execute_command("FT._LIST")
+        names = await execute(client, "FT._LIST")
     except rexc.ResponseError as exc:
         if _UNKNOWN_COMMAND.search(str(exc)):
             raise SearchModuleMissing(
@@ -87,7 +88,7 @@ async def list_indexes(client: aioredis.Redis) -> list[str]:
 async def ft_info(client: aioredis.Redis, index_name: str) -> Any:
     """The raw FT.INFO reply; IndexNotFound when there is no such index."""
     try:
-        return await client.execute_command("FT.INFO", index_name)
+        return await execute(client, "FT.INFO", index_name)
     except rexc.ResponseError as exc:
         message = str(exc)
         if _UNKNOWN_COMMAND.search(message):
@@ -108,7 +109,7 @@ def escape_query_name(name: str) -> str:
 async def _is_phonetic(client: aioredis.Redis, index_name: str, field_name: str) -> bool:
     query = f"@{escape_query_name(field_name)}:(probe)=>{{$phonetic:true}}"
     try:
-        await client.execute_command("FT.EXPLAIN", index_name, query)
+        await execute(client, "FT.EXPLAIN", index_name, query)
     except rexc.ResponseError as exc:
         if "phonetic" in str(exc).lower():
             return False
@@ -120,7 +121,7 @@ async def _vector_details(
     client: aioredis.Redis, index_name: str, field_name: str
 ) -> dict[str, Any] | None:
     try:
-        reply = await client.execute_command("FT.DEBUG", "VECSIM_INFO", index_name, field_name)
+        reply = await execute(client, "FT.DEBUG", "VECSIM_INFO", index_name, field_name)
     except rexc.ResponseError:
         return None
     return pairs_to_dict(reply)
@@ -160,9 +161,9 @@ async def create_index(
     client: aioredis.Redis, schema: IndexSchema, *, index_name: str | None = None
 ) -> None:
     """FT.CREATE ``schema`` (optionally under another name)."""
-    await client.execute_command(*ft_create_args(schema, index_name=index_name))
+    await execute(client, *ft_create_args(schema, index_name=index_name))
 
 
 async def drop_index(client: aioredis.Redis, index_name: str) -> None:
     """FT.DROPINDEX without DD: the documents stay."""
-    await client.execute_command("FT.DROPINDEX", index_name)
+    await execute(client, "FT.DROPINDEX", index_name)

@@ -75,12 +75,10 @@ def index_list(url: UrlOption = "redis://localhost:6379", as_json: JsonOption = 
     async def work() -> list[tuple[str, int, str]]:
         async with connect(url) as client:
             await server_capabilities(client)
-            rows = []
+            rows: list[tuple[str, int, str]] = []
             for name in await list_indexes(client):
                 described = await read_schema_and_stats(client, name)
-                rows.append(
-                    (name, described.stats.num_docs, described.schema.index.storage_type)
-                )
+                rows.append((name, described.stats.num_docs, described.schema.index.storage_type))
             return rows
 
     rows = anyio.run(work)
