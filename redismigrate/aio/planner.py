@@ -1,0 +1,206 @@
+"""The async planner: snapshot the live index, merge the patch, classify, explain."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from redismigrate.aio.connection import connect, execute
+from redismigrate.aio.indexes import (
+    ft_info,
+    list_indexes,
+    read_schema_and_stats,
+    server_capabilities,
+)
+from redismigrate.errors import BadInputError
+from redismigrate.ftinfo import pairs_to_dict, schema_from_ft_info, text
+from redismigrate.patch import SchemaPatch, diff_schemas
+from redismigrate.plan import MigrationPlan, OtherIndex, build_plan
+from redismigrate.quantize import Encoding, decode_stored
+from redismigrate.schema import DATATYPE_BYTES, IndexSchema, VectorField, default_json_path
+
+KEY_SAMPLE_SIZE = 10
+VECTOR_SAMPLE_SIZE = 2000
+
+
+async def sample_keys(client: aioredis.Redis, index_name: str, count: int) -> list[str]:
+    """Up to ``count`` document keys of the index (read-only FT.SEARCH, no content)."""
+    if count <= 0:
+        return []
+    reply = await execute(
+        client, "FT.SEARCH", index_name, "*", "NOCONTENT", "LIMIT", "0", str(count), "DIALECT", "2"
+    )
+    if isinstance(reply, dict):
+        results = pairs_to_dict(reply).get("results", [])
+        return [text(pairs_to_dict(r)["id"]) for r in results]
+    return [text(k) for k in list(reply)[1:]]
+
+
+async def sample_vectors(
+    client: aioredis.Redis,
+    schema: IndexSchema,
+    field: VectorField,
+    keys: Sequence[str],
+) -> np.ndarray:
+    """The stored vectors of ``field`` in ``keys`` as a float array (n, dims); read-only."""
+    dims, datatype = field.attrs.dims, field.attrs.datatype
+    rows: list[np.ndarray] = []
+    pipe = client.pipeline(transaction=False)
+    if schema.storage_type == "hash":
+        for key in keys:
+            pipe.hget(key, field.path or field.name)
+        for raw in await pipe.execute():
+            if isinstance(raw, bytes) and len(raw) == dims * DATATYPE_BYTES[datatype]:
+                rows.append(decode_stored(raw, datatype, dims).astype(np.float64))
+    else:
+        path = field.path or default_json_path(field.name)
+        for key in keys:
+            pipe.execute_command("JSON.GET", key, path)
+        for raw in await pipe.execute(raise_on_error=False):
+            if not isinstance(raw, (bytes, str)):
+                continue
+            values = json.loads(raw)
+            if path.startswith("$") and isinstance(values, list) and values:
+                values = values[0]
+            if isinstance(values, list) and len(values) == dims:
+                rows.append(np.asarray(values, dtype=np.float64))
+    if not rows:
+        return np.zeros((0, dims), dtype=np.float64)
+    return np.vstack(rows)
+
+
+async def other_indexes(client: aioredis.Redis, exclude: str) -> list[OtherIndex]:
+    """Every other index on the server, with its storage type and prefixes."""
+    found: list[OtherIndex] = []
+    for name in await list_indexes(client):
+        if name == exclude:
+            continue
+        try:
+            schema = schema_from_ft_info(await ft_info(client, name))
+        except BadInputError:
+            continue  # dropped meanwhile
+        found.append(
+            OtherIndex(name=name, storage_type=schema.storage_type, prefixes=schema.prefixes)
+        )
+    return found
+
+
+def previous_encodings_from(path: str | Path | None) -> dict[str, Encoding]:
+    """Encodings an earlier plan wrote, by the field name they produced."""
+    if path is None:
+        return {}
+    plan = MigrationPlan.load(path)
+    return {vc.field: vc.encoding for vc in plan.vector_changes if vc.encoding is not None}
+
+
+class AsyncMigrationPlanner:
+    """Makes migration plans from a live index and a patch or a target schema."""
+
+    def __init__(
+        self,
+        *,
+        key_sample_size: int = KEY_SAMPLE_SIZE,
+        vector_sample_size: int = VECTOR_SAMPLE_SIZE,
+    ) -> None:
+        self.key_sample_size = key_sample_size
+        self.vector_sample_size = vector_sample_size
+
+    async def create_plan(
+        self,
+        index_name: str,
+        *,
+        redis_url: str | None = None,
+        redis_client: aioredis.Redis | None = None,
+        schema_patch_path: str | Path | None = None,
+        schema_patch: SchemaPatch | None = None,
+        target_schema_path: str | Path | None = None,
+        target_schema: IndexSchema | None = None,
+        previous_plan_path: str | Path | None = None,
+        force: bool = False,
+    ) -> MigrationPlan:
+        """Snapshot ``index_name``, merge the requested change, and return the plan.
+
+        Give one of ``schema_patch_path``, ``schema_patch``, ``target_schema_path`` or
+        ``target_schema``. Nothing on the server is changed.
+        """
+        given = [
+            x
+            for x in (schema_patch_path, schema_patch, target_schema_path, target_schema)
+            if x is not None
+        ]
+        if len(given) != 1:
+            raise BadInputError(
+                "give exactly one of a schema patch or a target schema (file or object)"
+            )
+        if schema_patch_path is not None:
+            schema_patch = SchemaPatch.load(schema_patch_path)
+        if target_schema_path is not None:
+            target_schema = IndexSchema.load(target_schema_path)
+        if schema_patch is not None and schema_patch.source_index not in (None, index_name):
+            raise BadInputError(
+                f"the schema patch is for index {schema_patch.source_index!r}, "
+                f"not {index_name!r}"
+            )
+        previous = previous_encodings_from(previous_plan_path)
+        async with connect(redis_url, redis_client) as client:
+            return await self._plan(client, index_name, schema_patch, target_schema, previous, force)
+
+    async def _plan(
+        self,
+        client: aioredis.Redis,
+        index_name: str,
+        patch: SchemaPatch | None,
+        target: IndexSchema | None,
+        previous: dict[str, Encoding],
+        force: bool,
+    ) -> MigrationPlan:
+        capabilities = await server_capabilities(client)
+        described = await read_schema_and_stats(client, index_name)
+        source = described.schema
+        if patch is None:
+            assert target is not None
+            patch = diff_schemas(source, target)
+        others = await other_indexes(client, index_name)
+        keys = await sample_keys(client, index_name, self.key_sample_size)
+        samples: dict[str, Any] = {}
+        wanted = _fields_needing_samples(source, patch)
+        if wanted:
+            sample_keys_for_vectors = await sample_keys(
+                client, index_name, self.vector_sample_size
+            )
+            for field in source.vector_fields:
+                if field.name in wanted:
+                    samples[field.name] = await sample_vectors(
+                        client, source, field, sample_keys_for_vectors
+                    )
+        return build_plan(
+            source_schema=source,
+            source_stats=described.stats,
+            key_sample=keys,
+            capabilities=capabilities,
+            patch=patch,
+            other_indexes=others,
+            vector_samples=samples,
+            previous_encodings=previous,
+            force=force,
+        )
+
+
+def _fields_needing_samples(source: IndexSchema, patch: SchemaPatch) -> set[str]:
+    """Source vector fields whose datatype the patch changes (they need calibration data)."""
+    names: set[str] = set()
+    for update in patch.changes.update_fields:
+        attrs = update.all_attrs
+        if "datatype" in attrs:
+            field = source.field(update.name)
+            if isinstance(field, VectorField) and str(attrs["datatype"]).lower() != (
+                field.attrs.datatype
+            ):
+                names.add(field.name)
+    return names
+

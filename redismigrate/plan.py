@@ -1,0 +1,746 @@
+"""Migration plans: a source snapshot plus a patch, merged, classified and explained.
+
+Pure code: the async planner gathers the facts from the server and calls
+:func:`build_plan`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import yaml
+
+from redismigrate.capabilities import ServerCapabilities
+from redismigrate.errors import SchemaError
+from redismigrate.ftinfo import IndexStats
+from redismigrate.patch import FieldRename, SchemaChanges, SchemaPatch, parse_field
+from redismigrate.quantize import Encoding, ReEncodingRefused, calibrate, uint8_policy
+from redismigrate.schema import (
+    DATATYPE_BYTES,
+    Field,
+    IndexOptions,
+    IndexSchema,
+    Model,
+    VectorField,
+    _parse_yaml,
+    default_json_path,
+    read_text_file,
+    type_name,
+    validate_schema,
+)
+
+PLAN_FORMAT_VERSION = 1
+INTEGER_TYPES = ("int8", "uint8")
+
+
+class DropRecreate(Model, frozen=True, kw_only=True, tag="drop_recreate", tag_field="name"):
+    """Drop the index definition (documents stay), rewrite documents, create the target."""
+
+
+Mode = DropRecreate
+
+
+class Keyspace(Model, frozen=True, kw_only=True):
+    storage_type: str
+    prefixes: list[str]
+    key_separator: str
+    key_sample: list[str] = []
+
+
+class SourceSnapshot(Model, frozen=True, kw_only=True):
+    """The live index as it was when the plan was made."""
+
+    index_name: str
+    schema_hash: str
+    schema_snapshot: IndexSchema
+    stats_snapshot: IndexStats
+    keyspace: Keyspace
+    server: ServerCapabilities
+    captured_at: str
+
+
+class BlockedChange(Model, frozen=True, kw_only=True):
+    """One change the plan refuses, why, and what to do instead."""
+
+    change: str
+    reason: str
+    workaround: str
+    forceable: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.change}: {self.reason}. Workaround: {self.workaround}"
+
+
+class DiffClassification(Model, frozen=True, kw_only=True):
+    supported: bool
+    blocked_reasons: list[BlockedChange] = []
+
+
+class PrefixChange(Model, frozen=True, kw_only=True):
+    old: str
+    new: str
+
+
+class FieldRenameOp(Model, frozen=True, kw_only=True):
+    """A field renamed in the schema and in every document (hash field or JSON path)."""
+
+    old_name: str
+    new_name: str
+    old_path: str
+    new_path: str
+
+
+class RenameOperations(Model, frozen=True, kw_only=True):
+    rename_index: str | None = None
+    change_prefix: PrefixChange | None = None
+    rename_fields: list[FieldRenameOp] = []
+
+    @property
+    def any(self) -> bool:
+        return bool(self.rename_index or self.change_prefix or self.rename_fields)
+
+
+class VectorChange(Model, frozen=True, kw_only=True):
+    """A vector field whose datatype changes, and how its stored bytes are re-encoded."""
+
+    field: str
+    source_field: str
+    dims: int
+    source_datatype: str
+    target_datatype: str
+    distance_metric: str
+    # hash documents are rewritten; JSON arrays are re-read by the server as they are
+    rewrite_documents: bool
+    encoding: Encoding | None = None
+
+    @property
+    def lossy(self) -> bool:
+        return bool(self.encoding is not None and self.encoding.lossy)
+
+
+class MigrationPlan(Model, frozen=True, kw_only=True):
+    """Everything a person reviews before applying, and the executor follows."""
+
+    version: int = PLAN_FORMAT_VERSION
+    mode: Mode = DropRecreate()
+    created_at: str
+    source: SourceSnapshot
+    requested_changes: SchemaChanges
+    merged_target_schema: IndexSchema
+    diff_classification: DiffClassification
+    rename_operations: RenameOperations = RenameOperations()
+    vector_changes: list[VectorChange] = []
+    warnings: list[str] = []
+
+    @property
+    def supported(self) -> bool:
+        return self.diff_classification.supported
+
+    @property
+    def target_index_name(self) -> str:
+        return self.merged_target_schema.name
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = msgspec.to_builtins(self)
+        data["source"]["schema_snapshot"] = self.source.schema_snapshot.to_dict()
+        data["merged_target_schema"] = self.merged_target_schema.to_dict()
+        ordered = {"version": data.pop("version"), "mode": data.pop("mode")}
+        ordered.update(data)
+        return ordered
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def dump(self, path: str | Path) -> None:
+        text = (
+            json.dumps(self.to_dict(), indent=2) if str(path).endswith(".json") else self.to_yaml()
+        )
+        Path(path).write_text(text, encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "plan") -> MigrationPlan:
+        if not isinstance(data, dict):
+            raise SchemaError(f"{source}: a migration plan must be a mapping")
+        if data.get("version") != PLAN_FORMAT_VERSION:
+            raise SchemaError(
+                f"{source}: plan version {data.get('version')!r} is not supported "
+                f"(supported: {PLAN_FORMAT_VERSION})"
+            )
+        try:
+            plan = msgspec.convert(data, cls)
+        except msgspec.ValidationError as exc:
+            raise SchemaError(f"{source}: {exc}") from None
+        return plan
+
+    @classmethod
+    def load(cls, path: str | Path) -> MigrationPlan:
+        text = read_text_file(path, what="migration plan")
+        return cls.from_dict(_parse_yaml(text, str(path)), source=str(path))
+
+
+def schema_hash(schema: IndexSchema) -> str:
+    """A stable hash of what the server would report for ``schema``."""
+    return "sha256:" + hashlib.sha256(msgspec.json.encode(schema.canonical())).hexdigest()
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+class OtherIndex(msgspec.Struct, frozen=True, kw_only=True):
+    """Another live index on the same server (for name clashes and shared keys)."""
+
+    name: str
+    storage_type: str
+    prefixes: list[str]
+
+
+def prefixes_overlap(a: Sequence[str], b: Sequence[str]) -> list[tuple[str, str]]:
+    """Pairs where one prefix is a string prefix of the other (FT.CREATE PREFIX rule)."""
+    return [(x, y) for x in a for y in b if x.startswith(y) or y.startswith(x)]
+
+
+# --------------------------------------------------------------------------- building
+
+
+class _Builder:
+    """Applies a patch to a source schema, collecting blocks, warnings and operations."""
+
+    def __init__(self, source: IndexSchema) -> None:
+        self.source = source
+        self.storage = source.storage_type
+        self.fields: dict[str, Field] = {f.name: f for f in source.fields}
+        self.origin: dict[str, str] = {f.name: f.name for f in source.fields}
+        self.blocked: list[BlockedChange] = []
+        self.warnings: list[str] = []
+        self.renames: list[FieldRenameOp] = []
+
+    def block(self, change: str, reason: str, workaround: str, *, forceable: bool = False) -> None:
+        self.blocked.append(
+            BlockedChange(change=change, reason=reason, workaround=workaround, forceable=forceable)
+        )
+
+    def find(self, name: str) -> str | None:
+        """The current name of a field given by its current or original name."""
+        if name in self.fields:
+            return name
+        for current, original in self.origin.items():
+            if original == name:
+                return current
+        return None
+
+
+def _contradictions(changes: SchemaChanges, b: _Builder) -> set[str]:
+    """Fields touched by changes that cannot all hold; blocks each and returns the names."""
+    bad: set[str] = set()
+    removed = set(changes.remove_fields)
+    renamed_from: dict[str, list[str]] = {}
+    renamed_to: dict[str, list[str]] = {}
+    for rename in changes.rename_fields:
+        renamed_from.setdefault(rename.old_name, []).append(rename.new_name)
+        renamed_to.setdefault(rename.new_name, []).append(rename.old_name)
+    workaround = "keep one change per field in the patch"
+    for name, targets in renamed_from.items():
+        if len(set(targets)) > 1:
+            b.block(
+                f"rename field {name!r}",
+                f"it is renamed to {', '.join(map(repr, targets))} at once",
+                workaround,
+            )
+            bad.add(name)
+        if name in removed:
+            b.block(f"rename field {name!r}", "the same patch also removes it", workaround)
+            bad.add(name)
+    for name, sources in renamed_to.items():
+        if len(set(sources)) > 1:
+            b.block(
+                f"rename onto {name!r}",
+                f"fields {', '.join(map(repr, sources))} are all renamed to it",
+                workaround,
+            )
+            bad.update(sources)
+    updates: dict[str, dict[str, Any]] = {}
+    for update in changes.update_fields:
+        if update.name in removed:
+            b.block(f"update field {update.name!r}", "the same patch also removes it", workaround)
+            bad.add(update.name)
+        seen = updates.setdefault(update.name, {})
+        for key, value in update.all_attrs.items():
+            if key in seen and seen[key] != value:
+                b.block(
+                    f"update field {update.name!r}",
+                    f"attribute {key!r} is set to both {seen[key]!r} and {value!r}",
+                    workaround,
+                )
+                bad.add(update.name)
+            seen[key] = value
+    added: dict[str, int] = {}
+    for raw in changes.add_fields:
+        name = str(raw.get("name"))
+        added[name] = added.get(name, 0) + 1
+        if added[name] == 2:
+            b.block(f"add field {name!r}", "it is added twice", workaround)
+            bad.add(name)
+    return bad
+
+
+def _merge_attrs(field: Field, attrs: Mapping[str, Any], storage: str, source: str) -> Field:
+    data: dict[str, Any] = {
+        "name": field.name,
+        "type": type_name(field),
+        "attrs": {**msgspec.structs.asdict(field.attrs), **attrs},
+    }
+    if field.path is not None:
+        data["path"] = field.path
+    return parse_field(data, source=source, storage_type=storage)
+
+
+def build_plan(
+    *,
+    source_schema: IndexSchema,
+    source_stats: IndexStats,
+    key_sample: Sequence[str],
+    capabilities: ServerCapabilities,
+    patch: SchemaPatch,
+    other_indexes: Sequence[OtherIndex] = (),
+    vector_samples: Mapping[str, np.ndarray] | None = None,
+    previous_encodings: Mapping[str, Encoding] | None = None,
+    force: bool = False,
+    created_at: str | None = None,
+) -> MigrationPlan:
+    """Merge ``patch`` into the source schema and classify every change.
+
+    ``vector_samples`` maps a source vector field name to stored vectors (decoded to
+    float) used to calibrate integer encodings; ``previous_encodings`` maps a field
+    to the encoding that produced its current integer values (needed to go back to
+    float). ``force`` lifts the blocks marked forceable.
+    """
+    source = source_schema.canonical()
+    changes = patch.changes
+    b = _Builder(source)
+    bad = _contradictions(changes, b)
+    where = "schema patch"
+
+    for name in dict.fromkeys(changes.remove_fields):
+        if name in bad:
+            continue
+        if name not in b.fields:
+            b.block(
+                f"remove field {name!r}",
+                f"index {source.name!r} has no field {name!r}",
+                "check the field names with `redismigrate index info`",
+            )
+            continue
+        del b.fields[name]
+        del b.origin[name]
+
+    for rename in changes.rename_fields:
+        _apply_rename(b, rename, changes, bad)
+
+    for update in changes.update_fields:
+        if update.name in bad:
+            continue
+        current = b.find(update.name)
+        if current is None:
+            b.block(
+                f"update field {update.name!r}",
+                f"index {source.name!r} has no field {update.name!r}",
+                "check the field names with `redismigrate index info`",
+            )
+            continue
+        _apply_update(b, current, update.type, update.path, update.all_attrs, where)
+
+    for raw in changes.add_fields:
+        name = str(raw.get("name"))
+        if name in bad:
+            continue
+        field = parse_field(
+            raw, source=f"{where}: add field {name!r}", storage_type=b.storage
+        )
+        if isinstance(field, VectorField):
+            b.block(
+                f"add vector field {name!r}",
+                "every document would need a vector for it, which a schema change cannot make",
+                "write the vectors into the documents first, then add the field",
+            )
+            continue
+        if name in b.fields:
+            b.block(
+                f"add field {name!r}",
+                f"index {source.name!r} already has a field {name!r}",
+                "use update_fields to change it, or remove it in the same patch to replace it",
+            )
+            continue
+        b.fields[name] = field
+
+    index = _apply_index_changes(b, changes, other_indexes)
+    target = IndexSchema(index=index, fields=list(b.fields.values())).canonical()
+    try:
+        validate_schema(target, source="merged target schema")
+    except SchemaError as exc:
+        b.block("merged schema", str(exc), "change the patch so the result is a valid index")
+
+    for problem in capabilities.problems_with(target):
+        b.block(
+            "target schema",
+            f"this server cannot take it: {problem}",
+            "upgrade the server (Redis 8.0 for INT8/UINT8, 8.2 for SVS-VAMANA) or pick "
+            "a supported setting",
+        )
+
+    vector_changes = _vector_changes(
+        b,
+        target,
+        other_indexes,
+        vector_samples or {},
+        previous_encodings or {},
+        source_stats,
+        force,
+    )
+
+    prefix_change = None
+    if index.prefixes != source.prefixes and len(source.prefixes) == 1:
+        prefix_change = PrefixChange(old=source.prefixes[0], new=index.prefixes[0])
+    renames = RenameOperations(
+        rename_index=index.name if index.name != source.name else None,
+        change_prefix=prefix_change,
+        rename_fields=b.renames,
+    )
+    blocked = [x for x in b.blocked if not (force and x.forceable)]
+    warnings = _warnings(b, source, target, source_stats, renames, vector_changes, force)
+    return MigrationPlan(
+        created_at=created_at or now_iso(),
+        source=SourceSnapshot(
+            index_name=source.name,
+            schema_hash=schema_hash(source),
+            schema_snapshot=source,
+            stats_snapshot=source_stats,
+            keyspace=Keyspace(
+                storage_type=source.storage_type,
+                prefixes=source.prefixes,
+                key_separator=source.index.key_separator,
+                key_sample=list(key_sample),
+            ),
+            server=capabilities,
+            captured_at=created_at or now_iso(),
+        ),
+        requested_changes=changes,
+        merged_target_schema=target,
+        diff_classification=DiffClassification(supported=not blocked, blocked_reasons=blocked),
+        rename_operations=renames,
+        vector_changes=vector_changes,
+        warnings=warnings,
+    )
+
+
+def _apply_rename(b: _Builder, rename: FieldRename, changes: SchemaChanges, bad: set[str]) -> None:
+    old, new = rename.old_name, rename.new_name
+    if old in bad:
+        return
+    change = f"rename field {old!r} to {new!r}"
+    field = b.fields.get(old)
+    if field is None:
+        b.block(
+            change,
+            f"index {b.source.name!r} has no field {old!r}",
+            "check the field names with `redismigrate index info`",
+        )
+        return
+    if new in b.fields or b.source.field(new) is not None:
+        b.block(
+            change,
+            f"a field named {new!r} already exists; renaming onto it would overwrite its data",
+            "rename to a free name, or remove the other field in an earlier migration",
+        )
+        return
+    if any(str(raw.get("name")) == new for raw in changes.add_fields):
+        b.block(
+            change,
+            f"the same patch also adds a field named {new!r}",
+            "keep one change per field in the patch",
+        )
+        return
+    if b.storage == "json":
+        old_path = field.path or default_json_path(old)
+        if old_path != default_json_path(old):
+            b.block(
+                change,
+                f"its JSON path {old_path!r} is not the plain top-level path of the field",
+                "rename the attribute only: update its path, or move the data yourself",
+            )
+            return
+        new_path = default_json_path(new)
+        renamed: Field = msgspec.structs.replace(field, name=new, path=new_path)
+    else:
+        old_path = field.path or old
+        new_path = new
+        renamed = msgspec.structs.replace(field, name=new, path=None)
+    b.fields = {(new if k == old else k): (renamed if k == old else v) for k, v in b.fields.items()}
+    b.origin = {(new if k == old else k): v for k, v in b.origin.items()}
+    b.renames.append(
+        FieldRenameOp(old_name=old, new_name=new, old_path=old_path, new_path=new_path)
+    )
+
+
+def _apply_update(
+    b: _Builder,
+    current: str,
+    new_type: str | None,
+    new_path: str | None,
+    attrs: Mapping[str, Any],
+    where: str,
+) -> None:
+    field = b.fields[current]
+    change = f"update field {current!r}"
+    if new_type is not None and new_type.lower() != type_name(field):
+        new_type = new_type.lower()
+        if isinstance(field, VectorField) or new_type == "vector":
+            b.block(
+                change,
+                f"changing a field between {type_name(field)} and {new_type} needs new data",
+                "add a new field with the data it needs, then remove the old one",
+            )
+            return
+        data: dict[str, Any] = {"name": field.name, "type": new_type, "attrs": dict(attrs)}
+        if field.path is not None:
+            data["path"] = field.path
+        b.fields[current] = parse_field(data, source=f"{where}: {change}", storage_type=b.storage)
+    else:
+        if isinstance(field, VectorField) and "dims" in attrs and attrs["dims"] != field.attrs.dims:
+            b.block(
+                change,
+                f"changing vector dimensions ({field.attrs.dims} to {attrs['dims']}) needs "
+                "re-embedding every document",
+                "re-embed with the new model into a new field or index, then switch over",
+            )
+            return
+        updated = _merge_attrs(field, attrs, b.storage, f"{where}: {change}")
+        if isinstance(updated, VectorField) and updated.attrs.algorithm != field.attrs.algorithm:
+            updated = _drop_foreign_vector_params(updated, set(attrs))
+        b.fields[current] = updated
+    if new_path is not None:
+        b.fields[current] = msgspec.structs.replace(b.fields[current], path=new_path)
+
+
+def _drop_foreign_vector_params(field: VectorField, given: set[str]) -> VectorField:
+    # Parameters of the old algorithm do not carry over to the new one.
+    keep = {
+        "flat": {"block_size", "initial_cap"},
+        "hnsw": {"m", "ef_construction", "ef_runtime", "epsilon", "initial_cap"},
+        "svs-vamana": {
+            "graph_max_degree",
+            "construction_window_size",
+            "search_window_size",
+            "compression",
+            "reduce",
+            "training_threshold",
+            "epsilon",
+        },
+    }[field.attrs.algorithm]
+    params = {
+        "block_size", "initial_cap", "m", "ef_construction", "ef_runtime", "epsilon",
+        "graph_max_degree", "construction_window_size", "search_window_size", "compression",
+        "reduce", "training_threshold",
+    }  # fmt: skip
+    cleared = {p: None for p in params if p not in keep and p not in given}
+    return msgspec.structs.replace(field, attrs=msgspec.structs.replace(field.attrs, **cleared))
+
+
+def _apply_index_changes(
+    b: _Builder, changes: SchemaChanges, other_indexes: Sequence[OtherIndex]
+) -> Any:
+    change = changes.index
+    index = b.source.index
+    if change.name is not None and change.name != index.name:
+        clash = next((o for o in other_indexes if o.name == change.name), None)
+        if clash is not None:
+            b.block(
+                f"rename index to {change.name!r}",
+                f"an index named {change.name!r} already exists",
+                "pick another name, or drop the other index first",
+            )
+        else:
+            index = msgspec.structs.replace(index, name=change.name)
+    if change.storage_type is not None and change.storage_type.lower() != index.storage_type:
+        b.block(
+            f"change storage type to {change.storage_type}",
+            "hash and JSON documents are stored differently; the index cannot switch",
+            "export the documents, transform them and load them into a new index",
+        )
+    if change.key_separator is not None:
+        index = msgspec.structs.replace(index, key_separator=change.key_separator)
+    if change.prefix is not None:
+        new = [change.prefix] if isinstance(change.prefix, str) else list(change.prefix)
+        if new != index.prefixes:
+            if len(index.prefixes) != 1 or len(new) != 1:
+                b.block(
+                    f"change prefix to {change.prefix!r}",
+                    "moving keys is defined for one old and one new prefix only; this "
+                    f"index has {len(index.prefixes)} prefix(es)",
+                    "migrate to a single prefix first, or move the keys yourself",
+                )
+            else:
+                index = msgspec.structs.replace(index, prefix=new[0])
+    if change.options:
+        try:
+            options = msgspec.convert(
+                {**msgspec.structs.asdict(index.options), **change.options}, IndexOptions
+            )
+        except msgspec.ValidationError as exc:
+            raise SchemaError(f"schema patch: changes.index.options: {exc}") from None
+        index = msgspec.structs.replace(index, options=options)
+    return index
+
+
+def _vector_changes(
+    b: _Builder,
+    target: IndexSchema,
+    other_indexes: Sequence[OtherIndex],
+    samples: Mapping[str, np.ndarray],
+    previous: Mapping[str, Encoding],
+    stats: IndexStats,
+    force: bool,
+) -> list[VectorChange]:
+    out: list[VectorChange] = []
+    for field in target.vector_fields:
+        origin = b.origin.get(field.name)
+        source_field = b.source.field(origin) if origin else None
+        if not isinstance(source_field, VectorField):
+            continue
+        src, tgt = source_field.attrs.datatype, field.attrs.datatype
+        if src == tgt:
+            continue
+        change = f"re-encode {field.name!r} from {src} to {tgt}"
+        rewrite = b.storage == "hash"
+        if b.storage == "json" and tgt in INTEGER_TYPES:
+            b.block(
+                change,
+                "JSON vectors are read as stored numbers; int8/uint8 would need every array "
+                "rewritten as integers, which redismigrate does not do yet",
+                "use float16 or bfloat16 for JSON indexes, or store the vectors in hashes",
+            )
+            continue
+        encoding: Encoding | None = None
+        try:
+            sample = samples.get(source_field.name)
+            if sample is None or len(sample) == 0:
+                sample = np.zeros((0, field.attrs.dims), dtype=np.float32)
+            encoding = calibrate(
+                src,
+                tgt,
+                field.attrs.distance_metric,
+                sample,
+                previous=previous.get(source_field.name),
+            )
+        except ReEncodingRefused as exc:
+            b.block(change, str(exc).rstrip("."), "plan with the earlier plan or report that "
+                    "holds the scale (--previous-plan), or restore the originals from the backup")
+            continue
+        except ValueError as exc:
+            b.block(change, str(exc).rstrip("."), "load documents first, or pick a float type")
+            continue
+        if tgt == "uint8":
+            policy = uint8_policy(field.attrs.distance_metric)
+            if policy == "blocked":
+                b.block(
+                    change,
+                    "uint8 needs an offset, and an offset changes inner-product rankings",
+                    "use int8 (symmetric scale) for IP, or plan with --force to accept it",
+                    forceable=True,
+                )
+            elif policy == "warn":
+                b.warnings.append(
+                    f"{field.name!r}: uint8 with COSINE shifts every vector by the offset, "
+                    "which bends angles; int8 keeps them"
+                )
+        if rewrite:
+            for other in other_indexes:
+                if other.name == b.source.name or other.storage_type != "hash":
+                    continue
+                pairs = prefixes_overlap(b.source.prefixes, other.prefixes)
+                if pairs:
+                    shown = ", ".join(f"{x!r} / {y!r}" for x, y in pairs)
+                    b.block(
+                        change,
+                        f"index {other.name!r} also covers these keys (prefixes {shown}) and "
+                        f"expects {src} vectors; it would drop or fail those documents",
+                        "write the new vectors to new keys or a new field and move every "
+                        "index that reads them together",
+                    )
+        out.append(
+            VectorChange(
+                field=field.name,
+                source_field=source_field.name,
+                dims=field.attrs.dims,
+                source_datatype=src,
+                target_datatype=tgt,
+                distance_metric=field.attrs.distance_metric,
+                rewrite_documents=rewrite,
+                encoding=encoding,
+            )
+        )
+    return out
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1_048_576:,.1f} MB"
+
+
+def _warnings(
+    b: _Builder,
+    source: IndexSchema,
+    target: IndexSchema,
+    stats: IndexStats,
+    renames: RenameOperations,
+    vector_changes: Sequence[VectorChange],
+    force: bool,
+) -> list[str]:
+    out = [
+        "Index downtime is required: from the drop until the new index is built, queries "
+        "fail and writes are not indexed (pause reads and writes)"
+    ]
+    docs = stats.num_docs + stats.hash_indexing_failures
+    for vc in vector_changes:
+        before = docs * vc.dims * DATATYPE_BYTES[vc.source_datatype]
+        after = docs * vc.dims * DATATYPE_BYTES[vc.target_datatype]
+        if vc.lossy:
+            out.append(
+                f"Re-encoding {vc.field!r} {vc.source_datatype} -> {vc.target_datatype} is "
+                "lossy; the original bytes are kept in the backup"
+            )
+        if vc.rewrite_documents:
+            verb = "frees" if after < before else "needs"
+            out.append(
+                f"Vector data of {vc.field!r}: {_mb(before)} -> {_mb(after)} over {docs:,} "
+                f"documents ({verb} {_mb(abs(before - after))}); the backup needs {_mb(before)} "
+                "of disk"
+            )
+        else:
+            out.append(
+                f"{vc.field!r} is stored as JSON numbers: the server re-reads them as "
+                f"{vc.target_datatype}; documents are not rewritten"
+            )
+    if renames.rename_fields:
+        out.append(
+            f"Renaming {len(renames.rename_fields)} field(s) rewrites every document "
+            f"(~{docs:,})"
+        )
+    if renames.change_prefix is not None:
+        out.append(
+            f"Changing the prefix renames every key (~{docs:,}) from "
+            f"{renames.change_prefix.old!r} to {renames.change_prefix.new!r}"
+        )
+    if force:
+        forced = [x for x in b.blocked if x.forceable]
+        out.extend(f"Forced: {x.change}: {x.reason}" for x in forced)
+    out.extend(b.warnings)
+    if source.canonical() == target.canonical():
+        out.append("The patch changes nothing: the target equals the live schema")
+    return out
