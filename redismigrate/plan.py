@@ -151,7 +151,9 @@ class MigrationPlan(Model, frozen=True, kw_only=True):
         data: dict[str, Any] = msgspec.to_builtins(self)
         data["source"]["schema_snapshot"] = self.source.schema_snapshot.to_dict()
         data["merged_target_schema"] = self.merged_target_schema.to_dict()
-        ordered = {"version": data.pop("version"), "mode": data.pop("mode")}
+        data.pop("version", None)
+        data.pop("mode", None)
+        ordered = {"version": self.version, "mode": msgspec.to_builtins(self.mode)}
         ordered.update(data)
         return ordered
 
@@ -361,9 +363,7 @@ def build_plan(
         name = str(raw.get("name"))
         if name in bad:
             continue
-        field = parse_field(
-            raw, source=f"{where}: add field {name!r}", storage_type=b.storage
-        )
+        field = parse_field(raw, source=f"{where}: add field {name!r}", storage_type=b.storage)
         if isinstance(field, VectorField):
             b.block(
                 f"add vector field {name!r}",
@@ -521,36 +521,42 @@ def _apply_update(
                 "re-embed with the new model into a new field or index, then switch over",
             )
             return
+        if isinstance(field, VectorField):
+            attrs = _without_foreign_vector_params(field, attrs)
         updated = _merge_attrs(field, attrs, b.storage, f"{where}: {change}")
-        if isinstance(updated, VectorField) and updated.attrs.algorithm != field.attrs.algorithm:
-            updated = _drop_foreign_vector_params(updated, set(attrs))
         b.fields[current] = updated
     if new_path is not None:
         b.fields[current] = msgspec.structs.replace(b.fields[current], path=new_path)
 
 
-def _drop_foreign_vector_params(field: VectorField, given: set[str]) -> VectorField:
-    # Parameters of the old algorithm do not carry over to the new one.
-    keep = {
-        "flat": {"block_size", "initial_cap"},
-        "hnsw": {"m", "ef_construction", "ef_runtime", "epsilon", "initial_cap"},
-        "svs-vamana": {
-            "graph_max_degree",
-            "construction_window_size",
-            "search_window_size",
-            "compression",
-            "reduce",
-            "training_threshold",
-            "epsilon",
-        },
-    }[field.attrs.algorithm]
-    params = {
-        "block_size", "initial_cap", "m", "ef_construction", "ef_runtime", "epsilon",
-        "graph_max_degree", "construction_window_size", "search_window_size", "compression",
-        "reduce", "training_threshold",
-    }  # fmt: skip
-    cleared = {p: None for p in params if p not in keep and p not in given}
-    return msgspec.structs.replace(field, attrs=msgspec.structs.replace(field.attrs, **cleared))
+_VECTOR_PARAMS = {
+    "flat": ("block_size", "initial_cap"),
+    "hnsw": ("m", "ef_construction", "ef_runtime", "epsilon", "initial_cap"),
+    "svs-vamana": (
+        "graph_max_degree",
+        "construction_window_size",
+        "search_window_size",
+        "compression",
+        "reduce",
+        "training_threshold",
+        "epsilon",
+    ),
+}
+
+
+def _without_foreign_vector_params(field: VectorField, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """``attrs`` plus a reset of the old algorithm's parameters the new one does not take."""
+    new_algorithm = str(attrs.get("algorithm", field.attrs.algorithm)).lower()
+    if new_algorithm == field.attrs.algorithm or new_algorithm not in _VECTOR_PARAMS:
+        return dict(attrs)
+    keep = set(_VECTOR_PARAMS[new_algorithm])
+    cleared = {
+        p: None
+        for params in _VECTOR_PARAMS.values()
+        for p in params
+        if p not in keep and p not in attrs
+    }
+    return {**cleared, **attrs}
 
 
 def _apply_index_changes(
@@ -640,8 +646,12 @@ def _vector_changes(
                 previous=previous.get(source_field.name),
             )
         except ReEncodingRefused as exc:
-            b.block(change, str(exc).rstrip("."), "plan with the earlier plan or report that "
-                    "holds the scale (--previous-plan), or restore the originals from the backup")
+            b.block(
+                change,
+                str(exc).rstrip("."),
+                "plan with the earlier plan or report that "
+                "holds the scale (--previous-plan), or restore the originals from the backup",
+            )
             continue
         except ValueError as exc:
             b.block(change, str(exc).rstrip("."), "load documents first, or pick a float type")
@@ -729,8 +739,7 @@ def _warnings(
             )
     if renames.rename_fields:
         out.append(
-            f"Renaming {len(renames.rename_fields)} field(s) rewrites every document "
-            f"(~{docs:,})"
+            f"Renaming {len(renames.rename_fields)} field(s) rewrites every document (~{docs:,})"
         )
     if renames.change_prefix is not None:
         out.append(

@@ -143,12 +143,13 @@ class AsyncMigrationPlanner:
             target_schema = IndexSchema.load(target_schema_path)
         if schema_patch is not None and schema_patch.source_index not in (None, index_name):
             raise BadInputError(
-                f"the schema patch is for index {schema_patch.source_index!r}, "
-                f"not {index_name!r}"
+                f"the schema patch is for index {schema_patch.source_index!r}, not {index_name!r}"
             )
         previous = previous_encodings_from(previous_plan_path)
         async with connect(redis_url, redis_client) as client:
-            return await self._plan(client, index_name, schema_patch, target_schema, previous, force)
+            return await self._plan(
+                client, index_name, schema_patch, target_schema, previous, force
+            )
 
     async def _plan(
         self,
@@ -170,9 +171,7 @@ class AsyncMigrationPlanner:
         samples: dict[str, Any] = {}
         wanted = _fields_needing_samples(source, patch)
         if wanted:
-            sample_keys_for_vectors = await sample_keys(
-                client, index_name, self.vector_sample_size
-            )
+            sample_keys_for_vectors = await sample_keys(client, index_name, self.vector_sample_size)
             for field in source.vector_fields:
                 if field.name in wanted:
                     samples[field.name] = await sample_vectors(
@@ -203,4 +202,3 @@ def _fields_needing_samples(source: IndexSchema, patch: SchemaPatch) -> set[str]
             ):
                 names.add(field.name)
     return names
-

@@ -168,3 +168,61 @@ def demo(
         console.print("Schema as YAML (the layout plans and patches use):")
         console.print(described.schema.to_yaml(), markup=False, highlight=False)
     console.print("Server stopped.")
+
+
+@app.command("plan")
+def plan(
+    index: Annotated[str, typer.Option("--index", "-i", help="Index to migrate.")],
+    plan_out: Annotated[Path, typer.Option("--plan-out", help="Where to write the plan YAML.")],
+    schema_patch: Annotated[
+        Path | None, typer.Option("--schema-patch", help="Patch YAML/JSON: what to change.")
+    ] = None,
+    target_schema: Annotated[
+        Path | None, typer.Option("--target-schema", help="Full wanted schema YAML/JSON.")
+    ] = None,
+    previous_plan: Annotated[
+        Path | None,
+        typer.Option(
+            "--previous-plan",
+            help="An earlier plan whose scale undoes an integer encoding (int8/uint8 to float).",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Accept changes blocked only as risky (uint8 with IP).")
+    ] = False,
+    url: UrlOption = "redis://localhost:6379",
+) -> None:
+    """Write a reviewable migration plan. Exit 0: supported; 3: written but blocked."""
+    from redismigrate.aio.planner import AsyncMigrationPlanner
+    from redismigrate.errors import BadInputError
+
+    check_url(url)
+    if (schema_patch is None) == (target_schema is None):
+        raise BadInputError("give exactly one of --schema-patch or --target-schema")
+    _check_writable(plan_out)
+
+    async def work() -> Any:
+        return await AsyncMigrationPlanner().create_plan(
+            index,
+            redis_url=url,
+            schema_patch_path=schema_patch,
+            target_schema_path=target_schema,
+            previous_plan_path=previous_plan,
+            force=force,
+        )
+
+    result = anyio.run(work)
+    result.dump(plan_out)
+    _render.print_plan_summary(console, result, plan_out)
+    if not result.supported:
+        raise typer.Exit(3)
+
+
+def _check_writable(path: Path) -> None:
+    from redismigrate.errors import BadInputError
+
+    if path.is_dir():
+        raise BadInputError(f"{str(path)!r} is a directory; give a file name for the output")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise BadInputError(f"cannot write {str(path)!r}: folder {str(parent)!r} does not exist")

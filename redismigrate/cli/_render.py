@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from redismigrate.ftinfo import IndexStats
+from redismigrate.plan import MigrationPlan
 from redismigrate.schema import IndexSchema, VectorField, non_default_builtins, type_name
 
 
@@ -57,3 +58,26 @@ def print_index(console: Console, schema: IndexSchema, stats: IndexStats) -> Non
             attrs = {"dims": field.attrs.dims, **attrs}
         fields.add_row(field.name, type_name(field), field.path or "", _attrs_text(attrs))
     console.print(fields)
+
+
+def print_plan_summary(console: Console, plan: MigrationPlan, path: object) -> None:
+    console.print(f"Migration plan written to {path}")
+    console.print(f"Index: {plan.source.index_name} -> {plan.target_index_name}")
+    console.print(f"Mode: {plan.mode.__struct_config__.tag}")
+    console.print(f"Supported: {plan.supported}")
+    if plan.diff_classification.blocked_reasons:
+        console.print("Blocked:")
+        for blocked in plan.diff_classification.blocked_reasons:
+            console.print(f"  - {blocked}", markup=False, highlight=False)
+    for change in plan.vector_changes:
+        encoding = change.encoding.__struct_config__.tag if change.encoding else "none"
+        console.print(
+            f"Vector {change.field!r}: {change.dims} dims, {change.source_datatype} -> "
+            f"{change.target_datatype} ({encoding})",
+            markup=False,
+            highlight=False,
+        )
+    if plan.warnings:
+        console.print("Warnings:")
+        for warning in plan.warnings:
+            console.print(f"  - {warning}", markup=False, highlight=False)
