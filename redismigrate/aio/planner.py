@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
+import redis.exceptions as rexc
 
 from redismigrate.aio.connection import connect, execute
 from redismigrate.aio.indexes import (
@@ -18,6 +19,7 @@ from redismigrate.aio.indexes import (
     server_capabilities,
 )
 from redismigrate.errors import BadInputError
+from redismigrate.estimate import MigrationEstimate, build_estimate
 from redismigrate.ftinfo import pairs_to_dict, schema_from_ft_info, text
 from redismigrate.patch import SchemaPatch, diff_schemas
 from redismigrate.plan import MigrationPlan, OtherIndex, build_plan
@@ -26,6 +28,8 @@ from redismigrate.schema import DATATYPE_BYTES, IndexSchema, VectorField, defaul
 
 KEY_SAMPLE_SIZE = 10
 VECTOR_SAMPLE_SIZE = 2000
+QUALITY_SAMPLE_SIZE = 2000
+MIN_QUALITY_SAMPLE = 1000
 
 
 async def sample_keys(client: aioredis.Redis, index_name: str, count: int) -> list[str]:
@@ -150,6 +154,50 @@ class AsyncMigrationPlanner:
             return await self._plan(
                 client, index_name, schema_patch, target_schema, previous, force
             )
+
+    async def estimate(
+        self,
+        plan: MigrationPlan,
+        *,
+        redis_url: str | None = None,
+        redis_client: aioredis.Redis | None = None,
+        aof_enabled: bool = False,
+        quality_sample_size: int = QUALITY_SAMPLE_SIZE,
+    ) -> MigrationEstimate:
+        """Disk, memory and AOF costs of ``plan`` and a recall@10 forecast; writes nothing.
+
+        The forecast re-encodes a sample of at least 1,000 stored vectors (fewer only
+        when the index holds fewer) locally and compares exact KNN before and after.
+        """
+        quality_sample_size = max(quality_sample_size, MIN_QUALITY_SAMPLE)
+        async with connect(redis_url, redis_client) as client:
+            memory = await client.info("memory")
+            dataset = int(memory.get("used_memory_dataset", 0))
+            samples: dict[str, np.ndarray] = {}
+            lossy = [vc for vc in plan.vector_changes if vc.lossy]
+            if lossy:
+                source = plan.source.schema_snapshot
+                try:
+                    keys = await sample_keys(client, plan.source.index_name, quality_sample_size)
+                except rexc.ResponseError:
+                    keys = []  # the source index is gone (already migrated): no forecast
+                for change in lossy:
+                    field = source.field(change.source_field)
+                    if isinstance(field, VectorField):
+                        samples[change.source_field] = await sample_vectors(
+                            client, source, field, keys
+                        )
+        key_sample = plan.source.keyspace.key_sample
+        average_key = (
+            sum(len(k.encode()) for k in key_sample) // len(key_sample) if key_sample else 16
+        )
+        return build_estimate(
+            plan,
+            samples=samples,
+            dataset_bytes=dataset,
+            average_key_bytes=average_key,
+            aof_enabled=aof_enabled,
+        )
 
     async def _plan(
         self,

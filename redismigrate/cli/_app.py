@@ -226,3 +226,31 @@ def _check_writable(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise BadInputError(f"cannot write {str(path)!r}: folder {str(parent)!r} does not exist")
+
+
+@app.command("estimate")
+def estimate(
+    plan: Annotated[Path, typer.Option("--plan", help="A plan written by `redismigrate plan`.")],
+    aof_enabled: Annotated[
+        bool, typer.Option("--aof-enabled", help="Also estimate AOF growth (appendonly yes).")
+    ] = False,
+    url: UrlOption = "redis://localhost:6379",
+    as_json: JsonOption = False,
+) -> None:
+    """Disk, memory and a search-quality forecast for a plan. Reads only; writes nothing."""
+    from redismigrate.aio.planner import AsyncMigrationPlanner
+    from redismigrate.plan import MigrationPlan
+
+    check_url(url)
+    loaded = MigrationPlan.load(plan)
+
+    async def work() -> Any:
+        return await AsyncMigrationPlanner().estimate(
+            loaded, redis_url=url, aof_enabled=aof_enabled
+        )
+
+    result = anyio.run(work)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        _render.print_estimate(console, result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from redismigrate.estimate import MigrationEstimate
 from redismigrate.ftinfo import IndexStats
 from redismigrate.plan import MigrationPlan
 from redismigrate.schema import IndexSchema, VectorField, non_default_builtins, type_name
@@ -81,3 +82,44 @@ def print_plan_summary(console: Console, plan: MigrationPlan, path: object) -> N
         console.print("Warnings:")
         for warning in plan.warnings:
             console.print(f"  - {warning}", markup=False, highlight=False)
+
+
+def human_bytes(n: float) -> str:
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= size:
+            return f"{sign}{n / size:,.2f} {unit}"
+    return f"{sign}{int(n)} bytes"
+
+
+def print_estimate(console: Console, estimate: MigrationEstimate) -> None:
+    console.print(f"Estimate for index {estimate.index_name!r} ({estimate.documents:,} documents)")
+    for field in estimate.vector_fields:
+        console.print(
+            f"  vector {field.field!r}: {field.dims} dims, {field.source_datatype} -> "
+            f"{field.target_datatype}"
+            + ("" if field.rewrite_documents else " (JSON: documents not rewritten)"),
+            markup=False,
+            highlight=False,
+        )
+        if field.quality is not None:
+            q = field.quality
+            console.print(
+                f"    recall@{q.k} ({q.metric}, {q.sample_size:,} stored vectors, "
+                f"{q.queries} queries): {q.recall_before:.3f} before, {q.recall_after:.3f} after",
+                markup=False,
+                highlight=False,
+            )
+    console.print(f"  Vector backup on disk:      {human_bytes(estimate.backup_disk_bytes)}")
+    console.print(f"  RDB snapshot (BGSAVE):      {human_bytes(estimate.rdb_snapshot_bytes)}")
+    if estimate.aof_enabled:
+        console.print(f"  AOF growth:                 {human_bytes(estimate.aof_growth_bytes)}")
+    else:
+        console.print("  AOF growth:                 not estimated (pass --aof-enabled)")
+    console.print(f"  Total new disk:             {human_bytes(estimate.total_new_disk_bytes)}")
+    change = estimate.memory_change_bytes
+    verb = "saved" if change < 0 else "added"
+    console.print(f"  Memory {verb} after migration: {human_bytes(abs(change))}")
+    for note in estimate.notes:
+        console.print(f"  Note: {note}", markup=False, highlight=False)
