@@ -33,7 +33,8 @@ server_app = typer.Typer(
 app.add_typer(index_app, name="index")
 app.add_typer(server_app, name="server")
 
-console = Console()
+# soft_wrap: long lines stay whole in logs and pipes; tables still fit the terminal
+console = Console(soft_wrap=True)
 
 UrlOption = Annotated[
     str,
@@ -254,3 +255,46 @@ def estimate(
         _print_json(result.to_dict())
     else:
         _render.print_estimate(console, result)
+
+
+@app.command("wizard")
+def wizard(
+    index: Annotated[str, typer.Option("--index", "-i", help="Index to migrate.")],
+    url: UrlOption = "redis://localhost:6379",
+    plan_out: Annotated[Path, typer.Option("--plan-out", help="Where to write the plan.")] = Path(
+        "migration_plan.yaml"
+    ),
+    patch_out: Annotated[
+        Path | None, typer.Option("--patch-out", help="Also write the patch here.")
+    ] = None,
+) -> None:
+    """Build a patch interactively (answers can be piped in), then write the plan."""
+    from redismigrate.aio.indexes import list_indexes as list_all
+    from redismigrate.aio.planner import AsyncMigrationPlanner
+    from redismigrate.cli.wizard import Wizard
+
+    check_url(url)
+    _check_writable(plan_out)
+    if patch_out is not None:
+        _check_writable(patch_out)
+
+    async def snapshot() -> Any:
+        async with connect(url) as client:
+            caps = await server_capabilities(client)
+            described = await read_schema_and_stats(client, index)
+            return caps, described.schema, await list_all(client)
+
+    caps, schema, existing = anyio.run(snapshot)
+    patch = Wizard(schema, caps, existing, console).run()
+    if patch_out is not None:
+        patch.dump(patch_out)
+        console.print(f"Patch written to {patch_out}")
+
+    async def make_plan() -> Any:
+        return await AsyncMigrationPlanner().create_plan(index, redis_url=url, schema_patch=patch)
+
+    result = anyio.run(make_plan)
+    result.dump(plan_out)
+    _render.print_plan_summary(console, result, plan_out)
+    if not result.supported:
+        raise typer.Exit(3)
