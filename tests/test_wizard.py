@@ -33,7 +33,7 @@ def run_wizard(
             str(tmp_path / "plan.yaml"),
             "--patch-out",
             str(tmp_path / "patch.yaml"),
-        ],  # fmt: skip
+        ],
         input="".join(f"{a}\n" for a in answers),
         capture_output=True,
         text=True,
