@@ -1,5 +1,7 @@
 """redismigrate: change the schema of a live Redis Search index and keep every document."""
 
+from redismigrate.aio.inspector import AsyncIndexInspector
+from redismigrate.aio.planner import AsyncMigrationPlanner
 from redismigrate.capabilities import ServerCapabilities
 from redismigrate.errors import (
     BadInputError,
@@ -9,20 +11,33 @@ from redismigrate.errors import (
     SchemaError,
     SearchModuleMissing,
 )
+from redismigrate.estimate import MigrationEstimate
 from redismigrate.ftinfo import IndexStats
+from redismigrate.patch import SchemaPatch
+from redismigrate.plan import MigrationPlan
+from redismigrate.quantize import encode_query
 from redismigrate.schema import IndexSchema
+from redismigrate.sync import IndexInspector, MigrationPlanner
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncIndexInspector",
+    "AsyncMigrationPlanner",
     "BadInputError",
     "ConnectionFailed",
+    "IndexInspector",
     "IndexNotFound",
     "IndexSchema",
     "IndexStats",
+    "MigrationEstimate",
+    "MigrationPlan",
+    "MigrationPlanner",
     "RedisMigrateError",
     "SchemaError",
+    "SchemaPatch",
     "SearchModuleMissing",
     "ServerCapabilities",
     "__version__",
+    "encode_query",
 ]

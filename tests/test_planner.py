@@ -451,3 +451,29 @@ async def test_bad_input_is_refused_before_anything(
         await planner.create_plan(live_index.name, redis_client=aclient, schema_patch_path=other)
     with pytest.raises(BadInputError, match="exactly one"):
         await planner.create_plan(live_index.name, redis_client=aclient)
+
+
+async def test_the_sync_planner_works_inside_a_running_event_loop(
+    redis_url: str, live_index: IndexSchema
+) -> None:
+    import asyncio
+
+    from redismigrate.sync import MigrationPlanner
+
+    patch = SchemaPatch.from_dict(
+        {"changes": {"update_fields": [{"name": "title", "attrs": {"sortable": True}}]}}
+    )
+    # this test body runs on an event loop, as a notebook cell does
+    asyncio.get_running_loop()
+    coroutine = AsyncMigrationPlanner().create_plan(
+        live_index.name, redis_url=redis_url, schema_patch=patch
+    )
+    with pytest.raises(RuntimeError):
+        asyncio.run(coroutine)  # the naive way fails here
+    coroutine.close()
+    plan = MigrationPlanner().create_plan(live_index.name, redis_url=redis_url, schema_patch=patch)
+    assert plan.supported
+    title = plan.merged_target_schema.field("title")
+    assert title is not None and title.attrs.sortable  # type: ignore[union-attr]
+    estimate = MigrationPlanner().estimate(plan, redis_url=redis_url)
+    assert estimate.documents == DOCS

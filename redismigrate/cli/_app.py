@@ -13,8 +13,9 @@ from rich.console import Console
 
 from redismigrate import __version__
 from redismigrate.aio.connection import connect
-from redismigrate.aio.indexes import list_indexes, read_schema_and_stats, server_capabilities
+from redismigrate.aio.indexes import read_schema_and_stats, server_capabilities
 from redismigrate.cli import _render
+from redismigrate.sync import IndexInspector, MigrationPlanner
 from redismigrate.urls import check_url
 
 app = typer.Typer(
@@ -73,16 +74,10 @@ def index_list(url: UrlOption = "redis://localhost:6379", as_json: JsonOption = 
     """List every index on the server with its document count."""
     check_url(url)
 
-    async def work() -> list[tuple[str, int, str]]:
-        async with connect(url) as client:
-            await server_capabilities(client)
-            rows: list[tuple[str, int, str]] = []
-            for name in await list_indexes(client):
-                described = await read_schema_and_stats(client, name)
-                rows.append((name, described.stats.num_docs, described.schema.index.storage_type))
-            return rows
-
-    rows = anyio.run(work)
+    rows: list[tuple[str, int, str]] = [
+        (d.schema.name, d.stats.num_docs, d.schema.storage_type)
+        for d in IndexInspector().describe_all(redis_url=url)
+    ]
     if as_json:
         _print_json([{"name": n, "num_docs": d, "storage_type": s} for n, d, s in rows])
     else:
@@ -98,12 +93,7 @@ def index_info(
     """Show one index: settings, fields and counters."""
     check_url(url)
 
-    async def work() -> Any:
-        async with connect(url) as client:
-            await server_capabilities(client)
-            return await read_schema_and_stats(client, index)
-
-    described = anyio.run(work)
+    described = IndexInspector().describe(index, redis_url=url)
     if as_json:
         _print_json(
             {"schema": described.schema.to_dict(), "stats": msgspec.to_builtins(described.stats)}
@@ -194,7 +184,6 @@ def plan(
     url: UrlOption = "redis://localhost:6379",
 ) -> None:
     """Write a reviewable migration plan. Exit 0: supported; 3: written but blocked."""
-    from redismigrate.aio.planner import AsyncMigrationPlanner
     from redismigrate.errors import BadInputError
 
     check_url(url)
@@ -202,17 +191,14 @@ def plan(
         raise BadInputError("give exactly one of --schema-patch or --target-schema")
     _check_writable(plan_out)
 
-    async def work() -> Any:
-        return await AsyncMigrationPlanner().create_plan(
-            index,
-            redis_url=url,
-            schema_patch_path=schema_patch,
-            target_schema_path=target_schema,
-            previous_plan_path=previous_plan,
-            force=force,
-        )
-
-    result = anyio.run(work)
+    result = MigrationPlanner().create_plan(
+        index,
+        redis_url=url,
+        schema_patch_path=schema_patch,
+        target_schema_path=target_schema,
+        previous_plan_path=previous_plan,
+        force=force,
+    )
     result.dump(plan_out)
     _render.print_plan_summary(console, result, plan_out)
     if not result.supported:
@@ -239,18 +225,12 @@ def estimate(
     as_json: JsonOption = False,
 ) -> None:
     """Disk, memory and a search-quality forecast for a plan. Reads only; writes nothing."""
-    from redismigrate.aio.planner import AsyncMigrationPlanner
     from redismigrate.plan import MigrationPlan
 
     check_url(url)
     loaded = MigrationPlan.load(plan)
 
-    async def work() -> Any:
-        return await AsyncMigrationPlanner().estimate(
-            loaded, redis_url=url, aof_enabled=aof_enabled
-        )
-
-    result = anyio.run(work)
+    result = MigrationPlanner().estimate(loaded, redis_url=url, aof_enabled=aof_enabled)
     if as_json:
         _print_json(result.to_dict())
     else:
@@ -269,8 +249,6 @@ def wizard(
     ] = None,
 ) -> None:
     """Build a patch interactively (answers can be piped in), then write the plan."""
-    from redismigrate.aio.indexes import list_indexes as list_all
-    from redismigrate.aio.planner import AsyncMigrationPlanner
     from redismigrate.cli.wizard import Wizard
 
     check_url(url)
@@ -278,22 +256,16 @@ def wizard(
     if patch_out is not None:
         _check_writable(patch_out)
 
-    async def snapshot() -> Any:
-        async with connect(url) as client:
-            caps = await server_capabilities(client)
-            described = await read_schema_and_stats(client, index)
-            return caps, described.schema, await list_all(client)
-
-    caps, schema, existing = anyio.run(snapshot)
+    inspector = IndexInspector()
+    caps = inspector.capabilities(redis_url=url)
+    schema = inspector.describe(index, redis_url=url).schema
+    existing = inspector.list_indexes(redis_url=url)
     patch = Wizard(schema, caps, existing, console).run()
     if patch_out is not None:
         patch.dump(patch_out)
         console.print(f"Patch written to {patch_out}")
 
-    async def make_plan() -> Any:
-        return await AsyncMigrationPlanner().create_plan(index, redis_url=url, schema_patch=patch)
-
-    result = anyio.run(make_plan)
+    result = MigrationPlanner().create_plan(index, redis_url=url, schema_patch=patch)
     result.dump(plan_out)
     _render.print_plan_summary(console, result, plan_out)
     if not result.supported:

@@ -1,0 +1,78 @@
+"""Read-only look at a live server: its indexes, one index's definition, its capabilities."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from redismigrate.aio.connection import connect
+from redismigrate.aio.indexes import (
+    IndexDescription,
+    list_indexes,
+    read_schema_and_stats,
+    server_capabilities,
+)
+from redismigrate.capabilities import ServerCapabilities
+
+
+class AsyncIndexInspector:
+    """Inspect the indexes of a Redis server without changing anything.
+
+    Every method takes exactly one of ``redis_url`` (a connection is opened and
+    closed for the call) or ``redis_client`` (the caller's client, left open).
+    """
+
+    def __init__(self) -> None:
+        """An inspector holds no state; one can serve any number of servers."""
+
+    async def list_indexes(
+        self,
+        *,
+        redis_url: str | None = None,
+        redis_client: aioredis.Redis | None = None,
+    ) -> list[str]:
+        """Names of every index on the server, sorted."""
+        async with connect(redis_url, redis_client) as client:
+            return await list_indexes(client)
+
+    async def describe(
+        self,
+        index_name: str,
+        *,
+        redis_url: str | None = None,
+        redis_client: aioredis.Redis | None = None,
+    ) -> IndexDescription:
+        """The full schema and the FT.INFO counters of ``index_name``.
+
+        Raises IndexNotFound when the server has no such index.
+        """
+        async with connect(redis_url, redis_client) as client:
+            return await read_schema_and_stats(client, index_name)
+
+    async def capabilities(
+        self,
+        *,
+        redis_url: str | None = None,
+        redis_client: aioredis.Redis | None = None,
+    ) -> ServerCapabilities:
+        """Versions of Redis and its search and JSON modules.
+
+        Raises SearchModuleMissing when the server has no search module.
+        """
+        async with connect(redis_url, redis_client) as client:
+            return await server_capabilities(client)
+
+    async def describe_all(
+        self,
+        *,
+        redis_url: str | None = None,
+        redis_client: aioredis.Redis | None = None,
+    ) -> list[IndexDescription]:
+        """Every index on the server, described, in name order.
+
+        Raises SearchModuleMissing when the server has no search module.
+        """
+        async with connect(redis_url, redis_client) as client:
+            await server_capabilities(client)
+            return [
+                await read_schema_and_stats(client, name) for name in await list_indexes(client)
+            ]
