@@ -14,23 +14,19 @@ load unchanged::
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
-import yaml
 
 from redismigrate.errors import SchemaError
+from redismigrate.files import ReviewableFile
 from redismigrate.schema import (
     FIELD_TYPES,
     Field,
     IndexSchema,
     Model,
-    _parse_yaml,
     field_to_dict,
     non_default_builtins,
-    read_text_file,
     schema_from_dict,
     type_name,
 )
@@ -95,8 +91,10 @@ class SchemaChanges(Model, frozen=True, kw_only=True):
         )
 
 
-class SchemaPatch(Model, frozen=True, kw_only=True):
+class SchemaPatch(Model, ReviewableFile, frozen=True, kw_only=True):
     """A patch: every section optional. ``source_index`` (ours) pins it to one index."""
+
+    file_kind: ClassVar[str] = "schema patch"
 
     version: int = PATCH_FORMAT_VERSION
     source_index: str | None = None
@@ -111,34 +109,9 @@ class SchemaPatch(Model, frozen=True, kw_only=True):
             out["changes"]["index"] = non_default_builtins(self.changes.index)
         return out
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
-
-    def dump(self, path: str | Path) -> None:
-        text = (
-            json.dumps(self.to_dict(), indent=2) if str(path).endswith(".json") else self.to_yaml()
-        )
-        Path(path).write_text(text, encoding="utf-8")
-
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "patch") -> SchemaPatch:
         return patch_from_dict(data, source=source)
-
-    @classmethod
-    def from_yaml(cls, text: str, *, source: str = "patch") -> SchemaPatch:
-        return patch_from_dict(_parse_yaml(text, source), source=source)
-
-    @classmethod
-    def load(cls, path: str | Path) -> SchemaPatch:
-        """Load a patch from a YAML or JSON file; SchemaError names any problem."""
-        text = read_text_file(path, what="schema patch")
-        if str(path).endswith(".json"):
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise SchemaError(f"{path}: not valid JSON ({exc})") from None
-            return patch_from_dict(data, source=str(path))
-        return cls.from_yaml(text, source=str(path))
 
 
 def patch_from_dict(data: Any, *, source: str = "patch") -> SchemaPatch:

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 import numpy as np
-import yaml
 
 from redismigrate.capabilities import ServerCapabilities
 from redismigrate.errors import SchemaError
+from redismigrate.files import ReviewableFile
 from redismigrate.ftinfo import IndexStats
 from redismigrate.patch import FieldRename, SchemaChanges, SchemaPatch, parse_field
 from redismigrate.quantize import Encoding, ReEncodingRefused, calibrate, uint8_policy
@@ -29,9 +27,7 @@ from redismigrate.schema import (
     IndexSchema,
     Model,
     VectorField,
-    _parse_yaml,
     default_json_path,
-    read_text_file,
     type_name,
     validate_schema,
 )
@@ -125,8 +121,10 @@ class VectorChange(Model, frozen=True, kw_only=True):
         return bool(self.encoding is not None and self.encoding.lossy)
 
 
-class MigrationPlan(Model, frozen=True, kw_only=True):
+class MigrationPlan(Model, ReviewableFile, frozen=True, kw_only=True):
     """Everything a person reviews before applying, and the executor follows."""
+
+    file_kind: ClassVar[str] = "migration plan"
 
     version: int = PLAN_FORMAT_VERSION
     mode: Mode = DropRecreate()
@@ -157,15 +155,6 @@ class MigrationPlan(Model, frozen=True, kw_only=True):
         ordered.update(data)
         return ordered
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
-
-    def dump(self, path: str | Path) -> None:
-        text = (
-            json.dumps(self.to_dict(), indent=2) if str(path).endswith(".json") else self.to_yaml()
-        )
-        Path(path).write_text(text, encoding="utf-8")
-
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "plan") -> MigrationPlan:
         if not isinstance(data, dict):
@@ -180,11 +169,6 @@ class MigrationPlan(Model, frozen=True, kw_only=True):
         except msgspec.ValidationError as exc:
             raise SchemaError(f"{source}: {exc}") from None
         return plan
-
-    @classmethod
-    def load(cls, path: str | Path) -> MigrationPlan:
-        text = read_text_file(path, what="migration plan")
-        return cls.from_dict(_parse_yaml(text, str(path)), source=str(path))
 
 
 def schema_hash(schema: IndexSchema) -> str:

@@ -15,14 +15,12 @@ when their canonical forms are equal.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, TypeAlias
 
 import msgspec
-import yaml
 
 from redismigrate.errors import SchemaError
+from redismigrate.files import ReviewableFile
 
 SCHEMA_FORMAT_VERSION = "0.1.0"
 SUPPORTED_SCHEMA_VERSIONS = ("0.1.0",)
@@ -193,8 +191,10 @@ class IndexInfo(Model, frozen=True, kw_only=True):
         return [self.prefix] if isinstance(self.prefix, str) else list(self.prefix)
 
 
-class IndexSchema(Model, frozen=True, kw_only=True):
+class IndexSchema(Model, ReviewableFile, frozen=True, kw_only=True):
     """A Redis Search index definition: index-level settings and fields."""
+
+    file_kind: ClassVar[str] = "schema file"
 
     index: IndexInfo
     fields: list[Field] = []
@@ -251,64 +251,12 @@ class IndexSchema(Model, frozen=True, kw_only=True):
             "fields": [field_to_dict(f) for f in self.fields],
         }
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "schema") -> IndexSchema:
         return schema_from_dict(data, source=source)
 
-    @classmethod
-    def from_yaml(cls, text: str, *, source: str = "schema") -> IndexSchema:
-        return schema_from_dict(_parse_yaml(text, source), source=source)
-
-    @classmethod
-    def from_json(cls, text: str, *, source: str = "schema") -> IndexSchema:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SchemaError(f"{source}: not valid JSON ({exc})") from None
-        return schema_from_dict(data, source=source)
-
-    @classmethod
-    def load(cls, path: str | Path) -> IndexSchema:
-        """Load a schema from a YAML or JSON file."""
-        text = read_text_file(path, what="schema file")
-        if str(path).endswith(".json"):
-            return cls.from_json(text, source=str(path))
-        return cls.from_yaml(text, source=str(path))
-
-    def dump(self, path: str | Path) -> None:
-        text = self.to_json() if str(path).endswith(".json") else self.to_yaml()
-        Path(path).write_text(text, encoding="utf-8")
-
 
 # --------------------------------------------------------------------------- loading
-
-
-def read_text_file(path: str | Path, *, what: str) -> str:
-    p = Path(path)
-    if not p.exists():
-        raise SchemaError(f"{what} {str(p)!r} does not exist")
-    if p.is_dir():
-        raise SchemaError(f"{what} {str(p)!r} is a directory, not a file")
-    try:
-        return p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SchemaError(f"{what} {str(p)!r} cannot be read: {exc}") from None
-
-
-def _parse_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise SchemaError(f"{source}: not valid YAML{where}: {problem}") from None
 
 
 _LOWERCASE_VECTOR_ATTRS = ("algorithm", "datatype", "distance_metric")

@@ -28,6 +28,13 @@ _UNKNOWN_INDEX = re.compile(r"unknown index|no such index|not found", re.IGNOREC
 _UNKNOWN_COMMAND = re.compile(r"unknown command", re.IGNORECASE)
 
 
+def search_module_missing() -> SearchModuleMissing:
+    return SearchModuleMissing(
+        "the server has no search module (RediSearch / Redis Query Engine); "
+        "use Redis Stack or Redis 8"
+    )
+
+
 class IndexDescription(msgspec.Struct, frozen=True, kw_only=True):
     """A live index: its schema and its FT.INFO counters."""
 
@@ -59,10 +66,7 @@ async def server_capabilities(client: aioredis.Redis) -> ServerCapabilities:
             await execute(client, "FT._LIST")
         except rexc.ResponseError as exc:
             if _UNKNOWN_COMMAND.search(str(exc)):
-                raise SearchModuleMissing(
-                    "the server has no search module (RediSearch / Redis Query Engine); "
-                    "use Redis Stack or Redis 8"
-                ) from None
+                raise search_module_missing() from None
             raise
         major = int(redis_version.split(".")[0]) if redis_version[:1].isdigit() else 0
         search = (major, 0, 0) if major >= 8 else (2, 0, 0)
@@ -77,10 +81,7 @@ async def list_indexes(client: aioredis.Redis) -> list[str]:
         names = await execute(client, "FT._LIST")
     except rexc.ResponseError as exc:
         if _UNKNOWN_COMMAND.search(str(exc)):
-            raise SearchModuleMissing(
-                "the server has no search module (RediSearch / Redis Query Engine); "
-                "use Redis Stack or Redis 8"
-            ) from None
+            raise search_module_missing() from None
         raise
     return sorted(text(n) for n in names)
 
@@ -92,10 +93,7 @@ async def ft_info(client: aioredis.Redis, index_name: str) -> Any:
     except rexc.ResponseError as exc:
         message = str(exc)
         if _UNKNOWN_COMMAND.search(message):
-            raise SearchModuleMissing(
-                "the server has no search module (RediSearch / Redis Query Engine); "
-                "use Redis Stack or Redis 8"
-            ) from None
+            raise search_module_missing() from None
         if _UNKNOWN_INDEX.search(message):
             raise IndexNotFound(f"index {index_name!r} does not exist on this server") from None
         raise ServerReplyError(f"FT.INFO {index_name!r} failed: {message}") from None
