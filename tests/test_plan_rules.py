@@ -162,3 +162,54 @@ def test_overlap_names_the_other_index_in_either_direction() -> None:
         other_indexes=[OtherIndex(name="other", storage_type="hash", prefixes=["user:"])],
     )
     assert unrelated.supported
+
+
+REDISVL_PATCH = """
+version: 1
+changes:
+  add_fields:
+    - name: category
+      type: tag
+      path: $.category
+      attrs:
+        separator: "|"
+  remove_fields:
+    - legacy_field
+  update_fields:
+    - name: title
+      attrs:
+        sortable: true
+    - name: embedding
+      options:
+        datatype: float16
+        algorithm: HNSW
+        distance_metric: cosine
+  rename_fields:
+    - old_name: body
+      new_name: content
+  index:
+    name: myindex_v2
+    prefix: "doc:v2:"
+"""
+
+
+def test_a_redisvl_patch_file_loads_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "schema_patch.yaml"
+    path.write_text(REDISVL_PATCH)
+    patch = SchemaPatch.load(path)
+    changes = patch.changes
+    assert [f["name"] for f in changes.add_fields] == ["category"]
+    assert changes.remove_fields == ["legacy_field"]
+    assert changes.update_fields[1].all_attrs == {
+        "datatype": "float16",
+        "algorithm": "HNSW",
+        "distance_metric": "cosine",
+    }
+    assert (changes.rename_fields[0].old_name, changes.rename_fields[0].new_name) == (
+        "body",
+        "content",
+    )
+    assert (changes.index.name, changes.index.prefix) == ("myindex_v2", "doc:v2:")
+    again = tmp_path / "again.yaml"
+    patch.dump(again)
+    assert SchemaPatch.load(again) == patch
