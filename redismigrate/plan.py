@@ -737,3 +737,8 @@ def _warnings(
     if source.canonical() == target.canonical():
         out.append("The patch changes nothing: the target equals the live schema")
     return out
+
+
+def plan_hash(plan: MigrationPlan) -> str:
+    """A stable hash of a plan's whole content (a backup is tied to exactly one plan)."""
+    return "sha256:" + hashlib.sha256(msgspec.json.encode(plan)).hexdigest()

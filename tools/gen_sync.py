@@ -46,6 +46,7 @@ SCRIPT = "tools/gen_sync.py"
 ASYNC_CLASSES: list[tuple[str, str]] = [
     ("redismigrate.aio.inspector", "AsyncIndexInspector"),
     ("redismigrate.aio.planner", "AsyncMigrationPlanner"),
+    ("redismigrate.aio.executor", "AsyncMigrationExecutor"),
 ]
 
 # Async types in annotations, by qualified name -> (text in the blocking API, its import).

@@ -270,3 +270,133 @@ def wizard(
     _render.print_plan_summary(console, result, plan_out)
     if not result.supported:
         raise typer.Exit(3)
+
+
+@app.command("apply")
+def apply(
+    plan: Annotated[Path, typer.Option("--plan", help="A plan written by `redismigrate plan`.")],
+    backup_dir: Annotated[
+        Path, typer.Option("--backup-dir", help="Where original vectors and progress are kept.")
+    ],
+    url: UrlOption = "redis://localhost:6379",
+    use_async: Annotated[
+        bool, typer.Option("--async", help="Run the coroutines directly (no sync facade).")
+    ] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Concurrent writers.")] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Keys per batch.")] = 500,
+    report_out: Annotated[Path | None, typer.Option("--report-out", help="Report YAML.")] = None,
+    benchmark_out: Annotated[
+        Path | None, typer.Option("--benchmark-out", help="Benchmark YAML.")
+    ] = None,
+    no_auto_rollback: Annotated[
+        bool,
+        typer.Option("--no-auto-rollback", help="On failure after the drop, leave the state."),
+    ] = False,
+) -> None:
+    """Apply a plan. Exit 0 only when the migration succeeded and validated."""
+    from redismigrate.aio.executor import AsyncMigrationExecutor, check_backup_dir
+    from redismigrate.cli._progress import StepProgress
+    from redismigrate.files import write_document
+    from redismigrate.plan import MigrationPlan
+    from redismigrate.sync import MigrationExecutor
+
+    check_url(url)
+    loaded = MigrationPlan.load(plan)
+    if not loaded.supported:
+        from redismigrate.errors import BadInputError
+
+        raise BadInputError(
+            f"plan {str(plan)!r} is blocked: "
+            + "; ".join(str(b) for b in loaded.diff_classification.blocked_reasons)
+        )
+    check_backup_dir(backup_dir)
+    for out in (report_out, benchmark_out):
+        if out is not None:
+            _check_writable(out)
+    console.print(
+        f"Applying {loaded.source.index_name} -> {loaded.target_index_name} "
+        f"({loaded.source.stats_snapshot.num_docs:,} documents)"
+    )
+    options: dict[str, Any] = {
+        "redis_url": url,
+        "backup_dir": backup_dir,
+        "batch_size": batch_size,
+        "num_workers": workers,
+        "auto_rollback": not no_auto_rollback,
+        "plan_path": str(plan),
+    }
+    with StepProgress(console) as progress:
+        if use_async:
+
+            async def work() -> Any:
+                return await AsyncMigrationExecutor().apply(
+                    loaded, progress_callback=progress, **options
+                )
+
+            report = anyio.run(work)
+        else:
+            report = MigrationExecutor().apply(loaded, progress_callback=progress, **options)
+    if report_out is not None:
+        report.dump(report_out)
+    if benchmark_out is not None and report.benchmark is not None:
+        write_document(
+            benchmark_out,
+            {
+                "version": 1,
+                "timings": {t.step: t.seconds for t in report.timings},
+                **msgspec.to_builtins(report.benchmark),
+            },
+        )
+    _render.print_report(console, report)
+    if not report.succeeded:
+        raise typer.Exit(1)
+
+
+@app.command("validate")
+def validate(
+    plan: Annotated[Path, typer.Option("--plan", help="The plan that was applied.")],
+    url: UrlOption = "redis://localhost:6379",
+    backup_dir: Annotated[
+        Path | None,
+        typer.Option("--backup-dir", help="Check re-encoded vectors against this backup."),
+    ] = None,
+    report_out: Annotated[Path | None, typer.Option("--report-out", help="Report YAML.")] = None,
+) -> None:
+    """Check a migrated index against its plan. Exit 0 only when every check holds."""
+    from redismigrate.plan import MigrationPlan
+    from redismigrate.sync import MigrationExecutor
+
+    check_url(url)
+    loaded = MigrationPlan.load(plan)
+    if report_out is not None:
+        _check_writable(report_out)
+    report = MigrationExecutor().validate(loaded, redis_url=url, backup_dir=backup_dir)
+    if report_out is not None:
+        report.dump(report_out)
+    _render.print_report(console, report)
+    if not report.succeeded:
+        raise typer.Exit(1)
+
+
+@app.command("rollback")
+def rollback(
+    backup_dir: Annotated[Path, typer.Option("--backup-dir", help="The apply's backup dir.")],
+    url: UrlOption = "redis://localhost:6379",
+    index: Annotated[
+        str | None, typer.Option("--index", help="Which backup, when the dir holds several.")
+    ] = None,
+    recreate_index: Annotated[
+        bool, typer.Option("--recreate-index", help="Also recreate the source index.")
+    ] = False,
+) -> None:
+    """Restore every original vector byte, move keys and fields back, drop the target index."""
+    from redismigrate.sync import MigrationExecutor
+
+    check_url(url)
+    result = MigrationExecutor().rollback(
+        backup_dir=backup_dir, redis_url=url, index_name=index, recreate_index=recreate_index
+    )
+    console.print(
+        f"Rolled back {result.index_name!r}: {result.vectors_restored:,} vector values restored"
+        + ("; source index recreated" if result.index_recreated else "")
+    )

@@ -8,6 +8,7 @@ from rich.table import Table
 from redismigrate.estimate import MigrationEstimate
 from redismigrate.ftinfo import IndexStats
 from redismigrate.plan import MigrationPlan
+from redismigrate.report import MigrationReport
 from redismigrate.schema import IndexSchema, VectorField, non_default_builtins, type_name
 
 
@@ -123,3 +124,38 @@ def print_estimate(console: Console, estimate: MigrationEstimate) -> None:
     console.print(f"  Memory {verb} after migration: {human_bytes(abs(change))}")
     for note in estimate.notes:
         console.print(f"  Note: {note}", markup=False, highlight=False)
+
+
+def print_report(console: Console, report: MigrationReport) -> None:
+    console.print(f"Result: {report.result}")
+    if report.error:
+        console.print(f"Error: {report.error}", markup=False, highlight=False)
+    if report.timings:
+        table = Table(title="Steps")
+        table.add_column("step")
+        table.add_column("seconds", justify="right")
+        table.add_column("items", justify="right")
+        table.add_column("per second", justify="right")
+        for timing in report.timings:
+            table.add_row(
+                timing.step,
+                f"{timing.seconds:.3f}",
+                f"{timing.items:,}" if timing.items else "",
+                f"{timing.per_second:,.0f}" if timing.items else "",
+            )
+        console.print(table)
+        console.print(
+            f"Total {report.total_seconds:.2f} s, downtime {report.downtime_seconds:.2f} s, "
+            f"{report.documents:,} documents"
+        )
+    if report.validation is not None:
+        v = report.validation
+        console.print(
+            f"Validation: {'passed' if v.passed else 'FAILED'} (schema "
+            f"{'matches' if v.schema_match else 'differs'}, documents {v.target_documents:,}/"
+            f"{v.source_documents:,}, vectors checked {v.vectors_checked})"
+        )
+        for error in v.errors:
+            console.print(f"  - {error}", markup=False, highlight=False)
+    for step in report.next_steps:
+        console.print(f"Next: {step}", markup=False, highlight=False)

@@ -1,0 +1,776 @@
+"""The async executor: apply a plan with nothing lost, resume after a crash, undo on failure.
+
+Steps (drop_recreate): check the live source, field renames, back up original vector
+bytes (while the source index still serves), drop the index definition, move keys to
+the new prefix, re-encode vectors from the backup, create the target, wait for it to
+be indexed, validate. A progress header in the backup directory says where a run is;
+running the same plan again resumes from there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+
+from redismigrate.aio.connection import connect
+from redismigrate.aio.indexes import (
+    create_index,
+    drop_index,
+    ft_info,
+    read_schema_and_stats,
+)
+from redismigrate.aio.keys import (
+    enumerate_keys,
+    glob_escape,
+    is_cluster,
+    moved_key,
+    rename_hash_fields,
+    rename_json_fields,
+    rename_keys,
+    scan_prefixes,
+)
+from redismigrate.aio.validate import validate_live
+from redismigrate.backup import BackupField, BackupHeader, VectorBackup, backup_paths
+from redismigrate.errors import BadInputError, ConnectionFailed, IndexNotFound, RedisMigrateError
+from redismigrate.files import write_document
+from redismigrate.ftinfo import stats_from_ft_info
+from redismigrate.plan import MigrationPlan, now_iso, plan_hash, schema_hash
+from redismigrate.quantize import reencode_bytes
+from redismigrate.report import Benchmark, MigrationReport, StepTiming, ValidationResult
+from redismigrate.schema import IndexSchema
+
+ProgressCallback = Callable[[str, int, int | None], None]
+INDEX_READY_TIMEOUT = 3600.0
+_CRASH_ENV = "REDISMIGRATE_CRASH_AT"
+
+
+class MigrationFailed(RedisMigrateError):
+    """A run stopped; the report (and the message) say where, and how to go on."""
+
+    def __init__(self, message: str, report: MigrationReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class IndexNotReady(RedisMigrateError):
+    """The target index did not finish indexing in time."""
+
+
+def _crash_point(name: str) -> None:
+    """Test hook: ``REDISMIGRATE_CRASH_AT=name[:n]`` SIGKILLs this process at that point."""
+    wanted = os.environ.get(_CRASH_ENV)
+    if not wanted:
+        return
+    point, _, count = wanted.partition(":")
+    if point != name:
+        return
+    remaining = int(count or "1") - 1
+    if remaining > 0:
+        os.environ[_CRASH_ENV] = f"{point}:{remaining}"
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def check_backup_dir(backup_dir: str | Path | None) -> Path:
+    """The backup directory, created if missing; BadInputError when it cannot be used."""
+    if backup_dir is None or not str(backup_dir).strip():
+        raise BadInputError("a backup directory is required (--backup-dir)")
+    path = Path(backup_dir)
+    if path.exists() and not path.is_dir():
+        raise BadInputError(f"backup directory {str(path)!r} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"cannot create backup directory {str(path)!r}: {exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise BadInputError(f"backup directory {str(path)!r} is not writable")
+    return path
+
+
+def plan_copy_path(backup_dir: Path, index_name: str) -> Path:
+    """The copy of the plan kept beside its backup (rollback reads it)."""
+    header = Path(backup_paths(backup_dir, index_name).header)
+    return header.with_name(header.name.replace(".header.json", ".plan.yaml"))
+
+
+def resume_command(plan_path: str | None, backup_dir: Path) -> str:
+    plan_arg = plan_path or "PLAN.yaml"
+    return f"redismigrate apply --plan {plan_arg} --backup-dir {backup_dir} --url URL"
+
+
+class _Run:
+    """State of one apply run: timings, counters, the backup, the progress callback."""
+
+    def __init__(
+        self,
+        plan: MigrationPlan,
+        client: aioredis.Redis,
+        backup_dir: Path,
+        batch_size: int,
+        workers: int,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.plan = plan
+        self.client = client
+        self.backup_dir = backup_dir
+        self.batch_size = batch_size
+        self.workers = workers
+        self.progress = progress
+        self.timings: list[StepTiming] = []
+        self.backup: VectorBackup | None = None
+        self.started = time.perf_counter()
+        self.started_at = now_iso()
+        self.dropped_at: float | None = None
+        self.ready_at: float | None = None
+        self.resumed = False
+        self.keys_renamed = 0
+        self.fields_renamed = 0
+        self.reencoded = 0
+        self.documents = 0
+        self.size_before = plan.source.stats_snapshot.total_mb
+
+    def tick(self, step: str, done: int, total: int | None = None) -> None:
+        if self.progress is not None:
+            self.progress(step, done, total)
+
+    def timed(self, step: str, started: float, items: int = 0) -> None:
+        self.timings.append(
+            StepTiming(step=step, seconds=round(time.perf_counter() - started, 4), items=items)
+        )
+
+    @property
+    def header(self) -> BackupHeader:
+        assert self.backup is not None
+        return self.backup.header
+
+    def set_phase(self, phase: str, **counters: Any) -> None:
+        assert self.backup is not None
+        self.backup.update(phase=phase, **counters)
+
+
+class AsyncMigrationExecutor:
+    """Applies, validates and rolls back migration plans."""
+
+    def __init__(
+        self,
+        *,
+        index_ready_timeout: float = INDEX_READY_TIMEOUT,
+        poll_interval: float = 0.05,
+    ) -> None:
+        self.index_ready_timeout = index_ready_timeout
+        self.poll_interval = poll_interval
+
+    async def apply(
+        self,
+        plan: MigrationPlan,
+        *,
+        redis_url: str | None = None,
+        redis_client: aioredis.Redis | None = None,
+        backup_dir: str | Path | None = None,
+        batch_size: int = 500,
+        num_workers: int = 1,
+        progress_callback: ProgressCallback | None = None,
+        auto_rollback: bool = True,
+        plan_path: str | None = None,
+    ) -> MigrationReport:
+        """Apply ``plan``; resume where an earlier run with the same plan stopped.
+
+        Returns a report whose ``result`` is ``succeeded`` only when the migration
+        finished and validated. A failure after the drop is undone unless
+        ``auto_rollback`` is False. Raises BadInputError before touching anything when
+        the plan is blocked, the backup directory is unusable, or the live source no
+        longer matches the plan's snapshot.
+        """
+        if not plan.supported:
+            reasons = "; ".join(str(b) for b in plan.diff_classification.blocked_reasons)
+            raise BadInputError(f"the plan is blocked and cannot be applied: {reasons}")
+        if batch_size < 1 or num_workers < 1:
+            raise BadInputError("batch size and workers must be at least 1")
+        directory = check_backup_dir(backup_dir)
+        async with connect(
+            redis_url, redis_client, max_connections=max(32, num_workers * 4)
+        ) as client:
+            run = _Run(plan, client, directory, batch_size, num_workers, progress_callback)
+            try:
+                return await self._apply(run, plan_path)
+            except MigrationFailed:
+                raise
+            except BadInputError:
+                raise
+            except (RedisMigrateError, rexc.RedisError, OSError) as exc:
+                return await self._failed(run, exc, auto_rollback, plan_path)
+
+    async def validate(
+        self,
+        plan: MigrationPlan,
+        *,
+        redis_url: str | None = None,
+        redis_client: aioredis.Redis | None = None,
+        backup_dir: str | Path | None = None,
+    ) -> MigrationReport:
+        """Check the live index against ``plan``; with ``backup_dir``, also sampled vectors."""
+        backup = None
+        if backup_dir is not None:
+            backup = VectorBackup.open(Path(backup_dir), plan.source.index_name)
+        started_at = now_iso()
+        started = time.perf_counter()
+        async with connect(redis_url, redis_client) as client:
+            validation = await validate_live(client, plan, backup)
+        seconds = round(time.perf_counter() - started, 4)
+        return MigrationReport(
+            mode="validate",
+            result="succeeded" if validation.passed else "failed",
+            source_index=plan.source.index_name,
+            target_index=plan.target_index_name,
+            plan_hash=plan_hash(plan),
+            started_at=started_at,
+            finished_at=now_iso(),
+            backup_dir=str(backup_dir) if backup_dir is not None else None,
+            timings=[StepTiming(step="validate", seconds=seconds)],
+            total_seconds=seconds,
+            vector_changes=plan.vector_changes,
+            validation=validation,
+            error=None if validation.passed else "; ".join(validation.errors),
+        )
+
+    # ------------------------------------------------------------------ the steps
+    async def _apply(self, run: _Run, plan_path: str | None) -> MigrationReport:
+        plan, client = run.plan, run.client
+        started = time.perf_counter()
+        phase = await self._open_or_start(run)
+        run.timed("check", started)
+        if phase == "dump":
+            await self._field_renames(run)
+            await self._dump(run)
+            phase = "ready"
+        if phase == "ready":
+            _crash_point("before_drop")
+            started = time.perf_counter()
+            run.dropped_at = time.perf_counter()
+            await drop_index(client, plan.source.index_name)
+            run.set_phase("index_dropped")
+            run.timed("drop", started)
+            _crash_point("after_drop")
+            phase = "index_dropped"
+        if run.dropped_at is None:
+            run.dropped_at = time.perf_counter()
+        if phase in ("index_dropped", "active"):
+            await self._key_renames(run)
+            await self._reencode(run)
+            phase = "completed"
+        if phase == "completed":
+            _crash_point("before_create")
+            started = time.perf_counter()
+            await self._create_target(run)
+            run.set_phase("target_created")
+            run.timed("create", started)
+            phase = "target_created"
+        await self._wait_indexed(run)
+        started = time.perf_counter()
+        validation = await validate_live(client, plan, run.backup)
+        run.timed("validate", started)
+        if validation.passed and run.header.phase != "validated":
+            run.set_phase("validated")
+        return await self._report(run, "succeeded" if validation.passed else "failed", validation)
+
+    async def _open_or_start(self, run: _Run) -> str:
+        """Open the progress header of an earlier run, or check the source and start anew."""
+        plan = run.plan
+        wanted = plan_hash(plan)
+        existing = VectorBackup.open(run.backup_dir, plan.source.index_name)
+        if existing is not None and existing.header.plan_hash != wanted:
+            raise BadInputError(
+                f"{run.backup_dir} holds the backup of a different plan for index "
+                f"{plan.source.index_name!r}; use another --backup-dir, or remove it if "
+                "that migration is finished"
+            )
+        live_source = await self._live_schema(run.client, plan.source.index_name)
+        source_matches = live_source is not None and schema_hash(live_source) == (
+            plan.source.schema_hash
+        )
+        if existing is not None:
+            phase = existing.header.phase
+            target_live = await self._live_schema(run.client, plan.target_index_name)
+            target_matches = target_live is not None and target_live.same_index_as(
+                plan.merged_target_schema
+            )
+            if phase in ("dump", "ready") and source_matches:
+                # the source still serves: redo the backup from the start (cheap, and
+                # key order from the index cursor is not stable across runs)
+                existing.close()
+                self._discard(run, existing)
+            elif phase in ("completed", "target_created", "validated") and not target_matches:
+                if source_matches:
+                    existing.close()
+                    self._discard(run, existing, stale=True)  # rolled back since: stale
+                elif phase == "completed":
+                    run.backup, run.resumed = existing, True
+                    run.documents = existing.header.keys_backed_up
+                    return phase
+                else:
+                    raise BadInputError(
+                        f"the target index {plan.target_index_name!r} is missing or differs "
+                        f"from the plan although the backup in {run.backup_dir} says it was "
+                        "created; check `redismigrate index info`, or roll back"
+                    )
+            else:
+                run.backup, run.resumed = existing, True
+                run.documents = existing.header.keys_backed_up
+                return phase
+        if not source_matches:
+            if live_source is None:
+                raise BadInputError(
+                    f"source schema mismatch: index {plan.source.index_name!r} no longer "
+                    "exists and no backup of this plan is in the backup directory"
+                )
+            raise BadInputError(
+                f"source schema mismatch: index {plan.source.index_name!r} changed since the "
+                "plan was made; run `redismigrate plan` again"
+            )
+        await self._check_prefix_target_free(run)
+        run.backup = VectorBackup.create(
+            run.backup_dir,
+            BackupHeader(
+                format="redismigrate-vector-backup",
+                index_name=plan.source.index_name,
+                plan_hash=wanted,
+                source_schema_hash=plan.source.schema_hash,
+                target_schema_hash=schema_hash(plan.merged_target_schema),
+                fields={
+                    vc.source_field: BackupField(
+                        source_datatype=vc.source_datatype,
+                        target_datatype=vc.target_datatype,
+                        dims=vc.dims,
+                        document_field=self._document_field(plan, vc.source_field),
+                    )
+                    for vc in plan.vector_changes
+                    if vc.rewrite_documents
+                },
+                batch_size=run.batch_size,
+                phase="dump",
+                dump_completed_batches=0,
+                quantize_completed_batches=0,
+                keys_backed_up=0,
+                keys_reencoded=0,
+                data_bytes=0,
+                worker=None,
+                created_at=now_iso(),
+                updated_at=now_iso(),
+            ),
+        )
+        write_document(plan_copy_path(run.backup_dir, plan.source.index_name), plan.to_dict())
+        return "dump"
+
+    @staticmethod
+    def _document_field(plan: MigrationPlan, source_field: str) -> str:
+        """The hash field holding ``source_field`` when the backup is read (after renames)."""
+        for rename in plan.rename_operations.rename_fields:
+            if rename.old_name == source_field:
+                return rename.new_path
+        field = plan.source.schema_snapshot.field(source_field)
+        assert field is not None
+        return field.path or field.name
+
+    def _discard(self, run: _Run, backup: VectorBackup, *, stale: bool = False) -> None:
+        suffix = ".stale-" if stale else ".restarted-"
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        paths = backup_paths(run.backup_dir, run.plan.source.index_name)
+        for path in (paths.header, paths.data):
+            if Path(path).exists():
+                Path(path).rename(f"{path}{suffix}{stamp}")
+
+    async def _live_schema(self, client: aioredis.Redis, name: str) -> IndexSchema | None:
+        try:
+            return (await read_schema_and_stats(client, name)).schema
+        except IndexNotFound:
+            return None
+
+    async def _stats(self, client: aioredis.Redis, name: str) -> Any:
+        try:
+            return stats_from_ft_info(await ft_info(client, name))
+        except IndexNotFound:
+            return None
+
+    async def _check_prefix_target_free(self, run: _Run) -> None:
+        change = run.plan.rename_operations.change_prefix
+        if change is None:
+            return
+        async for key in run.client.scan_iter(match=glob_escape(change.new) + "*", count=1000):
+            raise BadInputError(
+                f"keys already exist under the new prefix {change.new!r} (for example "
+                f"{key!r}); moving documents there could collide, and a rollback could not "
+                "tell them apart"
+            )
+
+    async def _enumerate(self, run: _Run) -> Any:
+        plan = run.plan
+        stats = plan.source.stats_snapshot
+        return enumerate_keys(
+            run.client,
+            plan.source.index_name,
+            plan.source.keyspace.prefixes,
+            plan.source.keyspace.storage_type,
+            run.batch_size,
+            use_scan=stats.hash_indexing_failures > 0,
+        )
+
+    async def _field_renames(self, run: _Run) -> None:
+        renames = [(r.old_path, r.new_path) for r in run.plan.rename_operations.rename_fields]
+        if not renames:
+            return
+        started = time.perf_counter()
+        is_json = run.plan.source.keyspace.storage_type == "json"
+        done = 0
+        async for keys in await self._enumerate(run):
+            if is_json:
+                run.fields_renamed += await rename_json_fields(run.client, keys, renames)
+            else:
+                run.fields_renamed += await rename_hash_fields(run.client, keys, renames)
+            done += len(keys)
+            run.tick("field_renames", done, run.plan.source.stats_snapshot.num_docs)
+        run.timed("field_renames", started, done)
+
+    async def _dump(self, run: _Run) -> None:
+        """Back up every original vector of the fields to re-encode, batch by batch."""
+        started = time.perf_counter()
+        fields = run.header.fields
+        total = run.plan.source.stats_snapshot.num_docs
+        done = 0
+        if fields:
+            names = list(fields)
+            hash_fields = [fields[n].document_field for n in names]
+            async for keys in await self._enumerate(run):
+                pipe = run.client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.hmget(key, hash_fields)
+                rows = await pipe.execute()
+                vectors = {name: [row[i] for row in rows] for i, name in enumerate(names)}
+                assert run.backup is not None
+                run.backup.append_batch(keys, vectors)
+                done += len(keys)
+                run.tick("backup", done, total)
+                _crash_point("during_backup")
+        run.documents = done or total
+        run.set_phase("ready")
+        run.timed("backup", started, done)
+
+    async def _key_renames(self, run: _Run) -> None:
+        change = run.plan.rename_operations.change_prefix
+        if change is None:
+            return
+        started = time.perf_counter()
+        cluster = await is_cluster(run.client)
+        storage = run.plan.source.keyspace.storage_type
+        moved = 0
+        async for keys in scan_prefixes(run.client, [change.old], storage, run.batch_size):
+            moved += await rename_keys(run.client, keys, change.old, change.new, cluster=cluster)
+            run.tick("key_renames", moved, run.plan.source.stats_snapshot.num_docs)
+        run.keys_renamed += moved
+        run.timed("key_renames", started, moved)
+
+    async def _reencode(self, run: _Run) -> None:
+        """Write every backed-up vector re-encoded by the plan's rule, ``workers`` at a time.
+
+        Each batch is encoded from its original bytes in the backup, so a batch redone
+        after a crash is written with the same bytes: nothing is ever encoded twice.
+        """
+        started = time.perf_counter()
+        assert run.backup is not None
+        backup = run.backup
+        changes = {vc.source_field: vc for vc in run.plan.vector_changes if vc.rewrite_documents}
+        if run.header.phase == "index_dropped":
+            run.set_phase("active")
+        start = run.header.quantize_completed_batches
+        total_batches = run.header.dump_completed_batches
+        change = run.plan.rename_operations.change_prefix
+        finished: set[int] = set()
+        watermark = start
+        lock = anyio.Lock()
+
+        async def write(frame: Any) -> None:
+            nonlocal watermark
+            pipe = run.client.pipeline(transaction=False)
+            count = 0
+            keys = [
+                moved_key(k, change.old, change.new) if change is not None else k
+                for k in frame.keys
+            ]
+            for source_field, vc in changes.items():
+                originals = frame.vectors.get(source_field, [])
+                present = [(k, v) for k, v in zip(keys, originals) if v is not None]
+                if not present or vc.encoding is None:
+                    continue
+                encoded = await anyio.to_thread.run_sync(
+                    reencode_bytes, [v for _, v in present], vc.encoding, vc.dims
+                )
+                for (key, _), blob in zip(present, encoded):
+                    pipe.hset(key, vc.field, blob)
+                count = max(count, len(present))
+            if count:
+                await pipe.execute()
+            async with lock:
+                finished.add(frame.batch)
+                while watermark in finished:
+                    finished.discard(watermark)
+                    watermark += 1
+                run.reencoded += count
+                backup.update(
+                    quantize_completed_batches=watermark,
+                    keys_reencoded=backup.header.keys_reencoded + count,
+                )
+                run.tick("reencode", watermark * run.batch_size, run.documents or None)
+            _crash_point("during_reencode")
+
+        send, receive = anyio.create_memory_object_stream[Any](max_buffer_size=run.workers)
+
+        async def worker() -> None:
+            async with receive.clone() as frames:
+                async for frame in frames:
+                    await write(frame)
+
+        if changes and start < total_batches:
+            async with anyio.create_task_group() as group:
+                for _ in range(run.workers):
+                    group.start_soon(worker)
+                async with send:
+                    for frame in backup.iter_frames(start):
+                        await send.send(frame)
+                receive.close()
+        if run.header.phase != "completed":
+            run.set_phase("completed")
+        run.timed("reencode", started, run.reencoded)
+
+    async def _create_target(self, run: _Run) -> None:
+        await create_index(run.client, run.plan.merged_target_schema)
+
+    async def _wait_indexed(self, run: _Run) -> None:
+        started = time.perf_counter()
+        deadline = time.monotonic() + self.index_ready_timeout
+        name = run.plan.target_index_name
+        while True:
+            stats = stats_from_ft_info(await ft_info(run.client, name))
+            total = stats.num_docs + stats.hash_indexing_failures
+            run.tick("indexing", total, run.plan.source.stats_snapshot.num_docs or None)
+            if not stats.indexing and stats.percent_indexed >= 1.0:
+                break
+            if time.monotonic() > deadline:
+                raise IndexNotReady(
+                    f"timeout waiting for index {name!r} to be ready: "
+                    f"{stats.percent_indexed:.0%} indexed after {self.index_ready_timeout:g} s; "
+                    "it keeps building in the background: run `redismigrate validate` later"
+                )
+            await anyio.sleep(self.poll_interval)
+        run.ready_at = time.perf_counter()
+        run.timed("indexing", started, total)
+
+    # ------------------------------------------------------------------ outcome
+    async def _report(
+        self,
+        run: _Run,
+        result: str,
+        validation: ValidationResult | None,
+        *,
+        error: str | None = None,
+        undone: bool = False,
+        next_steps: list[str] | None = None,
+    ) -> MigrationReport:
+        plan = run.plan
+        total = time.perf_counter() - run.started
+        end = run.ready_at or time.perf_counter()
+        downtime = end - run.dropped_at if run.dropped_at is not None else 0.0
+        after = await self._stats(run.client, plan.target_index_name)
+        documents = run.documents or plan.source.stats_snapshot.num_docs
+        files = []
+        if run.backup is not None:
+            paths = backup_paths(run.backup_dir, plan.source.index_name)
+            files = [str(p) for p in (paths.header, paths.data) if Path(p).exists()]
+        return MigrationReport(
+            result=result,  # type: ignore[arg-type]
+            source_index=plan.source.index_name,
+            target_index=plan.target_index_name,
+            plan_hash=plan_hash(plan),
+            started_at=run.started_at,
+            finished_at=now_iso(),
+            backup_dir=str(run.backup_dir),
+            backup_files=files,
+            resumed=run.resumed,
+            documents=documents,
+            vectors_reencoded=run.reencoded,
+            keys_renamed=run.keys_renamed,
+            documents_with_fields_renamed=run.fields_renamed,
+            timings=run.timings,
+            downtime_seconds=round(downtime, 4),
+            total_seconds=round(total, 4),
+            vector_changes=plan.vector_changes,
+            validation=validation,
+            benchmark=Benchmark(
+                documents=documents,
+                total_seconds=round(total, 4),
+                downtime_seconds=round(downtime, 4),
+                documents_per_second=round(documents / total, 1) if total > 0 else 0.0,
+                index_size_before_mb=round(run.size_before, 4),
+                index_size_after_mb=round(after.total_mb, 4) if after is not None else 0.0,
+            ),
+            warnings=plan.warnings,
+            error=error,
+            undone=undone,
+            next_steps=next_steps or [],
+        )
+
+    async def _failed(
+        self, run: _Run, exc: BaseException, auto_rollback: bool, plan_path: str | None
+    ) -> MigrationReport:
+        message = str(exc) or type(exc).__name__
+        phase = run.backup.header.phase if run.backup is not None else "dump"
+        after_drop = phase not in ("dump", "ready")
+        resume = resume_command(plan_path, run.backup_dir)
+        rollback = f"redismigrate rollback --backup-dir {run.backup_dir} --url URL --recreate-index"
+        if not after_drop:
+            return await self._report(
+                run,
+                "failed",
+                None,
+                error=f"{message} (stopped before the drop: the source index still serves)",
+                next_steps=[f"resume: {resume}"],
+            )
+        if auto_rollback and not isinstance(exc, ConnectionFailed | rexc.ConnectionError):
+            try:
+                await self._undo(run.client, run.plan, run.backup_dir)
+            except (RedisMigrateError, rexc.RedisError, OSError) as undo_error:
+                return await self._report(
+                    run,
+                    "failed",
+                    None,
+                    error=f"{message}; undoing it failed too: {undo_error}",
+                    next_steps=[f"resume: {resume}", f"or roll back: {rollback}"],
+                )
+            return await self._report(
+                run,
+                "rolled_back",
+                None,
+                error=f"{message}; everything was put back as it was before the migration",
+                undone=True,
+            )
+        return await self._report(
+            run,
+            "failed",
+            None,
+            error=f"{message} (stopped in phase {phase!r})",
+            next_steps=[f"resume: {resume}", f"or roll back: {rollback}"],
+        )
+
+    # ------------------------------------------------------------------ undo / rollback
+    async def _undo(
+        self,
+        client: aioredis.Redis,
+        plan: MigrationPlan,
+        backup_dir: Path,
+        *,
+        recreate_index: bool = True,
+    ) -> int:
+        """Put documents, keys, fields and (optionally) the source index back as the plan
+        found them; returns how many vector values were restored."""
+        live_target = await self._live_schema(client, plan.target_index_name)
+        if live_target is not None and not live_target.same_index_as(plan.source.schema_snapshot):
+            await drop_index(client, plan.target_index_name)
+        backup = VectorBackup.open(backup_dir, plan.source.index_name)
+        change = plan.rename_operations.change_prefix
+        storage = plan.source.keyspace.storage_type
+        if change is not None:
+            cluster = await is_cluster(client)
+            async for keys in scan_prefixes(client, [change.new], storage, 500):
+                await rename_keys(client, keys, change.new, change.old, cluster=cluster)
+        restored = 0
+        if backup is not None:
+            restored = await restore_vectors(client, backup)
+        renames = [(r.new_path, r.old_path) for r in plan.rename_operations.rename_fields]
+        if renames:
+            async for keys in scan_prefixes(client, plan.source.keyspace.prefixes, storage, 500):
+                if storage == "json":
+                    await rename_json_fields(client, keys, renames)
+                else:
+                    await rename_hash_fields(client, keys, renames)
+        if recreate_index and await self._live_schema(client, plan.source.index_name) is None:
+            await create_index(client, plan.source.schema_snapshot)
+        if backup is not None:
+            backup.close()
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            paths = backup_paths(backup_dir, plan.source.index_name)
+            Path(paths.header).rename(f"{paths.header}.rolled-back-{stamp}")
+            if Path(paths.data).exists():
+                Path(paths.data).rename(f"{paths.data}.rolled-back-{stamp}")
+        return restored
+
+    async def rollback(
+        self,
+        *,
+        backup_dir: str | Path,
+        redis_url: str | None = None,
+        redis_client: aioredis.Redis | None = None,
+        index_name: str | None = None,
+        recreate_index: bool = False,
+    ) -> RollbackReport:
+        """Restore every original vector byte from a backup, move keys and fields back and
+        drop the target index definition; with ``recreate_index`` also recreate the source
+        index from the plan's snapshot."""
+        directory = Path(backup_dir)
+        if not directory.is_dir():
+            raise BadInputError(f"backup directory {str(directory)!r} does not exist")
+        name = index_name or _only_backup_in(directory)
+        copy = plan_copy_path(directory, name)
+        if VectorBackup.open(directory, name) is None or not copy.exists():
+            raise BadInputError(f"no backup of index {name!r} to roll back in {str(directory)!r}")
+        plan = MigrationPlan.load(copy)
+        async with connect(redis_url, redis_client) as client:
+            restored = await self._undo(client, plan, directory, recreate_index=recreate_index)
+        return RollbackReport(
+            index_name=name,
+            vectors_restored=restored,
+            index_recreated=recreate_index,
+            finished_at=now_iso(),
+        )
+
+
+class RollbackReport(msgspec.Struct, frozen=True, kw_only=True):
+    index_name: str
+    vectors_restored: int
+    index_recreated: bool
+    finished_at: str
+
+
+def _only_backup_in(directory: Path) -> str:
+    headers = sorted(directory.glob("migration_backup_*.header.json"))
+    names = []
+    for header in headers:
+        backup = VectorBackup.load(header)
+        names.append(backup.header.index_name)
+        backup.close()
+    if len(names) != 1:
+        found = ", ".join(repr(n) for n in names) or "none"
+        raise BadInputError(
+            f"{str(directory)!r} holds {len(names)} backups ({found}); name one with --index"
+        )
+    return names[0]
+
+
+async def restore_vectors(client: aioredis.Redis, backup: VectorBackup) -> int:
+    """Write every original vector byte in ``backup`` back (to the keys' current names)."""
+    fields = backup.header.fields
+    restored = 0
+    for keys, originals in backup.iter_batches():
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            for field_name, original in originals.get(key, {}).items():
+                pipe.hset(key, fields[field_name].document_field, original)
+                restored += 1
+        await pipe.execute()
+    return restored

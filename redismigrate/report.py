@@ -1,0 +1,116 @@
+"""Migration reports: what apply and validate did, measured. Pure code."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+from redismigrate.errors import SchemaError
+from redismigrate.files import ReviewableFile
+from redismigrate.plan import VectorChange
+from redismigrate.schema import Model
+
+REPORT_FORMAT_VERSION = 1
+Result = Literal["succeeded", "failed", "rolled_back"]
+STEPS = (
+    "check",
+    "enumerate",
+    "field_renames",
+    "backup",
+    "drop",
+    "key_renames",
+    "reencode",
+    "create",
+    "indexing",
+    "validate",
+)
+
+
+class StepTiming(Model, frozen=True, kw_only=True):
+    step: str
+    seconds: float
+    items: int = 0
+
+    @property
+    def per_second(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+
+class ValidationResult(Model, frozen=True, kw_only=True):
+    """Checks of a live index against its plan; ``passed`` only when every one holds."""
+
+    passed: bool
+    schema_match: bool
+    doc_count_match: bool
+    source_documents: int
+    target_documents: int
+    indexing_failures_before: int
+    indexing_failures_after: int
+    keys_sampled: int = 0
+    keys_missing: list[str] = []
+    vectors_checked: int = 0
+    vectors_mismatched: list[str] = []
+    errors: list[str] = []
+
+
+class Benchmark(Model, frozen=True, kw_only=True):
+    documents: int
+    total_seconds: float
+    downtime_seconds: float
+    documents_per_second: float
+    index_size_before_mb: float
+    index_size_after_mb: float
+    peak_memory_mb: float | None = None
+
+
+class MigrationReport(Model, ReviewableFile, frozen=True, kw_only=True):
+    """The outcome of one apply (or validate) run."""
+
+    file_kind: ClassVar[str] = "migration report"
+
+    version: int = REPORT_FORMAT_VERSION
+    mode: str = "drop_recreate"
+    result: Result
+    source_index: str
+    target_index: str
+    plan_hash: str
+    started_at: str
+    finished_at: str
+    backup_dir: str | None = None
+    backup_files: list[str] = []
+    resumed: bool = False
+    documents: int = 0
+    vectors_reencoded: int = 0
+    keys_renamed: int = 0
+    documents_with_fields_renamed: int = 0
+    timings: list[StepTiming] = []
+    downtime_seconds: float = 0.0
+    total_seconds: float = 0.0
+    vector_changes: list[VectorChange] = []
+    validation: ValidationResult | None = None
+    benchmark: Benchmark | None = None
+    warnings: list[str] = []
+    error: str | None = None
+    undone: bool = False
+    next_steps: list[str] = []
+
+    @property
+    def succeeded(self) -> bool:
+        return self.result == "succeeded"
+
+    def timing(self, step: str) -> float:
+        return sum(t.seconds for t in self.timings if t.step == step)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = msgspec.to_builtins(self)
+        return {"version": self.version, "result": self.result, **data}
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "report") -> MigrationReport:
+        if not isinstance(data, dict):
+            raise SchemaError(f"{source}: a migration report must be a mapping")
+        try:
+            return msgspec.convert(data, cls)
+        except msgspec.ValidationError as exc:
+            raise SchemaError(f"{source}: {exc}") from None

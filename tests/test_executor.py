@@ -1,0 +1,267 @@
+"""Apply against the real server: every supported change, every document compared."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from redismigrate.aio.executor import AsyncMigrationExecutor
+from redismigrate.aio.planner import AsyncMigrationPlanner
+from redismigrate.errors import BadInputError
+from redismigrate.patch import SchemaPatch
+from redismigrate.plan import MigrationPlan
+from redismigrate.render import ft_create_args
+from redismigrate.schema import IndexSchema
+
+DIMS = 16
+DOCS = 450
+BATCH = 100
+NUMPY = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+
+
+def make_schema(name: str, prefix: str, storage: str, datatype: str = "float32") -> IndexSchema:
+    return IndexSchema.from_dict(
+        {
+            "index": {"name": name, "prefix": prefix, "storage_type": storage},
+            "fields": [
+                {"name": "title", "type": "text"},
+                {"name": "category", "type": "tag"},
+                {"name": "price", "type": "numeric"},
+                {
+                    "name": "embedding",
+                    "type": "vector",
+                    "attrs": {
+                        "dims": DIMS,
+                        "algorithm": "flat",
+                        "datatype": datatype,
+                        "distance_metric": "cosine",
+                    },
+                },
+            ],
+        }
+    )
+
+
+def load(client: redis.Redis, prefix: str, storage: str, datatype: str = "float32") -> None:
+    rng = np.random.default_rng(17)
+    pipe = client.pipeline(transaction=False)
+    for i in range(DOCS):
+        vector = rng.normal(size=DIMS).astype(NUMPY[datatype])
+        doc = {"title": f"doc {i}", "category": "ab"[i % 2], "price": i, "extra": f"x{i}"}
+        key = f"{prefix}{i}"
+        if storage == "hash":
+            pipe.hset(key, mapping={**doc, "embedding": vector.tobytes()})
+        else:
+            doc["embedding"] = [float(v) for v in vector.astype(np.float64)]
+            pipe.execute_command("JSON.SET", key, "$", json.dumps(doc))
+        if i % 50 == 0:
+            pipe.expire(key, 10_000)
+    pipe.execute()
+
+
+def snapshot(client: redis.Redis, prefix: str, storage: str) -> dict[bytes, Any]:
+    out: dict[bytes, Any] = {}
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        if storage == "hash":
+            out[key] = client.hgetall(key)
+        else:
+            out[key] = json.loads(client.execute_command("JSON.GET", key, "$"))[0]
+    return out
+
+
+def ttls(client: redis.Redis, keys: list[bytes]) -> list[bool]:
+    return [client.ttl(k) > 0 for k in keys]
+
+
+@pytest.fixture(params=["hash", "json"])
+def storage(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def live(sync_client: redis.Redis, ns: str, storage: str) -> IndexSchema:
+    schema = make_schema(f"{ns}_x", f"{ns}:d:", storage)
+    sync_client.execute_command(*ft_create_args(schema))
+    load(sync_client, f"{ns}:d:", storage)
+    return schema
+
+
+async def plan_and_apply(
+    aclient: aioredis.Redis, schema: IndexSchema, changes: dict[str, Any], backup: Path
+) -> tuple[MigrationPlan, Any]:
+    plan = await AsyncMigrationPlanner().create_plan(
+        schema.name,
+        redis_client=aclient,
+        schema_patch=SchemaPatch.from_dict({"changes": changes}),
+    )
+    assert plan.supported, [str(b) for b in plan.diff_classification.blocked_reasons]
+    report = await AsyncMigrationExecutor().apply(
+        plan, redis_client=aclient, backup_dir=backup, batch_size=BATCH
+    )
+    assert report.result == "succeeded", (report.error, report.validation)
+    assert report.validation is not None and report.validation.passed
+    assert report.downtime_seconds > 0
+    return plan, report
+
+
+INDEX_ONLY_CHANGES = [
+    {"add_fields": [{"name": "brand", "type": "tag"}]},
+    {"remove_fields": ["category"]},
+    {"update_fields": [{"name": "title", "attrs": {"sortable": True}}]},
+    {"update_fields": [{"name": "category", "attrs": {"separator": ";"}}]},
+    {"update_fields": [{"name": "embedding", "attrs": {"algorithm": "hnsw", "m": 8}}]},
+    {"update_fields": [{"name": "embedding", "attrs": {"distance_metric": "l2"}}]},
+]
+
+
+@pytest.mark.parametrize("changes", INDEX_ONLY_CHANGES)
+async def test_index_only_changes_keep_every_document(
+    aclient: aioredis.Redis,
+    sync_client: redis.Redis,
+    live: IndexSchema,
+    storage: str,
+    tmp_path: Path,
+    changes: dict[str, Any],
+) -> None:
+    before = snapshot(sync_client, live.prefixes[0], storage)
+    plan, report = await plan_and_apply(aclient, live, changes, tmp_path)
+    assert snapshot(sync_client, live.prefixes[0], storage) == before
+    info = await AsyncMigrationPlanner().create_plan(  # the live index is the target now
+        live.name,
+        redis_client=aclient,
+        schema_patch=SchemaPatch.from_dict({"changes": {}}),
+    )
+    assert info.source.schema_snapshot.same_index_as(plan.merged_target_schema)
+    assert report.validation.target_documents == DOCS
+
+
+async def test_rename_a_field_in_every_document(
+    aclient: aioredis.Redis,
+    sync_client: redis.Redis,
+    live: IndexSchema,
+    storage: str,
+    tmp_path: Path,
+) -> None:
+    before = snapshot(sync_client, live.prefixes[0], storage)
+    await plan_and_apply(
+        aclient, live, {"rename_fields": [{"old_name": "title", "new_name": "headline"}]}, tmp_path
+    )
+    after = snapshot(sync_client, live.prefixes[0], storage)
+    assert after.keys() == before.keys()
+    for key, doc in before.items():
+        expected = dict(doc)
+        title = expected.pop(b"title" if storage == "hash" else "title")
+        expected[b"headline" if storage == "hash" else "headline"] = title
+        assert after[key] == expected
+
+
+async def test_change_prefix_moves_every_key_and_keeps_ttls(
+    aclient: aioredis.Redis,
+    sync_client: redis.Redis,
+    live: IndexSchema,
+    storage: str,
+    tmp_path: Path,
+) -> None:
+    old = live.prefixes[0]
+    new = old.replace(":d:", ":moved:")
+    before = snapshot(sync_client, old, storage)
+    with_ttl = [k for k in before if sync_client.ttl(k) > 0]
+    assert with_ttl
+    await plan_and_apply(aclient, live, {"index": {"prefix": new}}, tmp_path)
+    assert snapshot(sync_client, old, storage) == {}
+    after = snapshot(sync_client, new, storage)
+    assert after == {new.encode() + k[len(old) :]: v for k, v in before.items()}
+    assert all(ttls(sync_client, [new.encode() + k[len(old) :] for k in with_ttl]))
+
+
+async def test_rename_the_index(
+    aclient: aioredis.Redis,
+    sync_client: redis.Redis,
+    live: IndexSchema,
+    storage: str,
+    tmp_path: Path,
+) -> None:
+    before = snapshot(sync_client, live.prefixes[0], storage)
+    await plan_and_apply(aclient, live, {"index": {"name": live.name + "_v2"}}, tmp_path)
+    names = {n.decode() for n in sync_client.execute_command("FT._LIST")}
+    assert live.name + "_v2" in names and live.name not in names
+    assert snapshot(sync_client, live.prefixes[0], storage) == before
+
+
+@pytest.mark.parametrize("datatype", ["float16", "bfloat16"])
+async def test_reencoding_is_bit_exact_to_the_plan_rule(
+    aclient: aioredis.Redis,
+    sync_client: redis.Redis,
+    live: IndexSchema,
+    storage: str,
+    tmp_path: Path,
+    datatype: str,
+) -> None:
+    before = snapshot(sync_client, live.prefixes[0], storage)
+    _, report = await plan_and_apply(
+        aclient,
+        live,
+        {"update_fields": [{"name": "embedding", "attrs": {"datatype": datatype}}]},
+        tmp_path,
+    )
+    after = snapshot(sync_client, live.prefixes[0], storage)
+    assert after.keys() == before.keys()
+    for key, doc in before.items():
+        if storage == "json":
+            assert after[key] == doc  # the server re-reads JSON arrays as they are
+            continue
+        original = np.frombuffer(doc[b"embedding"], dtype=np.float32)
+        expected = original.astype(NUMPY[datatype]).tobytes()
+        assert after[key][b"embedding"] == expected, key
+        assert {k: v for k, v in after[key].items() if k != b"embedding"} == {
+            k: v for k, v in doc.items() if k != b"embedding"
+        }
+    if storage == "hash":
+        assert report.vectors_reencoded == DOCS
+        assert report.validation.vectors_checked > 0
+        assert Path(report.backup_files[0]).exists()
+
+
+async def test_a_blocked_plan_a_bad_backup_dir_and_a_changed_source_are_refused(
+    aclient: aioredis.Redis,
+    sync_client: redis.Redis,
+    live: IndexSchema,
+    storage: str,
+    tmp_path: Path,
+) -> None:
+    executor = AsyncMigrationExecutor()
+    blocked = await AsyncMigrationPlanner().create_plan(
+        live.name,
+        redis_client=aclient,
+        schema_patch=SchemaPatch.from_dict(
+            {"changes": {"update_fields": [{"name": "embedding", "attrs": {"dims": 4}}]}}
+        ),
+    )
+    with pytest.raises(BadInputError, match="blocked"):
+        await executor.apply(blocked, redis_client=aclient, backup_dir=tmp_path)
+    plan = await AsyncMigrationPlanner().create_plan(
+        live.name,
+        redis_client=aclient,
+        schema_patch=SchemaPatch.from_dict({"changes": {"remove_fields": ["price"]}}),
+    )
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(BadInputError, match="is a file"):
+        await executor.apply(plan, redis_client=aclient, backup_dir=a_file)
+    with pytest.raises(BadInputError, match="required"):
+        await executor.apply(plan, redis_client=aclient, backup_dir=None)
+    # the live source changes after planning: refused before anything is touched
+    late = ["$.late", "AS", "late"] if storage == "json" else ["late"]
+    sync_client.execute_command("FT.ALTER", live.name, "SCHEMA", "ADD", *late, "TEXT")
+    before = snapshot(sync_client, live.prefixes[0], storage)
+    with pytest.raises(BadInputError, match="source schema mismatch"):
+        await executor.apply(plan, redis_client=aclient, backup_dir=tmp_path / "b")
+    assert snapshot(sync_client, live.prefixes[0], storage) == before
+    assert live.name.encode() in sync_client.execute_command("FT._LIST")
