@@ -505,14 +505,16 @@ class AsyncMigrationExecutor:
                 for k in frame.keys
             ]
             for source_field, vc in changes.items():
-                originals = frame.vectors.get(source_field, [])
-                present = [(k, v) for k, v in zip(keys, originals) if v is not None]
+                if source_field not in frame.vectors:
+                    continue
+                originals = frame.vectors[source_field]
+                present = [(k, v) for k, v in zip(keys, originals, strict=True) if v is not None]
                 if not present or vc.encoding is None:
                     continue
                 encoded = await anyio.to_thread.run_sync(
                     reencode_bytes, [v for _, v in present], vc.encoding, vc.dims
                 )
-                for (key, _), blob in zip(present, encoded):
+                for (key, _), blob in zip(present, encoded, strict=True):
                     pipe.hset(key, vc.field, blob)
                 count = max(count, len(present))
             if count:

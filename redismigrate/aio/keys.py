@@ -151,11 +151,11 @@ async def rename_keys(
     targets = [moved_key(k, old_prefix, new_prefix) for k in keys]
     if not cluster:
         pipe = client.pipeline(transaction=False)
-        for old, new in zip(keys, targets):
+        for old, new in zip(keys, targets, strict=True):
             pipe.renamenx(old, new)
         results = await pipe.execute(raise_on_error=False)
         moved = 0
-        for old, new, result in zip(keys, targets, results):
+        for old, new, result in zip(keys, targets, results, strict=True):
             if isinstance(result, rexc.ResponseError):
                 if "no such key" in str(result).lower():
                     continue
@@ -168,7 +168,7 @@ async def rename_keys(
             moved += 1
         return moved
     moved = 0
-    for old, new in zip(keys, targets):
+    for old, new in zip(keys, targets, strict=True):
         dumped = await client.dump(old)
         if dumped is None:
             continue

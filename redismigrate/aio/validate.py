@@ -67,7 +67,7 @@ async def validate_live(
         pipe = client.pipeline(transaction=False)
         for key in sample:
             pipe.exists(key)
-        for key, found in zip(sample, await pipe.execute()):
+        for key, found in zip(sample, await pipe.execute(), strict=True):
             if not found:
                 missing.append(key.decode("utf-8", "backslashreplace"))
     if missing:
@@ -103,8 +103,10 @@ async def _check_vectors(
         keys = frame.keys[:VECTOR_SAMPLE]
         for change in changes:
             assert change.encoding is not None
-            originals = frame.vectors.get(change.source_field, [])[: len(keys)]
-            present = [(k, v) for k, v in zip(keys, originals) if v is not None]
+            if change.source_field not in frame.vectors:
+                continue
+            originals = frame.vectors[change.source_field][: len(keys)]
+            present = [(k, v) for k, v in zip(keys, originals, strict=True) if v is not None]
             if not present:
                 continue
             expected = reencode_bytes([v for _, v in present], change.encoding, change.dims)
@@ -112,7 +114,7 @@ async def _check_vectors(
             for key, _ in present:
                 pipe.hget(target_key(plan, key), change.field)
             stored = await pipe.execute()
-            for (key, _), want, got in zip(present, expected, stored):
+            for (key, _), want, got in zip(present, expected, stored, strict=True):
                 checked += 1
                 if want != got:
                     mismatched.append(key.decode("utf-8", "backslashreplace"))
