@@ -10,6 +10,7 @@ running the same plan again resumes from there.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -400,6 +401,12 @@ class AsyncMigrationExecutor:
         except IndexNotFound:
             return None
 
+    async def _stats_if_reachable(self, client: aioredis.Redis, name: str) -> Any:
+        try:
+            return await self._stats(client, name)
+        except (rexc.RedisError, OSError):
+            return None
+
     async def _check_prefix_target_free(self, run: _Run) -> None:
         change = run.plan.rename_operations.change_prefix
         if change is None:
@@ -589,7 +596,7 @@ class AsyncMigrationExecutor:
         total = time.perf_counter() - run.started
         end = run.ready_at or time.perf_counter()
         downtime = end - run.dropped_at if run.dropped_at is not None else 0.0
-        after = await self._stats(run.client, plan.target_index_name)
+        after = await self._stats_if_reachable(run.client, plan.target_index_name)
         documents = run.documents or plan.source.stats_snapshot.num_docs
         files = []
         if run.backup is not None:
@@ -750,7 +757,13 @@ class RollbackReport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _only_backup_in(directory: Path) -> str:
-    headers = sorted(directory.glob("migration_backup_*.header.json"))
+    headers = [
+        h
+        for h in sorted(directory.glob("migration_backup_*.header.json"))
+        if not re.search(r"\.w\d+\.header\.json$", h.name)
+    ]
+    if not headers:
+        raise BadInputError(f"no backup to roll back in {str(directory)!r}")
     names = []
     for header in headers:
         backup = VectorBackup.load(header)

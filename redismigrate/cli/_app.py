@@ -325,17 +325,28 @@ def apply(
         "auto_rollback": not no_auto_rollback,
         "plan_path": str(plan),
     }
-    with StepProgress(console) as progress:
-        if use_async:
+    try:
+        with StepProgress(console) as progress:
+            if use_async:
 
-            async def work() -> Any:
-                return await AsyncMigrationExecutor().apply(
-                    loaded, progress_callback=progress, **options
-                )
+                async def work() -> Any:
+                    return await AsyncMigrationExecutor().apply(
+                        loaded, progress_callback=progress, **options
+                    )
 
-            report = anyio.run(work)
-        else:
-            report = MigrationExecutor().apply(loaded, progress_callback=progress, **options)
+                report = anyio.run(work)
+            else:
+                report = MigrationExecutor().apply(loaded, progress_callback=progress, **options)
+    except KeyboardInterrupt:
+        from redismigrate.aio.executor import resume_command
+
+        console.print(
+            f"Interrupted. The progress header in {backup_dir} says where it stopped; "
+            f"resume with: {resume_command(str(plan), backup_dir)}",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(1) from None
     if report_out is not None:
         report.dump(report_out)
     if benchmark_out is not None and report.benchmark is not None:
