@@ -9,6 +9,17 @@ from redismigrate.aio.indexes import create_index
 from redismigrate.schema import IndexSchema
 
 CATEGORIES = ("books", "music", "films", "games", "garden")
+DEMO_PATCH = """
+version: 1
+changes:
+  add_fields:
+    - {name: brand, type: tag}
+  update_fields:
+    - name: price
+      attrs: {sortable: true}
+    - name: embedding
+      attrs: {datatype: float16}
+"""
 
 
 def sample_schema(name: str = "demo_idx", dims: int = 128, prefix: str = "demo:") -> IndexSchema:
@@ -19,7 +30,7 @@ def sample_schema(name: str = "demo_idx", dims: int = 128, prefix: str = "demo:"
             "fields": [
                 {"name": "title", "type": "text"},
                 {"name": "category", "type": "tag"},
-                {"name": "price", "type": "numeric", "attrs": {"sortable": True}},
+                {"name": "price", "type": "numeric"},
                 {
                     "name": "embedding",
                     "type": "vector",

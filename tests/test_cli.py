@@ -209,6 +209,8 @@ def test_demo_runs_the_whole_job_on_its_own_server() -> None:
     assert "demo_idx" in result.stdout
     assert "300" in result.stdout
     assert "Server stopped." in result.stdout
+    assert "Result: succeeded" in result.stdout and "float32 -> float16" in result.stdout
+    assert "Validation: passed" in result.stdout
 
 
 def test_python_dash_m_and_version() -> None:

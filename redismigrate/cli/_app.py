@@ -13,7 +13,7 @@ from rich.console import Console
 
 from redismigrate import __version__
 from redismigrate.aio.connection import connect
-from redismigrate.aio.indexes import read_schema_and_stats, server_capabilities
+from redismigrate.aio.indexes import server_capabilities
 from redismigrate.cli import _render
 from redismigrate.sync import IndexInspector, MigrationPlanner
 from redismigrate.urls import check_url
@@ -134,31 +134,59 @@ def demo(
     docs: Annotated[int, typer.Option(help="Number of sample documents.")] = 2000,
     dims: Annotated[int, typer.Option(help="Vector dimensions.")] = 128,
 ) -> None:
-    """Start a throwaway server, create a sample vector index, show it, stop the server."""
+    """The whole job on a throwaway server: sample index, plan, apply, validate, report."""
+    import tempfile
+
     from redismigrate import server
-    from redismigrate.demo import load_sample_index
+    from redismigrate.cli._progress import StepProgress
+    from redismigrate.demo import DEMO_PATCH, load_sample_index
+    from redismigrate.patch import SchemaPatch
+    from redismigrate.sync import MigrationExecutor
 
     console.print("Starting a throwaway Redis Stack server ...")
-    with server.EmbeddedRedis() as embedded:
+    with server.EmbeddedRedis() as embedded, tempfile.TemporaryDirectory() as work_dir:
         info = embedded.info
         assert info is not None
         console.print(f"Server at {info.url}")
 
-        async def work() -> Any:
+        async def load() -> Any:
             async with connect(info.url) as client:
                 caps = await server_capabilities(client)
                 await load_sample_index(client, docs=docs, dims=dims)
-                return caps, await read_schema_and_stats(client, "demo_idx")
+                return caps
 
-        caps, described = anyio.run(work)
+        caps = anyio.run(load)
         console.print(
             f"Redis {caps.redis_version}, search {caps.search_version_text}; vector types: "
             + ", ".join(caps.vector_datatypes)
         )
+        described = IndexInspector().describe("demo_idx", redis_url=info.url)
         _render.print_index(console, described.schema, described.stats)
-        console.print("Schema as YAML (the layout plans and patches use):")
-        console.print(described.schema.to_yaml(), markup=False, highlight=False)
+
+        console.print("\nThe change, as a schema patch:", style="bold")
+        patch = SchemaPatch.from_yaml(DEMO_PATCH)
+        console.print(patch.to_yaml(), markup=False, highlight=False)
+        plan_path = Path(work_dir) / "plan.yaml"
+        migration = MigrationPlanner().create_plan(
+            "demo_idx", redis_url=info.url, schema_patch=patch
+        )
+        migration.dump(plan_path)
+        _render.print_plan_summary(console, migration, plan_path)
+
+        console.print("\nApplying ...", style="bold")
+        with StepProgress(console) as progress:
+            report = MigrationExecutor().apply(
+                migration,
+                redis_url=info.url,
+                backup_dir=Path(work_dir) / "backup",
+                progress_callback=progress,
+            )
+        _render.print_report(console, report)
+        after = IndexInspector().describe("demo_idx", redis_url=info.url)
+        _render.print_index(console, after.schema, after.stats)
     console.print("Server stopped.")
+    if not report.succeeded:
+        raise typer.Exit(1)
 
 
 @app.command("plan")
