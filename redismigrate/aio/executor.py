@@ -97,6 +97,13 @@ def check_backup_dir(backup_dir: str | Path | None) -> Path:
     return path
 
 
+def first_error(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups from a task group."""
+    while isinstance(getattr(exc, "exceptions", None), (list, tuple)) and exc.exceptions:  # type: ignore[attr-defined]
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return exc
+
+
 def plan_copy_path(backup_dir: Path, index_name: str) -> Path:
     """The copy of the plan kept beside its backup (rollback reads it)."""
     header = Path(backup_paths(backup_dir, index_name).header)
@@ -547,13 +554,16 @@ class AsyncMigrationExecutor:
                     await write(frame)
 
         if changes and start < total_batches:
-            async with anyio.create_task_group() as group:
-                for _ in range(run.workers):
-                    group.start_soon(worker)
-                async with send:
-                    for frame in backup.iter_frames(start):
-                        await send.send(frame)
-                receive.close()
+            try:
+                async with anyio.create_task_group() as group:
+                    for _ in range(run.workers):
+                        group.start_soon(worker)
+                    async with send:
+                        for frame in backup.iter_frames(start):
+                            await send.send(frame)
+                    receive.close()
+            except Exception as exc:
+                raise first_error(exc) from None
         if run.header.phase != "completed":
             run.set_phase("completed")
         run.timed("reencode", started, run.reencoded)
