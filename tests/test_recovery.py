@@ -90,6 +90,7 @@ def assert_reencoded_once(
         ("after_drop", "float16", "bfloat16"),
     ],
 )
+@pytest.mark.parametrize("workers", ["1", "3"])
 def test_a_killed_apply_resumes_to_the_right_vectors(
     sync_client: redis.Redis,
     redis_url: str,
@@ -98,6 +99,7 @@ def test_a_killed_apply_resumes_to_the_right_vectors(
     crash_at: str,
     source_type: str,
     target_type: str,
+    workers: str,
 ) -> None:
     schema = make_schema(f"{ns}_r", f"{ns}:r:", "hash", datatype=source_type)
     sync_client.execute_command(*ft_create_args(schema))
@@ -106,10 +108,12 @@ def test_a_killed_apply_resumes_to_the_right_vectors(
     plan = make_plan(redis_url, schema.name, target_type, tmp_path / "plan.yaml")
     backup = tmp_path / "backup"
 
-    killed = apply_cli(redis_url, plan, backup, crash_at)
+    killed = apply_cli(redis_url, plan, backup, crash_at, "--workers", workers)
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    if workers != "1" and crash_at != "during_backup:3":
+        assert (backup / f"migration_backup_{schema.name}.manifest.json").exists()
 
-    resumed = apply_cli(redis_url, plan, backup)
+    resumed = apply_cli(redis_url, plan, backup, None, "--workers", workers)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Result: succeeded" in resumed.stdout
     assert_reencoded_once(
@@ -118,7 +122,12 @@ def test_a_killed_apply_resumes_to_the_right_vectors(
     header = VectorBackup.open(backup, schema.name)
     assert header is not None
     assert header.header.phase == "validated"
-    assert header.header.keys_backed_up == DOCS
+    shards = sorted(backup.glob("*.w*.header.json"))
+    if workers == "1":
+        assert header.header.keys_backed_up == DOCS and not shards
+    else:
+        assert len(shards) == 3
+        assert sum(VectorBackup.load(p).header.keys_backed_up for p in shards) == DOCS
     # running it once more is a no-op that still validates
     again = apply_cli(redis_url, plan, backup)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -136,7 +145,8 @@ def test_rollback_restores_every_byte_and_can_recreate_the_index(
     before = snapshot(sync_client, f"{ns}:rb:", "hash")
     plan = make_plan(redis_url, schema.name, "float16", tmp_path / "plan.yaml")
     backup = tmp_path / "backup"
-    assert apply_cli(redis_url, plan, backup).returncode == 0
+    assert apply_cli(redis_url, plan, backup, None, "--workers", "2").returncode == 0
+    assert (backup / f"migration_backup_{schema.name}.manifest.json").exists()
     assert snapshot(sync_client, f"{ns}:rb:", "hash") != before
 
     rolled = subprocess.run(

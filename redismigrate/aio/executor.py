@@ -13,7 +13,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,16 @@ from redismigrate.aio.keys import (
     scan_prefixes,
 )
 from redismigrate.aio.validate import validate_live
-from redismigrate.backup import BackupField, BackupHeader, VectorBackup, backup_paths
+from redismigrate.backup import (
+    BackupBatch,
+    BackupField,
+    BackupHeader,
+    VectorBackup,
+    backup_paths,
+    new_manifest,
+    read_manifest,
+    write_manifest,
+)
 from redismigrate.errors import BadInputError, ConnectionFailed, IndexNotFound, RedisMigrateError
 from redismigrate.files import write_document
 from redismigrate.ftinfo import stats_from_ft_info
@@ -97,6 +106,63 @@ def check_backup_dir(backup_dir: str | Path | None) -> Path:
     return path
 
 
+class BackupSet:
+    """A migration's progress header and its vector data: in the header's own data file,
+    or (multi-worker runs) in one shard per worker listed by a manifest."""
+
+    def __init__(self, main: VectorBackup, shards: list[VectorBackup]) -> None:
+        self.main = main
+        self.shards = shards
+
+    @property
+    def header(self) -> BackupHeader:
+        return self.main.header
+
+    @property
+    def data_sources(self) -> list[VectorBackup]:
+        return self.shards or [self.main]
+
+    @property
+    def keys_backed_up(self) -> int:
+        return sum(b.header.keys_backed_up for b in self.data_sources)
+
+    def iter_frames(self) -> Iterator[BackupBatch]:
+        for source in self.data_sources:
+            yield from source.iter_frames()
+
+    def iter_batches(self) -> Iterator[tuple[list[bytes], dict[bytes, dict[str, bytes]]]]:
+        for source in self.data_sources:
+            yield from source.iter_batches()
+
+    def files(self) -> list[Path]:
+        paths = [self.main.header_path, self.main.data_path]
+        for shard in self.shards:
+            paths += [shard.header_path, shard.data_path]
+        manifest = backup_paths(self.main.header_path.parent, self.header.index_name).manifest
+        return [p for p in [*paths, Path(manifest)] if p.exists()]
+
+    def close(self) -> None:
+        for backup in [self.main, *self.shards]:
+            backup.close()
+
+    @classmethod
+    def open(cls, backup_dir: Path, index_name: str) -> BackupSet | None:
+        main = VectorBackup.open(backup_dir, index_name)
+        if main is None:
+            return None
+        manifest_path = Path(backup_paths(backup_dir, index_name).manifest)
+        shards: list[VectorBackup] = []
+        if manifest_path.exists():
+            for shard in read_manifest(manifest_path).shards:
+                opened = VectorBackup.open(backup_dir, index_name, worker=shard.worker)
+                if opened is None:
+                    raise BadInputError(
+                        f"backup shard {shard.header!r} listed in {manifest_path} is missing"
+                    )
+                shards.append(opened)
+        return cls(main, shards)
+
+
 def first_error(exc: BaseException) -> BaseException:
     """The first real error inside (nested) exception groups from a task group."""
     while isinstance(getattr(exc, "exceptions", None), (list, tuple)) and exc.exceptions:  # type: ignore[attr-defined]
@@ -134,7 +200,8 @@ class _Run:
         self.workers = workers
         self.progress = progress
         self.timings: list[StepTiming] = []
-        self.backup: VectorBackup | None = None
+        self.backup: VectorBackup | None = None  # the progress header
+        self.backups: BackupSet | None = None
         self.started = time.perf_counter()
         self.started_at = now_iso()
         self.dropped_at: float | None = None
@@ -228,7 +295,7 @@ class AsyncMigrationExecutor:
         """Check the live index against ``plan``; with ``backup_dir``, also sampled vectors."""
         backup = None
         if backup_dir is not None:
-            backup = VectorBackup.open(Path(backup_dir), plan.source.index_name)
+            backup = BackupSet.open(Path(backup_dir), plan.source.index_name)
         started_at = now_iso()
         started = time.perf_counter()
         async with connect(redis_url, redis_client) as client:
@@ -284,7 +351,7 @@ class AsyncMigrationExecutor:
             phase = "target_created"
         await self._wait_indexed(run)
         started = time.perf_counter()
-        validation = await validate_live(client, plan, run.backup)
+        validation = await validate_live(client, plan, run.backups)
         run.timed("validate", started)
         if validation.passed and run.header.phase != "validated":
             run.set_phase("validated")
@@ -294,7 +361,7 @@ class AsyncMigrationExecutor:
         """Open the progress header of an earlier run, or check the source and start anew."""
         plan = run.plan
         wanted = plan_hash(plan)
-        existing = VectorBackup.open(run.backup_dir, plan.source.index_name)
+        existing = BackupSet.open(run.backup_dir, plan.source.index_name)
         if existing is not None and existing.header.plan_hash != wanted:
             raise BadInputError(
                 f"{run.backup_dir} holds the backup of a different plan for index "
@@ -314,15 +381,12 @@ class AsyncMigrationExecutor:
             if phase in ("dump", "ready") and source_matches:
                 # the source still serves: redo the backup from the start (cheap, and
                 # key order from the index cursor is not stable across runs)
-                existing.close()
                 self._discard(run, existing)
             elif phase in ("completed", "target_created", "validated") and not target_matches:
                 if source_matches:
-                    existing.close()
                     self._discard(run, existing, stale=True)  # rolled back since: stale
                 elif phase == "completed":
-                    run.backup, run.resumed = existing, True
-                    run.documents = existing.header.keys_backed_up
+                    self._adopt(run, existing)
                     return phase
                 else:
                     raise BadInputError(
@@ -331,8 +395,7 @@ class AsyncMigrationExecutor:
                         "created; check `redismigrate index info`, or roll back"
                     )
             else:
-                run.backup, run.resumed = existing, True
-                run.documents = existing.header.keys_backed_up
+                self._adopt(run, existing)
                 return phase
         if not source_matches:
             if live_source is None:
@@ -345,38 +408,53 @@ class AsyncMigrationExecutor:
                 "plan was made; run `redismigrate plan` again"
             )
         await self._check_prefix_target_free(run)
-        run.backup = VectorBackup.create(
-            run.backup_dir,
-            BackupHeader(
-                format="redismigrate-vector-backup",
-                index_name=plan.source.index_name,
-                plan_hash=wanted,
-                source_schema_hash=plan.source.schema_hash,
-                target_schema_hash=schema_hash(plan.merged_target_schema),
-                fields={
-                    vc.source_field: BackupField(
-                        source_datatype=vc.source_datatype,
-                        target_datatype=vc.target_datatype,
-                        dims=vc.dims,
-                        document_field=self._document_field(plan, vc.source_field),
-                    )
-                    for vc in plan.vector_changes
-                    if vc.rewrite_documents
-                },
-                batch_size=run.batch_size,
-                phase="dump",
-                dump_completed_batches=0,
-                quantize_completed_batches=0,
-                keys_backed_up=0,
-                keys_reencoded=0,
-                data_bytes=0,
-                worker=None,
-                created_at=now_iso(),
-                updated_at=now_iso(),
-            ),
+        header = BackupHeader(
+            format="redismigrate-vector-backup",
+            index_name=plan.source.index_name,
+            plan_hash=wanted,
+            source_schema_hash=plan.source.schema_hash,
+            target_schema_hash=schema_hash(plan.merged_target_schema),
+            fields={
+                vc.source_field: BackupField(
+                    source_datatype=vc.source_datatype,
+                    target_datatype=vc.target_datatype,
+                    dims=vc.dims,
+                    document_field=self._document_field(plan, vc.source_field),
+                )
+                for vc in plan.vector_changes
+                if vc.rewrite_documents
+            },
+            batch_size=run.batch_size,
+            phase="dump",
+            dump_completed_batches=0,
+            quantize_completed_batches=0,
+            keys_backed_up=0,
+            keys_reencoded=0,
+            data_bytes=0,
+            worker=None,
+            created_at=now_iso(),
+            updated_at=now_iso(),
         )
+        main = VectorBackup.create(run.backup_dir, header)
+        shards: list[VectorBackup] = []
+        if run.workers > 1 and header.fields:
+            manifest = new_manifest(plan.source.index_name, wanted, run.workers)
+            shards = [
+                VectorBackup.create(
+                    run.backup_dir, msgspec.structs.replace(header, worker=shard.worker)
+                )
+                for shard in manifest.shards
+            ]
+            write_manifest(run.backup_dir, manifest)
+        run.backups = BackupSet(main, shards)
+        run.backup = main
         write_document(plan_copy_path(run.backup_dir, plan.source.index_name), plan.to_dict())
         return "dump"
+
+    @staticmethod
+    def _adopt(run: _Run, existing: BackupSet) -> None:
+        run.backups, run.backup, run.resumed = existing, existing.main, True
+        run.documents = existing.keys_backed_up
 
     @staticmethod
     def _document_field(plan: MigrationPlan, source_field: str) -> str:
@@ -388,13 +466,13 @@ class AsyncMigrationExecutor:
         assert field is not None
         return field.path or field.name
 
-    def _discard(self, run: _Run, backup: VectorBackup, *, stale: bool = False) -> None:
+    def _discard(self, run: _Run, backup: BackupSet, *, stale: bool = False) -> None:
         suffix = ".stale-" if stale else ".restarted-"
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        paths = backup_paths(run.backup_dir, run.plan.source.index_name)
-        for path in (paths.header, paths.data):
-            if Path(path).exists():
-                Path(path).rename(f"{path}{suffix}{stamp}")
+        files = backup.files()
+        backup.close()
+        for path in files:
+            path.rename(f"{path}{suffix}{stamp}")
 
     async def _live_schema(self, client: aioredis.Redis, name: str) -> IndexSchema | None:
         try:
@@ -454,25 +532,53 @@ class AsyncMigrationExecutor:
         run.timed("field_renames", started, done)
 
     async def _dump(self, run: _Run) -> None:
-        """Back up every original vector of the fields to re-encode, batch by batch."""
+        """Back up every original vector of the fields to re-encode, batch by batch.
+
+        One enumeration feeds the writers: with one worker the header's own data file,
+        with several one shard each (read with its own connection, written in parallel).
+        """
         started = time.perf_counter()
+        assert run.backups is not None
         fields = run.header.fields
         total = run.plan.source.stats_snapshot.num_docs
         done = 0
         if fields:
             names = list(fields)
             hash_fields = [fields[n].document_field for n in names]
-            async for keys in await self._enumerate(run):
+            sources = run.backups.data_sources
+
+            async def back_up(target: VectorBackup, keys: list[bytes]) -> None:
+                nonlocal done
                 pipe = run.client.pipeline(transaction=False)
                 for key in keys:
                     pipe.hmget(key, hash_fields)
                 rows = await pipe.execute()
                 vectors = {name: [row[i] for row in rows] for i, name in enumerate(names)}
-                assert run.backup is not None
-                run.backup.append_batch(keys, vectors)
+                await anyio.to_thread.run_sync(target.append_batch, keys, vectors)
                 done += len(keys)
                 run.tick("backup", done, total)
                 _crash_point("during_backup")
+
+            async def shard_writer(target: VectorBackup, inbox: Any) -> None:
+                async with inbox:
+                    async for keys in inbox:
+                        await back_up(target, keys)
+
+            try:
+                async with anyio.create_task_group() as group:
+                    outboxes = []
+                    for target in sources:
+                        outbox, inbox = anyio.create_memory_object_stream[list[bytes]](1)
+                        outboxes.append(outbox)
+                        group.start_soon(shard_writer, target, inbox)
+                    position = 0
+                    async for keys in await self._enumerate(run):
+                        await outboxes[position % len(outboxes)].send(keys)
+                        position += 1
+                    for outbox in outboxes:
+                        await outbox.aclose()
+            except Exception as exc:
+                raise first_error(exc) from None
         run.documents = done or total
         run.set_phase("ready")
         run.timed("backup", started, done)
@@ -492,26 +598,22 @@ class AsyncMigrationExecutor:
         run.timed("key_renames", started, moved)
 
     async def _reencode(self, run: _Run) -> None:
-        """Write every backed-up vector re-encoded by the plan's rule, ``workers`` at a time.
+        """Write every backed-up vector re-encoded by the plan's rule.
 
         Each batch is encoded from its original bytes in the backup, so a batch redone
         after a crash is written with the same bytes: nothing is ever encoded twice.
+        Several workers share the header's data file (a batch counts as done once all
+        batches before it are); with shards, each worker owns one.
         """
         started = time.perf_counter()
-        assert run.backup is not None
-        backup = run.backup
+        assert run.backups is not None
         changes = {vc.source_field: vc for vc in run.plan.vector_changes if vc.rewrite_documents}
         if run.header.phase == "index_dropped":
             run.set_phase("active")
-        start = run.header.quantize_completed_batches
-        total_batches = run.header.dump_completed_batches
         change = run.plan.rename_operations.change_prefix
-        finished: set[int] = set()
-        watermark = start
         lock = anyio.Lock()
 
-        async def write(frame: Any) -> None:
-            nonlocal watermark
+        async def write(frame: BackupBatch) -> int:
             pipe = run.client.pipeline(transaction=False)
             count = 0
             keys = [
@@ -519,11 +621,11 @@ class AsyncMigrationExecutor:
                 for k in frame.keys
             ]
             for source_field, vc in changes.items():
-                if source_field not in frame.vectors:
+                if source_field not in frame.vectors or vc.encoding is None:
                     continue
                 originals = frame.vectors[source_field]
                 present = [(k, v) for k, v in zip(keys, originals, strict=True) if v is not None]
-                if not present or vc.encoding is None:
+                if not present:
                     continue
                 encoded = await anyio.to_thread.run_sync(
                     reencode_bytes, [v for _, v in present], vc.encoding, vc.dims
@@ -533,35 +635,55 @@ class AsyncMigrationExecutor:
                 count = max(count, len(present))
             if count:
                 await pipe.execute()
+            return count
+
+        async def progress(source: VectorBackup, watermark: int, count: int) -> None:
             async with lock:
-                finished.add(frame.batch)
-                while watermark in finished:
-                    finished.discard(watermark)
-                    watermark += 1
                 run.reencoded += count
-                backup.update(
+                source.update(
                     quantize_completed_batches=watermark,
-                    keys_reencoded=backup.header.keys_reencoded + count,
+                    keys_reencoded=source.header.keys_reencoded + count,
                 )
-                run.tick("reencode", watermark * run.batch_size, run.documents or None)
+                run.tick("reencode", run.reencoded, run.documents or None)
             _crash_point("during_reencode")
 
-        send, receive = anyio.create_memory_object_stream[Any](max_buffer_size=run.workers)
+        async def shard_worker(source: VectorBackup) -> None:
+            for frame in source.iter_frames(source.header.quantize_completed_batches):
+                count = await write(frame)
+                await progress(source, frame.batch + 1, count)
 
-        async def worker() -> None:
-            async with receive.clone() as frames:
-                async for frame in frames:
-                    await write(frame)
+        async def shared_file(source: VectorBackup) -> None:
+            finished: set[int] = set()
+            watermark = source.header.quantize_completed_batches
+            send, receive = anyio.create_memory_object_stream[BackupBatch](run.workers)
 
-        if changes and start < total_batches:
+            async def worker() -> None:
+                nonlocal watermark
+                async with receive.clone() as frames:
+                    async for frame in frames:
+                        count = await write(frame)
+                        finished.add(frame.batch)
+                        while watermark in finished:
+                            finished.discard(watermark)
+                            watermark += 1
+                        await progress(source, watermark, count)
+
+            async with anyio.create_task_group() as group:
+                for _ in range(run.workers):
+                    group.start_soon(worker)
+                async with send:
+                    for frame in source.iter_frames(watermark):
+                        await send.send(frame)
+                receive.close()
+
+        if changes:
             try:
                 async with anyio.create_task_group() as group:
-                    for _ in range(run.workers):
-                        group.start_soon(worker)
-                    async with send:
-                        for frame in backup.iter_frames(start):
-                            await send.send(frame)
-                    receive.close()
+                    if run.backups.shards:
+                        for shard in run.backups.shards:
+                            group.start_soon(shard_worker, shard)
+                    else:
+                        group.start_soon(shared_file, run.backups.main)
             except Exception as exc:
                 raise first_error(exc) from None
         if run.header.phase != "completed":
@@ -608,10 +730,7 @@ class AsyncMigrationExecutor:
         downtime = end - run.dropped_at if run.dropped_at is not None else 0.0
         after = await self._stats_if_reachable(run.client, plan.target_index_name)
         documents = run.documents or plan.source.stats_snapshot.num_docs
-        files = []
-        if run.backup is not None:
-            paths = backup_paths(run.backup_dir, plan.source.index_name)
-            files = [str(p) for p in (paths.header, paths.data) if Path(p).exists()]
+        files = [str(p) for p in run.backups.files()] if run.backups is not None else []
         return MigrationReport(
             result=result,  # type: ignore[arg-type]
             source_index=plan.source.index_name,
@@ -701,7 +820,7 @@ class AsyncMigrationExecutor:
         live_target = await self._live_schema(client, plan.target_index_name)
         if live_target is not None and not live_target.same_index_as(plan.source.schema_snapshot):
             await drop_index(client, plan.target_index_name)
-        backup = VectorBackup.open(backup_dir, plan.source.index_name)
+        backup = BackupSet.open(backup_dir, plan.source.index_name)
         change = plan.rename_operations.change_prefix
         storage = plan.source.keyspace.storage_type
         if change is not None:
@@ -721,12 +840,11 @@ class AsyncMigrationExecutor:
         if recreate_index and await self._live_schema(client, plan.source.index_name) is None:
             await create_index(client, plan.source.schema_snapshot)
         if backup is not None:
-            backup.close()
             stamp = time.strftime("%Y%m%dT%H%M%S")
-            paths = backup_paths(backup_dir, plan.source.index_name)
-            Path(paths.header).rename(f"{paths.header}.rolled-back-{stamp}")
-            if Path(paths.data).exists():
-                Path(paths.data).rename(f"{paths.data}.rolled-back-{stamp}")
+            files = backup.files()
+            backup.close()
+            for path in files:
+                path.rename(f"{path}.rolled-back-{stamp}")
         return restored
 
     async def rollback(
@@ -787,7 +905,7 @@ def _only_backup_in(directory: Path) -> str:
     return names[0]
 
 
-async def restore_vectors(client: aioredis.Redis, backup: VectorBackup) -> int:
+async def restore_vectors(client: aioredis.Redis, backup: BackupSet) -> int:
     """Write every original vector byte in ``backup`` back (to the keys' current names)."""
     fields = backup.header.fields
     restored = 0

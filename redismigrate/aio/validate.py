@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import redis.asyncio as aioredis
 
 from redismigrate.aio.indexes import read_schema_and_stats
 from redismigrate.aio.keys import moved_key
-from redismigrate.backup import VectorBackup
 from redismigrate.errors import IndexNotFound
 from redismigrate.plan import MigrationPlan
 from redismigrate.quantize import reencode_bytes
 from redismigrate.report import ValidationResult
+
+if TYPE_CHECKING:
+    from redismigrate.aio.executor import BackupSet
 
 VECTOR_SAMPLE = 50
 
@@ -24,7 +28,7 @@ def target_key(plan: MigrationPlan, key: bytes) -> bytes:
 async def validate_live(
     client: aioredis.Redis,
     plan: MigrationPlan,
-    backup: VectorBackup | None = None,
+    backup: BackupSet | None = None,
 ) -> ValidationResult:
     """Live schema equals the merged target; document counts and failures hold; sampled
     keys exist; re-encoded vectors equal the plan's rule applied to their backed-up bytes."""
@@ -92,7 +96,7 @@ async def validate_live(
 
 
 async def _check_vectors(
-    client: aioredis.Redis, plan: MigrationPlan, backup: VectorBackup | None
+    client: aioredis.Redis, plan: MigrationPlan, backup: BackupSet | None
 ) -> tuple[int, list[str]]:
     changes = [vc for vc in plan.vector_changes if vc.rewrite_documents and vc.encoding]
     if backup is None or not changes:
