@@ -84,6 +84,7 @@ def assert_reencoded_once(
     [
         ("during_backup:3", "float32", "float16"),
         ("after_drop", "float32", "float16"),
+        ("dropped_unrecorded", "float32", "float16"),
         ("during_reencode:4", "float32", "float16"),
         ("before_create", "float32", "float16"),
         ("during_reencode:4", "float16", "bfloat16"),

@@ -331,7 +331,10 @@ class AsyncMigrationExecutor:
             _crash_point("before_drop")
             started = time.perf_counter()
             run.dropped_at = time.perf_counter()
-            await drop_index(client, plan.source.index_name)
+            if await self._live_schema(client, plan.source.index_name) is not None:
+                await drop_index(client, plan.source.index_name)
+                _crash_point("dropped_unrecorded")
+            # else: a killed run dropped it just before it could say so
             run.set_phase("index_dropped")
             run.timed("drop", started)
             _crash_point("after_drop")
@@ -382,6 +385,13 @@ class AsyncMigrationExecutor:
                 # the source still serves: redo the backup from the start (cheap, and
                 # key order from the index cursor is not stable across runs)
                 self._discard(run, existing)
+            elif phase in ("dump", "ready") and not (phase == "ready" and live_source is None):
+                existing.close()
+                raise BadInputError(
+                    f"source schema mismatch: index {plan.source.index_name!r} changed while "
+                    f"its backup in {run.backup_dir} was being written; run `redismigrate plan` "
+                    "again and use a fresh --backup-dir"
+                )
             elif phase in ("completed", "target_created", "validated") and not target_matches:
                 if source_matches:
                     self._discard(run, existing, stale=True)  # rolled back since: stale
