@@ -166,6 +166,16 @@ def test_rollback_restores_every_byte_and_can_recreate_the_index(
     )  # fmt: skip
     ids = found[1:] if isinstance(found, list) else [r[b"id"] for r in found[b"results"]]
     assert ids == [f"{ns}:rb:7".encode()]
+    # the same plan applies again after the rollback: a fresh backup, the right bytes
+    assert apply_cli(redis_url, plan, backup).returncode == 0
+    assert_reencoded_once(before, snapshot(sync_client, f"{ns}:rb:", "hash"), "float32", "float16")
+    assert list(backup.glob("*.rolled-back-*"))
+    assert subprocess.run(
+        [sys.executable, "-m", "redismigrate", "rollback", "--backup-dir", str(backup),
+         "--url", redis_url, "--recreate-index"],
+        capture_output=True, text=True, timeout=120,
+    ).returncode == 0  # fmt: skip
+    assert snapshot(sync_client, f"{ns}:rb:", "hash") == before
     # a second rollback has nothing left to do, and says so
     again = subprocess.run(
         [sys.executable, "-m", "redismigrate", "rollback", "--backup-dir", str(backup),
@@ -327,3 +337,28 @@ def test_a_server_gone_mid_run_reports_where_and_how_to_resume(tmp_path: Path) -
     header = VectorBackup.open(tmp_path / "backup", "gone_idx")
     assert header is not None and header.header.phase == "active"
     assert header.header.quantize_completed_batches >= 1
+
+
+def test_a_completed_backup_is_stale_once_the_source_is_back(
+    sync_client: redis.Redis, redis_url: str, ns: str, tmp_path: Path
+) -> None:
+    """Rolled back by hand (header left in place): the next apply writes a fresh backup."""
+    schema = make_schema(f"{ns}_st", f"{ns}:st:", "hash")
+    sync_client.execute_command(*ft_create_args(schema))
+    load(sync_client, f"{ns}:st:", "hash")
+    before = snapshot(sync_client, f"{ns}:st:", "hash")
+    plan = make_plan(redis_url, schema.name, "bfloat16", tmp_path / "plan.yaml")
+    backup = tmp_path / "backup"
+    assert apply_cli(redis_url, plan, backup).returncode == 0
+    with VectorBackup.load(backup / f"migration_backup_{schema.name}.header.json") as saved:
+        for keys, originals in saved.iter_batches():
+            for key in keys:
+                sync_client.hset(key, "embedding", originals[key]["embedding"])
+    sync_client.execute_command("FT.DROPINDEX", schema.name)
+    sync_client.execute_command(*ft_create_args(schema))
+    assert snapshot(sync_client, f"{ns}:st:", "hash") == before
+
+    again = apply_cli(redis_url, plan, backup)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert list(backup.glob("*.stale-*"))
+    assert_reencoded_once(before, snapshot(sync_client, f"{ns}:st:", "hash"), "float32", "bfloat16")
