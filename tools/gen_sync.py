@@ -47,6 +47,8 @@ ASYNC_CLASSES: list[tuple[str, str]] = [
     ("redismigrate.aio.inspector", "AsyncIndexInspector"),
     ("redismigrate.aio.planner", "AsyncMigrationPlanner"),
     ("redismigrate.aio.executor", "AsyncMigrationExecutor"),
+    ("redismigrate.aio.batch", "AsyncBatchMigrationPlanner"),
+    ("redismigrate.aio.batch", "AsyncBatchMigrationExecutor"),
 ]
 
 # Async types in annotations, by qualified name -> (text in the blocking API, its import).

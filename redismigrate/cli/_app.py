@@ -439,3 +439,132 @@ def rollback(
         f"Rolled back {result.index_name!r}: {result.vectors_restored:,} vector values restored"
         + ("; source index recreated" if result.index_recreated else "")
     )
+
+
+def _batch_progress(name: str, position: int, total: int, status: str) -> None:
+    console.print(f"[{position}/{total}] {name}: {status}", markup=False, highlight=False)
+
+
+@app.command("batch-plan")
+def batch_plan(
+    schema_patch: Annotated[Path, typer.Option("--schema-patch", help="The shared patch.")],
+    plan_out: Annotated[Path, typer.Option("--plan-out", help="Where to write the batch plan.")],
+    pattern: Annotated[str | None, typer.Option("--pattern", help="Glob on index names.")] = None,
+    indexes: Annotated[
+        str | None, typer.Option("--indexes", help="Comma-separated index names.")
+    ] = None,
+    indexes_file: Annotated[
+        Path | None, typer.Option("--indexes-file", help="File with one index name a line.")
+    ] = None,
+    failure_policy: Annotated[
+        str, typer.Option("--failure-policy", help="fail_fast or continue_on_error.")
+    ] = "fail_fast",
+    url: UrlOption = "redis://localhost:6379",
+) -> None:
+    """Plan one patch across many indexes: a plan file per index, or why it is skipped."""
+    from redismigrate.errors import BadInputError
+    from redismigrate.sync import BatchMigrationPlanner
+
+    check_url(url)
+    given = [x for x in (pattern, indexes, indexes_file) if x is not None]
+    if len(given) != 1:
+        raise BadInputError("give exactly one of --pattern, --indexes or --indexes-file")
+    _check_writable(plan_out)
+    result = BatchMigrationPlanner().create_batch_plan(
+        redis_url=url,
+        pattern=pattern,
+        indexes=indexes.split(",") if indexes is not None else None,
+        indexes_file=indexes_file,
+        schema_patch_path=schema_patch,
+        failure_policy=failure_policy,
+        plan_out=plan_out,
+    )
+    _render.print_batch_plan(console, result, plan_out)
+
+
+@app.command("batch-apply")
+def batch_apply(
+    plan: Annotated[Path, typer.Option("--plan", help="A batch plan from batch-plan.")],
+    backup_dir: Annotated[Path, typer.Option("--backup-dir", help="Backups of every index.")],
+    url: UrlOption = "redis://localhost:6379",
+    accept_data_loss: Annotated[
+        bool, typer.Option("--accept-data-loss", help="Required for lossy re-encoding.")
+    ] = False,
+    state: Annotated[Path, typer.Option("--state", help="Batch state file.")] = Path(
+        "batch_state.yaml"
+    ),
+    report_dir: Annotated[Path, typer.Option("--report-dir", help="Per-index reports.")] = Path(
+        "reports"
+    ),
+) -> None:
+    """Apply a batch plan index by index. Exit 0 only when every index succeeded."""
+    from redismigrate.aio.batch import load_batch_plan
+    from redismigrate.cli._progress import StepProgress
+    from redismigrate.sync import BatchMigrationExecutor
+
+    check_url(url)
+    loaded = load_batch_plan(plan)
+    with StepProgress(console) as steps:
+        report = BatchMigrationExecutor().apply(
+            loaded,
+            batch_plan_path=plan,
+            redis_url=url,
+            state_path=state,
+            report_dir=report_dir,
+            backup_dir=backup_dir,
+            accept_data_loss=accept_data_loss,
+            progress_callback=_batch_progress,
+            step_callback=steps,
+        )
+    _render.print_batch_report(console, report, state)
+    if report.status != "completed":
+        raise typer.Exit(1)
+
+
+@app.command("batch-resume")
+def batch_resume(
+    state: Annotated[Path, typer.Option("--state", help="The batch state file.")],
+    url: UrlOption = "redis://localhost:6379",
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Also rerun indexes that failed.")
+    ] = False,
+    accept_data_loss: Annotated[
+        bool, typer.Option("--accept-data-loss", help="Required for lossy re-encoding.")
+    ] = False,
+    backup_dir: Annotated[
+        Path | None, typer.Option("--backup-dir", help="Must be the batch's own, if given.")
+    ] = None,
+) -> None:
+    """Go on with an interrupted batch from its state file."""
+    from redismigrate.cli._progress import StepProgress
+    from redismigrate.sync import BatchMigrationExecutor
+
+    check_url(url)
+    with StepProgress(console) as steps:
+        report = BatchMigrationExecutor().resume(
+            state_path=state,
+            redis_url=url,
+            retry_failed=retry_failed,
+            accept_data_loss=accept_data_loss,
+            backup_dir=backup_dir,
+            progress_callback=_batch_progress,
+            step_callback=steps,
+        )
+    _render.print_batch_report(console, report, state)
+    if report.status != "completed":
+        raise typer.Exit(1)
+
+
+@app.command("batch-status")
+def batch_status(
+    state: Annotated[Path, typer.Option("--state", help="The batch state file.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Show a batch's progress: completed, failed, in progress, remaining."""
+    from redismigrate.batch import BatchState
+
+    loaded = BatchState.load(state)
+    if as_json:
+        _print_json(loaded.to_dict())
+    else:
+        _render.print_batch_state(console, loaded)

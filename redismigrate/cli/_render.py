@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from redismigrate.batch import BatchPlan, BatchReport, BatchState
 from redismigrate.estimate import MigrationEstimate
 from redismigrate.ftinfo import IndexStats
 from redismigrate.plan import MigrationPlan
@@ -159,3 +160,54 @@ def print_report(console: Console, report: MigrationReport) -> None:
             console.print(f"  - {error}", markup=False, highlight=False)
     for step in report.next_steps:
         console.print(f"Next: {step}", markup=False, highlight=False)
+
+
+def print_batch_plan(console: Console, batch: BatchPlan, path: object) -> None:
+    console.print(f"Batch plan written to {path} ({batch.batch_id})")
+    table = Table(title=f"{len(batch.applicable)} of {len(batch.indexes)} index(es) applicable")
+    table.add_column("index")
+    table.add_column("applicable")
+    table.add_column("plan / skip reason")
+    for entry in batch.indexes:
+        table.add_row(
+            entry.name,
+            "yes" if entry.applicable else "no",
+            entry.plan_path or entry.skip_reason or "",
+        )
+    console.print(table)
+    console.print(f"Failure policy: {batch.failure_policy}")
+    if batch.requires_quantization:
+        console.print("Re-encodes vectors lossily: batch-apply needs --accept-data-loss")
+
+
+def print_batch_state(console: Console, state: BatchState) -> None:
+    console.print(f"Batch {state.batch_id}: started {state.started_at}, updated {state.updated_at}")
+    table = Table()
+    table.add_column("index")
+    table.add_column("status")
+    table.add_column("finished")
+    table.add_column("error")
+    for entry in state.indexes:
+        table.add_row(entry.name, entry.status, entry.finished_at or "", entry.error or "")
+    console.print(table)
+    counts = {s: sum(e.status == s for e in state.indexes) for s in ("succeeded", "failed")}
+    remaining = [e.name for e in state.indexes if e.status == "pending"]
+    running = [e.name for e in state.indexes if e.status == "in_progress"]
+    console.print(
+        f"Completed: {counts['succeeded']}; failed: {counts['failed']}; in progress: "
+        f"{', '.join(running) or 'none'}; remaining: {len(remaining)}"
+        + (f" ({', '.join(remaining)})" if remaining else "")
+    )
+
+
+def print_batch_report(console: Console, report: BatchReport, state: object) -> None:
+    s = report.summary
+    console.print(
+        f"Batch {report.batch_id}: {report.status} ({s.successful} succeeded, {s.failed} failed, "
+        f"{s.skipped} skipped, {s.total_duration_seconds:.1f} s)"
+    )
+    for entry in report.indexes:
+        if entry.error:
+            console.print(f"  {entry.name}: {entry.error}", markup=False, highlight=False)
+    if report.status != "completed":
+        console.print(f"Next: redismigrate batch-resume --state {state} --url URL", markup=False)
