@@ -153,11 +153,14 @@ class MigrationPlanner:
         target_schema: IndexSchema | None = None,
         previous_plan_path: str | Path | None = None,
         force: bool = False,
+        overlap_checked_elsewhere: list[str] | None = None,
     ) -> MigrationPlan:
         """Snapshot ``index_name``, merge the requested change, and return the plan.
 
         Give one of ``schema_patch_path``, ``schema_patch``, ``target_schema_path`` or
-        ``target_schema``. Nothing on the server is changed.
+        ``target_schema``. Nothing on the server is changed. Indexes named in
+        ``overlap_checked_elsewhere`` do not count as sharing keys (a batch checks its
+        own members against each other).
         """
         return _portal.run_sync(
             self._async.create_plan,
@@ -170,6 +173,7 @@ class MigrationPlanner:
             target_schema=target_schema,
             previous_plan_path=previous_plan_path,
             force=force,
+            overlap_checked_elsewhere=overlap_checked_elsewhere,
         )
 
     def estimate(
@@ -352,6 +356,7 @@ class BatchMigrationExecutor:
         report_dir: str | Path = "reports",
         backup_dir: str | Path | None = None,
         accept_data_loss: bool = False,
+        batch_size: int = 500,
         progress_callback: BatchProgressCallback | None = None,
         step_callback: ProgressCallback | None = None,
     ) -> BatchReport:
@@ -370,6 +375,7 @@ class BatchMigrationExecutor:
             report_dir=report_dir,
             backup_dir=backup_dir,
             accept_data_loss=accept_data_loss,
+            batch_size=batch_size,
             progress_callback=progress_callback,
             step_callback=step_callback,
         )
@@ -383,6 +389,7 @@ class BatchMigrationExecutor:
         retry_failed: bool = False,
         accept_data_loss: bool = False,
         backup_dir: str | Path | None = None,
+        batch_size: int = 500,
         progress_callback: BatchProgressCallback | None = None,
         step_callback: ProgressCallback | None = None,
     ) -> BatchReport:
@@ -396,6 +403,7 @@ class BatchMigrationExecutor:
             retry_failed=retry_failed,
             accept_data_loss=accept_data_loss,
             backup_dir=backup_dir,
+            batch_size=batch_size,
             progress_callback=progress_callback,
             step_callback=step_callback,
         )

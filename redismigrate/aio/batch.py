@@ -121,7 +121,12 @@ class AsyncBatchMigrationPlanner:
             chosen = select_indexes(await list_indexes(client), pattern=pattern, names=names)
             planned: list[tuple[BatchIndexEntry, MigrationPlan | None]] = []
             for name in chosen:
-                plan = await planner.create_plan(name, redis_client=client, schema_patch=patch)
+                plan = await planner.create_plan(
+                    name,
+                    redis_client=client,
+                    schema_patch=patch,
+                    overlap_checked_elsewhere=chosen,
+                )
                 if plan.supported:
                     entry = BatchIndexEntry(
                         name=name,
@@ -194,6 +199,7 @@ class AsyncBatchMigrationExecutor:
         report_dir: str | Path = "reports",
         backup_dir: str | Path | None = None,
         accept_data_loss: bool = False,
+        batch_size: int = 500,
         progress_callback: BatchProgressCallback | None = None,
         step_callback: ProgressCallback | None = None,
     ) -> BatchReport:
@@ -228,8 +234,8 @@ class AsyncBatchMigrationExecutor:
         )
         write_document(state_file, state.to_dict())
         return await self._run(
-            batch_plan, state, state_file, redis_url, redis_client, False, progress_callback,
-            step_callback,
+            batch_plan, state, state_file, redis_url, redis_client, False, batch_size,
+            progress_callback, step_callback,
         )  # fmt: skip
 
     async def resume(
@@ -241,6 +247,7 @@ class AsyncBatchMigrationExecutor:
         retry_failed: bool = False,
         accept_data_loss: bool = False,
         backup_dir: str | Path | None = None,
+        batch_size: int = 500,
         progress_callback: BatchProgressCallback | None = None,
         step_callback: ProgressCallback | None = None,
     ) -> BatchReport:
@@ -265,7 +272,7 @@ class AsyncBatchMigrationExecutor:
         self._check_data_loss(batch_plan, accept_data_loss)
         check_plan_files(batch_plan)
         return await self._run(
-            batch_plan, state, state_file, redis_url, redis_client, retry_failed,
+            batch_plan, state, state_file, redis_url, redis_client, retry_failed, batch_size,
             progress_callback, step_callback,
         )  # fmt: skip
 
@@ -286,6 +293,7 @@ class AsyncBatchMigrationExecutor:
         redis_url: str | None,
         redis_client: aioredis.Redis | None,
         retry_failed: bool,
+        batch_size: int,
         progress: BatchProgressCallback | None,
         steps: ProgressCallback | None,
     ) -> BatchReport:
@@ -317,6 +325,7 @@ class AsyncBatchMigrationExecutor:
                         plans[name],
                         redis_client=client,
                         backup_dir=state.backup_dir,
+                        batch_size=batch_size,
                         progress_callback=steps,
                         plan_path=next(e.plan_path for e in batch_plan.indexes if e.name == name),
                     )

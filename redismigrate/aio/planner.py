@@ -126,11 +126,14 @@ class AsyncMigrationPlanner:
         target_schema: IndexSchema | None = None,
         previous_plan_path: str | Path | None = None,
         force: bool = False,
+        overlap_checked_elsewhere: list[str] | None = None,
     ) -> MigrationPlan:
         """Snapshot ``index_name``, merge the requested change, and return the plan.
 
         Give one of ``schema_patch_path``, ``schema_patch``, ``target_schema_path`` or
-        ``target_schema``. Nothing on the server is changed.
+        ``target_schema``. Nothing on the server is changed. Indexes named in
+        ``overlap_checked_elsewhere`` do not count as sharing keys (a batch checks its
+        own members against each other).
         """
         given = [
             x
@@ -152,7 +155,13 @@ class AsyncMigrationPlanner:
         previous = previous_encodings_from(previous_plan_path)
         async with connect(redis_url, redis_client) as client:
             return await self._plan(
-                client, index_name, schema_patch, target_schema, previous, force
+                client,
+                index_name,
+                schema_patch,
+                target_schema,
+                previous,
+                force,
+                set(overlap_checked_elsewhere or ()),
             )
 
     async def estimate(
@@ -207,6 +216,7 @@ class AsyncMigrationPlanner:
         target: IndexSchema | None,
         previous: dict[str, Encoding],
         force: bool,
+        overlap_checked_elsewhere: set[str],
     ) -> MigrationPlan:
         capabilities = await server_capabilities(client)
         described = await read_schema_and_stats(client, index_name)
@@ -214,7 +224,11 @@ class AsyncMigrationPlanner:
         if patch is None:
             assert target is not None
             patch = diff_schemas(source, target)
-        others = await other_indexes(client, index_name)
+        others = [
+            o
+            for o in await other_indexes(client, index_name)
+            if o.name not in overlap_checked_elsewhere
+        ]
         keys = await sample_keys(client, index_name, self.key_sample_size)
         samples: dict[str, Any] = {}
         wanted = _fields_needing_samples(source, patch)

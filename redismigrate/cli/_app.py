@@ -496,6 +496,7 @@ def batch_apply(
     report_dir: Annotated[Path, typer.Option("--report-dir", help="Per-index reports.")] = Path(
         "reports"
     ),
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Keys per batch.")] = 500,
 ) -> None:
     """Apply a batch plan index by index. Exit 0 only when every index succeeded."""
     from redismigrate.aio.batch import load_batch_plan
@@ -513,6 +514,7 @@ def batch_apply(
             report_dir=report_dir,
             backup_dir=backup_dir,
             accept_data_loss=accept_data_loss,
+            batch_size=batch_size,
             progress_callback=_batch_progress,
             step_callback=steps,
         )
@@ -534,6 +536,7 @@ def batch_resume(
     backup_dir: Annotated[
         Path | None, typer.Option("--backup-dir", help="Must be the batch's own, if given.")
     ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Keys per batch.")] = 500,
 ) -> None:
     """Go on with an interrupted batch from its state file."""
     from redismigrate.cli._progress import StepProgress
@@ -547,6 +550,7 @@ def batch_resume(
             retry_failed=retry_failed,
             accept_data_loss=accept_data_loss,
             backup_dir=backup_dir,
+            batch_size=batch_size,
             progress_callback=_batch_progress,
             step_callback=steps,
         )
