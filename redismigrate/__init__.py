@@ -1,5 +1,6 @@
 """redismigrate: change the schema of a live Redis Search index and keep every document."""
 
+from redismigrate.aio.batch import AsyncBatchMigrationExecutor, AsyncBatchMigrationPlanner
 from redismigrate.aio.executor import AsyncMigrationExecutor
 from redismigrate.aio.inspector import AsyncIndexInspector
 from redismigrate.aio.planner import AsyncMigrationPlanner
@@ -20,15 +21,25 @@ from redismigrate.plan import MigrationPlan
 from redismigrate.quantize import encode_query
 from redismigrate.report import MigrationReport
 from redismigrate.schema import IndexSchema
-from redismigrate.sync import IndexInspector, MigrationExecutor, MigrationPlanner
+from redismigrate.sync import (
+    BatchMigrationExecutor,
+    BatchMigrationPlanner,
+    IndexInspector,
+    MigrationExecutor,
+    MigrationPlanner,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncBatchMigrationExecutor",
+    "AsyncBatchMigrationPlanner",
     "AsyncIndexInspector",
     "AsyncMigrationExecutor",
     "AsyncMigrationPlanner",
     "BadInputError",
+    "BatchMigrationExecutor",
+    "BatchMigrationPlanner",
     "ConnectionFailed",
     "IndexInspector",
     "IndexNotFound",
