@@ -297,6 +297,7 @@ class BatchMigrationPlanner:
     _async: AsyncBatchMigrationPlanner
 
     def __init__(self) -> None:
+        """A batch planner holds no state; one can plan any number of batches."""
         self._async = AsyncBatchMigrationPlanner()
 
     def create_batch_plan(
@@ -343,6 +344,7 @@ class BatchMigrationExecutor:
     _async: AsyncBatchMigrationExecutor
 
     def __init__(self) -> None:
+        """A batch executor holds no state; the state file holds a batch's progress."""
         self._async = AsyncBatchMigrationExecutor()
 
     def apply(

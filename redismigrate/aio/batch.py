@@ -75,6 +75,9 @@ def check_plan_files(batch: BatchPlan) -> dict[str, MigrationPlan]:
 class AsyncBatchMigrationPlanner:
     """Plans one shared patch against every selected index."""
 
+    def __init__(self) -> None:
+        """A batch planner holds no state; one can plan any number of batches."""
+
     async def create_batch_plan(
         self,
         *,
@@ -187,6 +190,9 @@ def _selection_names(
 
 class AsyncBatchMigrationExecutor:
     """Applies a batch plan index by index, with a state file to resume from."""
+
+    def __init__(self) -> None:
+        """A batch executor holds no state; the state file holds a batch's progress."""
 
     async def apply(
         self,
