@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 from redismigrate.aio.connection import connect
+from redismigrate.aio.fastwire import Wire
 from redismigrate.aio.indexes import (
     create_index,
     drop_index,
@@ -202,6 +203,7 @@ class _Run:
         self.timings: list[StepTiming] = []
         self.backup: VectorBackup | None = None  # the progress header
         self.backups: BackupSet | None = None
+        self.wire = Wire(client)
         self.started = time.perf_counter()
         self.started_at = now_iso()
         self.dropped_at: float | None = None
@@ -275,6 +277,7 @@ class AsyncMigrationExecutor:
             redis_url, redis_client, max_connections=max(32, num_workers * 4)
         ) as client:
             run = _Run(plan, client, directory, batch_size, num_workers, progress_callback)
+            run.wire.enabled = not await is_cluster(client)
             try:
                 return await self._apply(run, plan_path)
             except MigrationFailed:
@@ -283,6 +286,8 @@ class AsyncMigrationExecutor:
                 raise
             except (RedisMigrateError, rexc.RedisError, OSError) as exc:
                 return await self._failed(run, exc, auto_rollback, plan_path)
+            finally:
+                await run.wire.close()
 
     async def validate(
         self,
@@ -522,7 +527,10 @@ class AsyncMigrationExecutor:
             plan.source.keyspace.prefixes,
             plan.source.keyspace.storage_type,
             run.batch_size,
-            use_scan=stats.hash_indexing_failures > 0,
+            # SCAN is cheaper than the index's cursor and sees failed documents too; an
+            # index FILTER is the one thing SCAN cannot apply, so then the cursor is used
+            use_scan=stats.hash_indexing_failures > 0
+            or plan.source.schema_snapshot.index.options.filter is None,
         )
 
     async def _field_renames(self, run: _Run) -> None:
@@ -557,13 +565,13 @@ class AsyncMigrationExecutor:
             hash_fields = [fields[n].document_field for n in names]
             sources = run.backups.data_sources
 
+            field_names = [f.encode() for f in hash_fields]
+
             async def back_up(target: VectorBackup, keys: list[bytes]) -> None:
                 nonlocal done
-                pipe = run.client.pipeline(transaction=False)
-                for key in keys:
-                    pipe.hmget(key, hash_fields)
-                rows = await pipe.execute()
+                rows = await run.wire.hmget_many(keys, field_names)
                 vectors = {name: [row[i] for row in rows] for i, name in enumerate(names)}
+                # the frame is written (and fsynced) in a thread while the loop reads on
                 await anyio.to_thread.run_sync(target.append_batch, keys, vectors)
                 done += len(keys)
                 run.tick("backup", done, total)
@@ -624,7 +632,7 @@ class AsyncMigrationExecutor:
         lock = anyio.Lock()
 
         async def write(frame: BackupBatch) -> int:
-            pipe = run.client.pipeline(transaction=False)
+            items: list[tuple[bytes, bytes, bytes]] = []
             count = 0
             keys = [
                 moved_key(k, change.old, change.new) if change is not None else k
@@ -640,11 +648,13 @@ class AsyncMigrationExecutor:
                 encoded = await anyio.to_thread.run_sync(
                     reencode_bytes, [v for _, v in present], vc.encoding, vc.dims
                 )
-                for (key, _), blob in zip(present, encoded, strict=True):
-                    pipe.hset(key, vc.field, blob)
+                target_field = vc.field.encode()
+                items.extend(
+                    (key, target_field, blob)
+                    for (key, _), blob in zip(present, encoded, strict=True)
+                )
                 count = max(count, len(present))
-            if count:
-                await pipe.execute()
+            await run.wire.hset_many(items)
             return count
 
         async def progress(source: VectorBackup, watermark: int, count: int) -> None:

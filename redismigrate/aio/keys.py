@@ -85,8 +85,11 @@ def _cursor_reply(reply: object) -> tuple[list[bytes], int]:
             extra = pairs_to_dict(pairs_to_dict(row).get("extra_attributes", {}))
             if "__key" in extra:
                 keys.append(_as_bytes(extra["__key"]))
-    else:  # RESP2: [total, [k, v, ...], ...]
+    else:  # RESP2: [total, [k, v, ...], ...]; LOAD 1 @__key gives [b"__key", key]
         for row in list(body)[1:]:
+            if len(row) == 2 and row[0] == b"__key":
+                keys.append(_as_bytes(row[1]))
+                continue
             fields = pairs_to_dict(row)
             if "__key" in fields:
                 keys.append(_as_bytes(fields["__key"]))
