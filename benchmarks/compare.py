@@ -1,0 +1,931 @@
+"""Side-by-side apply benchmark: redismigrate against RedisVL's migrator, plus a floor.
+
+    python benchmarks/compare.py [--docs 100000] [--dims 768] [--storage hash|json]
+        [--algorithm flat|hnsw] [--rounds 3] [--workers 1,4] [--modes sync[,async]]
+        [--memory-growth] [--out benchmarks/results/compare.json] [--write-docs]
+
+One throwaway Redis Stack server serves every run.  Before each run the server is
+flushed, ``--docs`` documents with float32 vectors are loaded and a COSINE index is
+built; then ONE tool plans and applies float32 -> float16 as its own process.  The
+apply is timed from outside (wall clock), its own report is read (total, downtime,
+steps) and its peak RSS is taken from ``os.wait4``.  Every migration is checked
+afterwards: FLOAT16 in FT.INFO, every document indexed, sampled vectors equal to the
+float16 cast of the originals, and a KNN query that finds a sampled document.
+
+The floor (hash storage only) is the bare job: read every vector once and write it
+back re-encoded, with no enumeration, backup, index or validation, done with redis-py
+pipelines, with hand-packed RESP on one socket, and on four sockets at once.
+
+``--memory-growth`` instead runs both tools at 100,000 and 1,000,000 documents of 128
+dims (hash, FLAT) and reports each apply's peak RSS at both sizes.
+
+RedisVL (``redisvl``) is only installed in the bench environment (``nox -s bench``);
+it is driven through its ``rvl`` command line, never imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import itertools
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hiredis
+import numpy as np
+import redis
+import yaml
+
+from redismigrate.report import MigrationReport
+from redismigrate.server import EmbeddedRedis
+
+INDEX = "cmp_idx"
+PREFIX = b"cmp:"
+FIELD = b"embedding"
+SEED = 7
+LOAD_CHUNK = 5_000
+FLOOR_BATCH = 500
+SAMPLES = 200
+APPLY_TIMEOUT = 20 * 60.0
+INDEX_TIMEOUT = 20 * 60.0
+TOOLS = ("redismigrate", "redisvl")
+STEPS = ("check", "enumerate", "backup", "drop", "reencode", "create", "indexing", "validate")
+FLOORS = ("redis-py pipelines", "raw RESP, 1 connection", "raw RESP, 4 connections")
+PATCH = """\
+version: 1
+changes:
+  update_fields:
+    - name: embedding
+      attrs:
+        datatype: float16
+"""
+
+
+# --------------------------------------------------------------------------- wire
+
+
+def resp(*parts: bytes) -> bytes:
+    """One command packed as a RESP array of bulk strings."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        out += (b"$%d\r\n" % len(part), part, b"\r\n")
+    return b"".join(out)
+
+
+class Raw:
+    """A bare RESP2 socket: send packed commands, read N replies parsed by hiredis."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=APPLY_TIMEOUT)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = hiredis.Reader()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self, count: int) -> list[Any]:
+        replies: list[Any] = []
+        while len(replies) < count:
+            reply = self.reader.gets()
+            if reply is False:
+                chunk = self.sock.recv(1 << 20)
+                if not chunk:
+                    raise ConnectionError("server closed the connection")
+                self.reader.feed(chunk)
+            elif isinstance(reply, hiredis.ReplyError):
+                raise RuntimeError(f"server error: {reply}")
+            else:
+                replies.append(reply)
+        return replies
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def to_float16(values: Sequence[bytes]) -> list[bytes]:
+    """Re-encode float32 vector blobs as float16 blobs (one numpy cast per batch)."""
+    if not values:
+        return []
+    size = len(values[0]) // 2
+    data = np.frombuffer(b"".join(values), dtype=np.float32).astype(np.float16).tobytes()
+    return [data[i * size : (i + 1) * size] for i in range(len(values))]
+
+
+def key(i: int) -> bytes:
+    return PREFIX + str(i).encode()
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What one run loads."""
+
+    docs: int
+    dims: int
+    storage: str
+    algorithm: str
+
+
+def vectors(chunk_no: int, count: int, dims: int) -> np.ndarray:
+    rng = np.random.default_rng([SEED, chunk_no])
+    return rng.standard_normal((count, dims), dtype=np.float32)
+
+
+def address(client: redis.Redis) -> tuple[str, int]:
+    kwargs = client.connection_pool.connection_kwargs
+    return str(kwargs["host"]), int(kwargs["port"])
+
+
+def reset(client: redis.Redis) -> None:
+    """Drop every index and flush the (throwaway) server."""
+    for name in client.execute_command("FT._LIST"):
+        client.execute_command("FT.DROPINDEX", name)
+    client.flushall()
+
+
+def load(host: str, port: int, data: Dataset) -> float:
+    """Write ``data.docs`` documents in pipelined chunks of raw RESP; seconds taken."""
+    started = time.perf_counter()
+    conn = Raw(host, port)
+    try:
+        for chunk_no, start in enumerate(range(0, data.docs, LOAD_CHUNK)):
+            count = min(LOAD_CHUNK, data.docs - start)
+            block = vectors(chunk_no, count, data.dims)
+            if data.storage == "hash":
+                packed = [
+                    resp(
+                        b"HSET",
+                        key(start + j),
+                        b"title",
+                        b"doc %d" % (start + j),
+                        FIELD,
+                        row.tobytes(),
+                    )
+                    for j, row in enumerate(block)
+                ]
+            else:
+                packed = [
+                    resp(
+                        b"JSON.SET",
+                        key(start + j),
+                        b"$",
+                        json.dumps(
+                            {"title": f"doc {start + j}", "embedding": row.tolist()}
+                        ).encode(),
+                    )
+                    for j, row in enumerate(block)
+                ]
+            conn.send(b"".join(packed))
+            conn.read(count)
+    finally:
+        conn.close()
+    return time.perf_counter() - started
+
+
+def create_index(client: redis.Redis, data: Dataset) -> float:
+    """FT.CREATE the float32 COSINE index and wait until it is built; seconds taken."""
+    started = time.perf_counter()
+    vector = ["TYPE", "FLOAT32", "DIM", str(data.dims), "DISTANCE_METRIC", "COSINE"]
+    if data.storage == "hash":
+        on, fields = "HASH", ["title", "TEXT", "embedding", "VECTOR"]
+    else:
+        on, fields = "JSON", ["$.title", "AS", "title", "TEXT", "$.embedding", "AS", "embedding"]
+        fields.append("VECTOR")
+    client.execute_command(
+        "FT.CREATE", INDEX, "ON", on, "PREFIX", "1", PREFIX, "SCHEMA",
+        *fields, data.algorithm.upper(), str(len(vector)), *vector,
+    )  # fmt: skip
+    wait_indexed(client)
+    return time.perf_counter() - started
+
+
+def wait_indexed(client: redis.Redis) -> None:
+    deadline = time.monotonic() + INDEX_TIMEOUT
+    while time.monotonic() < deadline:
+        info = client.ft(INDEX).info()
+        if float(info["percent_indexed"]) >= 1.0 and not int(info["indexing"]):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"index {INDEX} not built within {INDEX_TIMEOUT:.0f} s")
+
+
+def sample_ids(docs: int) -> list[int]:
+    rng = np.random.default_rng(SEED + 1)
+    return sorted(int(i) for i in rng.choice(docs, size=min(SAMPLES, docs), replace=False))
+
+
+def read_samples(client: redis.Redis, data: Dataset) -> dict[bytes, Any]:
+    """The sampled documents' vectors before the migration."""
+    pipe = client.pipeline(transaction=False)
+    ids = [key(i) for i in sample_ids(data.docs)]
+    for k in ids:
+        if data.storage == "hash":
+            pipe.hget(k, FIELD)
+        else:
+            pipe.execute_command("JSON.GET", k, "$.embedding")
+    return dict(zip(ids, pipe.execute(), strict=True))
+
+
+def verify(client: redis.Redis, data: Dataset, before: dict[bytes, Any]) -> dict[str, Any]:
+    """Check that the migration really happened; ``ok`` only when every check holds."""
+    info = client.ft(INDEX).info()
+    attrs = {str(a[1], "utf-8"): a for a in info["attributes"]}
+    vector_attr = [x.decode() if isinstance(x, bytes) else x for x in attrs.get("embedding", [])]
+    datatype = ""
+    if "data_type" in vector_attr:
+        datatype = str(vector_attr[vector_attr.index("data_type") + 1])
+    num_docs = int(info["num_docs"])
+    failures = int(info.get("hash_indexing_failures", 0))
+
+    pipe = client.pipeline(transaction=False)
+    for k in before:
+        if data.storage == "hash":
+            pipe.hget(k, FIELD)
+        else:
+            pipe.execute_command("JSON.GET", k, "$.embedding")
+    after = dict(zip(before, pipe.execute(), strict=True))
+    mismatched = 0
+    for k, old in before.items():
+        new = after[k]
+        if data.storage == "hash":
+            good = (
+                isinstance(new, bytes)
+                and len(new) == data.dims * 2
+                and new == np.frombuffer(old, np.float32).astype(np.float16).tobytes()
+            )
+        else:
+            good = new is not None and len(json.loads(new)[0]) == data.dims
+        mismatched += not good
+
+    probe = next(iter(before))
+    if data.storage == "hash":
+        blob = np.frombuffer(before[probe], np.float32).astype(np.float16).tobytes()
+    else:
+        blob = np.asarray(json.loads(before[probe])[0], np.float32).astype(np.float16).tobytes()
+    found = client.execute_command(
+        "FT.SEARCH", INDEX, "*=>[KNN 1 @embedding $v AS d]",
+        "PARAMS", "2", "v", blob, "RETURN", "1", "d", "DIALECT", "2",
+    )  # fmt: skip
+    knn_ok = len(found) > 1 and found[1] == probe
+    checks = {
+        "datatype": datatype,
+        "num_docs": num_docs,
+        "indexing_failures": failures,
+        "samples": len(before),
+        "samples_mismatched": mismatched,
+        "knn_self_hit": knn_ok,
+    }
+    checks["ok"] = (
+        datatype.upper() == "FLOAT16"
+        and num_docs == data.docs
+        and failures == 0
+        and mismatched == 0
+        and knn_ok
+    )
+    return checks
+
+
+# --------------------------------------------------------------------------- tools
+
+
+@dataclass
+class Measured:
+    """One child process: exit code, wall seconds, its own peak RSS, its output."""
+
+    returncode: int
+    wall: float
+    peak_rss_mb: float
+    output: str
+    timed_out: bool = False
+
+
+def run_measured(command: Sequence[str], log: Path, timeout: float = APPLY_TIMEOUT) -> Measured:
+    """Run a command, time it and read that child's own ru_maxrss via os.wait4."""
+    timed_out = threading.Event()
+
+    with log.open("wb") as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+        def kill() -> None:
+            timed_out.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            kill()
+            proc.wait()
+            raise
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return Measured(
+        returncode=proc.returncode,
+        wall=wall,
+        peak_rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+        output=log.read_text(errors="replace"),
+        timed_out=timed_out.is_set(),
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    """One tool configuration: which tool, how many workers, sync or async."""
+
+    tool: str
+    workers: int
+    mode: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.tool} w={self.workers}" + (" async" if self.mode == "async" else "")
+
+
+def rvl_command() -> str:
+    beside = Path(sys.executable).with_name("rvl")
+    found = str(beside) if beside.exists() else shutil.which("rvl")
+    if not found:
+        sys.exit("rvl not found: install redisvl==0.28.0 into this environment (nox -s bench)")
+    return found
+
+
+def plan_command(tool: str, url: str, patch: Path, plan: Path) -> list[str]:
+    common = ["--index", INDEX, "--schema-patch", str(patch), "--url", url]
+    if tool == "redismigrate":
+        return [sys.executable, "-m", "redismigrate", "plan", *common, "--plan-out", str(plan)]
+    return [rvl_command(), "migrate", "plan", *common, "--plan-out", str(plan)]
+
+
+def apply_command(config: Config, url: str, plan: Path, work: Path, batch_size: int) -> list[str]:
+    flags = [
+        "--plan", str(plan), "--url", url, "--backup-dir", str(work / "backup"),
+        "--workers", str(config.workers), "--batch-size", str(batch_size),
+        "--report-out", str(work / "report.yaml"),
+        *(["--async"] if config.mode == "async" else []),
+    ]  # fmt: skip
+    if config.tool == "redismigrate":
+        return [sys.executable, "-m", "redismigrate", "apply", *flags]
+    return [rvl_command(), "migrate", "apply", *flags, "--benchmark-out", str(work / "bench.yaml")]
+
+
+_RVL_PROGRESS = {
+    "enumerate": re.compile(r"Enumerate keys: found [\d,]+ documents \(([\d.]+)s\)"),
+    "backup": re.compile(r"dump: done \(([\d.]+)s\)"),
+}
+_RVL_TIMINGS = {
+    "drop_duration_seconds": "drop",
+    "quantize_duration_seconds": "reencode",
+    "recreate_duration_seconds": "create",
+    "initial_indexing_duration_seconds": "indexing",
+    "validation_duration_seconds": "validate",
+}
+
+
+def read_report(tool: str, work: Path, output: str) -> dict[str, Any]:
+    """A tool's own figures: total, downtime and seconds per step."""
+    if tool == "redismigrate":
+        report = MigrationReport.load(work / "report.yaml")
+        steps: dict[str, float] = {}
+        for t in report.timings:
+            steps[t.step] = steps.get(t.step, 0.0) + t.seconds
+        return {
+            "result": report.result,
+            "total_seconds": report.total_seconds,
+            "downtime_seconds": report.downtime_seconds,
+            "steps": steps,
+        }
+    document = yaml.safe_load((work / "report.yaml").read_text())
+    timings = document.get("timings") or {}
+    steps = {
+        ours: float(timings[theirs]) for theirs, ours in _RVL_TIMINGS.items() if theirs in timings
+    }
+    # Enumeration and the single-worker backup ("dump") are only in its progress output.
+    for step, pattern in _RVL_PROGRESS.items():
+        found = pattern.findall(output)
+        if found:
+            steps[step] = sum(float(s) for s in found)
+    return {
+        "result": document.get("result"),
+        "total_seconds": float(timings.get("total_migration_duration_seconds", 0.0)),
+        "downtime_seconds": float(timings.get("downtime_duration_seconds", 0.0)),
+        "steps": steps,
+    }
+
+
+def fresh(
+    server: redis.Redis, host: str, port: int, data: Dataset, index: bool
+) -> dict[str, float]:
+    reset(server)
+    timing = {"load_seconds": round(load(host, port, data), 3)}
+    if index:
+        timing["index_build_seconds"] = round(create_index(server, data), 3)
+    return timing
+
+
+def migrate_once(
+    config: Config, client: redis.Redis, url: str, data: Dataset, batch_size: int, scratch: Path
+) -> dict[str, Any]:
+    """Reload, then plan + apply with one tool; everything measured about that run."""
+    host, port = address(client)
+    record: dict[str, Any] = {"tool": config.tool, "workers": config.workers, "mode": config.mode}
+    record.update(fresh(client, host, port, data, index=True))
+    before = read_samples(client, data)
+    work = Path(tempfile.mkdtemp(prefix=f"{config.tool}-", dir=scratch))
+    try:
+        patch = work / "patch.yaml"
+        patch.write_text(PATCH)
+        plan = work / "plan.yaml"
+        planned = run_measured(plan_command(config.tool, url, patch, plan), work / "plan.log")
+        record["plan_wall_seconds"] = round(planned.wall, 3)
+        if planned.returncode != 0:
+            record.update(
+                ok=False, error=f"plan exit {planned.returncode}: {planned.output[-2000:]}"
+            )
+            return record
+        applied = run_measured(
+            apply_command(config, url, plan, work, batch_size), work / "apply.log"
+        )
+        record.update(
+            apply_wall_seconds=round(applied.wall, 3),
+            peak_rss_mb=round(applied.peak_rss_mb, 1),
+            exit_code=applied.returncode,
+        )
+        if applied.returncode != 0 or applied.timed_out:
+            why = "timed out" if applied.timed_out else f"exit {applied.returncode}"
+            record.update(ok=False, error=f"apply {why}: {applied.output[-3000:]}")
+            return record
+        record.update(read_report(config.tool, work, applied.output))
+        record["verify"] = verify(client, data, before)
+        record["ok"] = bool(record["verify"]["ok"]) and record.get("result") == "succeeded"
+        if not record["ok"]:
+            record["error"] = "verification failed"
+        return record
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- floor
+
+
+def floor_redis_py(host: str, port: int, docs: int) -> float:
+    """Read + re-encode + write every vector with redis-py pipelines of FLOOR_BATCH."""
+    client = redis.Redis(host=host, port=port)
+    started = time.perf_counter()
+    for start in range(0, docs, FLOOR_BATCH):
+        keys = [key(i) for i in range(start, min(docs, start + FLOOR_BATCH))]
+        pipe = client.pipeline(transaction=False)
+        for k in keys:
+            pipe.hget(k, FIELD)
+        encoded = to_float16(pipe.execute())
+        pipe = client.pipeline(transaction=False)
+        for k, value in zip(keys, encoded, strict=True):
+            pipe.hset(k, FIELD, value)
+        pipe.execute()
+    seconds = time.perf_counter() - started
+    client.close()
+    return seconds
+
+
+def _raw_slice(host: str, port: int, ids: range) -> None:
+    """Hand-packed HGETs; each batch's HSETs ride along with the next batch's HGETs."""
+    conn = Raw(host, port)
+    pending, waiting = b"", 0
+    try:
+        for start in range(ids.start, ids.stop, FLOOR_BATCH):
+            keys = [key(i) for i in range(start, min(ids.stop, start + FLOOR_BATCH))]
+            conn.send(pending + b"".join(resp(b"HGET", k, FIELD) for k in keys))
+            values = conn.read(waiting + len(keys))[waiting:]
+            encoded = to_float16(values)
+            pending = b"".join(
+                resp(b"HSET", k, FIELD, v) for k, v in zip(keys, encoded, strict=True)
+            )
+            waiting = len(keys)
+        if waiting:
+            conn.send(pending)
+            conn.read(waiting)
+    finally:
+        conn.close()
+
+
+def floor_raw(host: str, port: int, docs: int, connections: int) -> float:
+    """The hand-packed floor on ``connections`` sockets at once (one thread each)."""
+    bounds = np.linspace(0, docs, connections + 1).astype(int)
+    slices = [range(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+    started = time.perf_counter()
+    if connections == 1:
+        _raw_slice(host, port, slices[0])
+    else:
+        with ThreadPoolExecutor(max_workers=connections) as pool:
+            for future in [pool.submit(_raw_slice, host, port, s) for s in slices]:
+                future.result()
+    return time.perf_counter() - started
+
+
+def floor_once(client: redis.Redis, data: Dataset) -> dict[str, float]:
+    """Each floor on freshly loaded float32 data (no index covers the keys)."""
+    host, port = address(client)
+    jobs: dict[str, Callable[[], float]] = {
+        FLOORS[0]: lambda: floor_redis_py(host, port, data.docs),
+        FLOORS[1]: lambda: floor_raw(host, port, data.docs, 1),
+        FLOORS[2]: lambda: floor_raw(host, port, data.docs, 4),
+    }
+    out: dict[str, float] = {}
+    for name, job in jobs.items():
+        fresh(client, host, port, data, index=False)
+        out[name] = round(job(), 3)
+        probe = [client.hget(key(i), FIELD) for i in sample_ids(data.docs)[:20]]
+        if any(v is None or len(v) != data.dims * 2 for v in probe):
+            raise RuntimeError(f"floor {name!r} did not re-encode the vectors")
+    return out
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def median(values: Iterable[float]) -> float | None:
+    items = list(values)
+    return round(statistics.median(items), 3) if items else None
+
+
+def summarize(runs: list[dict[str, Any]], configs: list[Config]) -> dict[str, dict[str, Any]]:
+    """Medians per configuration over its successful runs."""
+    table: dict[str, dict[str, Any]] = {}
+    for config in configs:
+        mine = [
+            r
+            for r in runs
+            if r["tool"] == config.tool
+            and r["workers"] == config.workers
+            and r["mode"] == config.mode
+        ]
+        good = [r for r in mine if r.get("ok")]
+        row: dict[str, Any] = {
+            "tool": config.tool,
+            "workers": config.workers,
+            "mode": config.mode,
+            "runs": len(mine),
+            "failed": len(mine) - len(good),
+        }
+        for name in ("total_seconds", "downtime_seconds", "apply_wall_seconds", "peak_rss_mb"):
+            row[name] = median(r[name] for r in good)
+        steps = {s: median(r["steps"].get(s, 0.0) for r in good) for s in STEPS}
+        if good:
+            steps["other"] = median(
+                r["total_seconds"] - sum(r["steps"].get(s, 0.0) for s in STEPS) for r in good
+            )
+        row["steps"] = steps
+        table[config.label] = row
+    return table
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def headline(table: dict[str, dict[str, Any]], floors: dict[str, float | None]) -> dict[str, Any]:
+    """The four target ratios, from each tool's fastest configuration (median total)."""
+    best: dict[str, str] = {}
+    for tool in TOOLS:
+        rows = {k: v for k, v in table.items() if v["tool"] == tool and v["total_seconds"]}
+        if rows:
+            best[tool] = min(rows, key=lambda k: rows[k]["total_seconds"])
+    out: dict[str, Any] = {"best": best}
+    if len(best) < 2:
+        out["note"] = "a tool had no successful run; no ratios"
+        return out
+    ours, peer = table[best["redismigrate"]], table[best["redisvl"]]
+    moving = (ours["steps"]["backup"] or 0.0) + (ours["steps"]["reencode"] or 0.0)
+    same_conns = FLOORS[1] if ours["workers"] == 1 else FLOORS[2]
+    out["ratios"] = {
+        "total: ours / peer best": {
+            "value": ratio(ours["total_seconds"], peer["total_seconds"]),
+            "target": 0.35,
+        },
+        "downtime: ours / peer": {
+            "value": ratio(ours["downtime_seconds"], peer["downtime_seconds"]),
+            "target": 0.5,
+        },
+        f"moving vectors (backup+reencode) / floor [{same_conns}]": {
+            "value": ratio(moving, floors.get(same_conns)),
+            "target": 1.5,
+        },
+        "validation share of our total": {
+            "value": ratio(ours["steps"]["validate"], ours["total_seconds"]),
+            "target": 0.10,
+        },
+    }
+    out["also"] = {
+        "apply wall: ours / peer best": ratio(
+            ours["apply_wall_seconds"], peer["apply_wall_seconds"]
+        ),
+        "moving vectors / floor [raw RESP, 1 connection]": ratio(moving, floors.get(FLOORS[1])),
+        "moving vectors / floor [raw RESP, 4 connections]": ratio(moving, floors.get(FLOORS[2])),
+        "our moving vectors seconds": round(moving, 3),
+    }
+    for item in out["ratios"].values():
+        item["met"] = item["value"] is not None and item["value"] <= item["target"]
+    return out
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def render(result: dict[str, Any]) -> str:
+    """The results as markdown (also what is printed)."""
+    m = result["machine"]
+    lines = [
+        f"Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gb']} GB, "
+        f"Python {m['python']}, "
+        f"Redis {m['redis_version']} (search {m['search_version']}, json {m['json_version']}); "
+        f"redismigrate {m['redismigrate']}, redisvl {m['redisvl']}.",
+        "",
+    ]
+    if "memory_growth" in result:
+        grow = result["memory_growth"]
+        lines += ["Peak RSS of the apply process (MB), hash, FLAT, 128 dims:", ""]
+        lines += markdown_table(
+            [
+                "configuration",
+                *[f"{n:,} docs" for n in grow["sizes"]],
+                "ratio",
+                "total s (each size)",
+            ],
+            (
+                [
+                    label,
+                    *row["peak_rss_mb"],
+                    row["ratio"],
+                    " / ".join(fmt(t) for t in row["total_seconds"]),
+                ]
+                for label, row in grow["by_config"].items()
+            ),
+        )
+        return "\n".join(lines) + "\n"
+    c = result["config"]
+    lines += [
+        f"{c['docs']:,} documents x {c['dims']} dims, {c['storage']}, "
+        f"{c['algorithm'].upper()} COSINE, float32 -> float16, batch {c['batch_size']}, "
+        f"{c['rounds']} round(s); medians of successful runs.",
+        "",
+    ]
+    lines += markdown_table(
+        ["configuration", "ok/runs", "total s", "downtime s", "apply wall s", "peak RSS MB"],
+        (
+            [
+                label,
+                f"{r['runs'] - r['failed']}/{r['runs']}",
+                r["total_seconds"],
+                r["downtime_seconds"],
+                r["apply_wall_seconds"],
+                r["peak_rss_mb"],
+            ]
+            for label, r in result["summary"].items()
+        ),
+    )
+    lines += [
+        "",
+        "Seconds per step (medians; `other` = reported total minus the listed steps):",
+        "",
+    ]
+    lines += markdown_table(
+        ["configuration", *STEPS, "other"],
+        (
+            [label, *[r["steps"].get(s) for s in (*STEPS, "other")]]
+            for label, r in result["summary"].items()
+        ),
+    )
+    if result.get("floor"):
+        lines += ["", "Floor: read every vector once, write it back as float16, nothing else:", ""]
+        lines += markdown_table(["floor", "median s"], result["floor"]["median"].items())
+    head = result["headline"]
+    if "ratios" in head:
+        lines += [
+            "",
+            f"Best configurations: {head['best']['redismigrate']} vs {head['best']['redisvl']}.",
+            "",
+        ]
+        lines += markdown_table(
+            ["ratio", "measured", "target", "met"],
+            (
+                [k, v["value"], f"<= {v['target']}", "yes" if v["met"] else "no"]
+                for k, v in head["ratios"].items()
+            ),
+        )
+        lines += ["", *[f"- {k}: {fmt(v, 3)}" for k, v in head["also"].items()]]
+    elif head.get("note"):
+        lines += ["", head["note"]]
+    failures = [r for r in result.get("runs", []) if not r.get("ok")]
+    if failures:
+        lines += ["", "Failed runs:", ""]
+        lines += [
+            f"- {r['tool']} w={r['workers']} {r['mode']}: {r.get('error', '')[:300]}"
+            for r in failures
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def machine(client: redis.Redis) -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    modules = {m[b"name"].decode(): m[b"ver"] for m in client.execute_command("MODULE", "LIST")}
+
+    def version(name: str) -> str:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            return importlib.metadata.version(name)
+        return "not installed"
+
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "redis_version": client.info("server")["redis_version"],
+        "search_version": modules.get("search"),
+        "json_version": modules.get("ReJSON"),
+        "redismigrate": version("redismigrate"),
+        "redisvl": version("redisvl"),
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def progress(record: dict[str, Any]) -> None:
+    if record.get("ok"):
+        print(
+            f"  {record['tool']:>12} w={record['workers']} {record['mode']}: total "
+            f"{record['total_seconds']:.2f} s, downtime {record['downtime_seconds']:.2f} s, "
+            f"wall {record['apply_wall_seconds']:.2f} s, peak {record['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
+    else:
+        print(f"  {record['tool']:>12} w={record['workers']} {record['mode']}: FAILED "
+              f"{record.get('error', '')[:500]}", flush=True)  # fmt: skip
+
+
+def compare(
+    args: argparse.Namespace, client: redis.Redis, url: str, scratch: Path
+) -> dict[str, Any]:
+    data = Dataset(args.docs, args.dims, args.storage, args.algorithm)
+    configs = [Config(t, w, m) for w in args.workers for m in args.modes for t in TOOLS]
+    runs: list[dict[str, Any]] = []
+    floors: list[dict[str, float]] = []
+    for round_no in range(args.rounds):
+        print(f"round {round_no + 1}/{args.rounds}", flush=True)
+        for pair in range(0, len(configs), 2):
+            both = configs[pair : pair + 2]
+            for config in both if round_no % 2 == 0 else both[::-1]:  # who goes first alternates
+                record = migrate_once(config, client, url, data, args.batch_size, scratch)
+                record["round"] = round_no + 1
+                runs.append(record)
+                progress(record)
+        if data.storage == "hash" and not args.no_floor:
+            floors.append(floor_once(client, data))
+            print(
+                "  floor: " + ", ".join(f"{k} {v:.2f} s" for k, v in floors[-1].items()), flush=True
+            )
+    table = summarize(runs, configs)
+    floor_median = {name: median(f[name] for f in floors) for name in FLOORS} if floors else {}
+    return {
+        "config": {
+            "docs": args.docs,
+            "dims": args.dims,
+            "storage": args.storage,
+            "algorithm": args.algorithm,
+            "rounds": args.rounds,
+            "workers": args.workers,
+            "modes": args.modes,
+            "batch_size": args.batch_size,
+        },
+        "runs": runs,
+        "floor": {"runs": floors, "median": floor_median} if floors else None,
+        "summary": table,
+        "headline": headline(table, floor_median),
+    }
+
+
+def memory_growth(
+    args: argparse.Namespace, client: redis.Redis, url: str, scratch: Path
+) -> dict[str, Any]:
+    sizes = [100_000, 1_000_000]
+    configs = [Config(t, w, m) for w in args.workers for m in args.modes for t in TOOLS]
+    runs: list[dict[str, Any]] = []
+    for size in sizes:
+        print(f"{size:,} documents x 128 dims", flush=True)
+        data = Dataset(size, 128, "hash", "flat")
+        for config in configs:
+            record = migrate_once(config, client, url, data, args.batch_size, scratch)
+            record["docs"] = size
+            runs.append(record)
+            progress(record)
+    by_config: dict[str, Any] = {}
+    for config in configs:
+        per = [next((r for r in of(runs, config) if r["docs"] == n and r.get("ok")), None) for n in sizes]
+        rss = [r["peak_rss_mb"] if r else None for r in per]
+        by_config[config.label] = {
+            "peak_rss_mb": rss,
+            "total_seconds": [r["total_seconds"] if r else None for r in per],
+            "ratio": ratio(rss[1], rss[0]),
+            "target": 1.25 if config.tool == "redismigrate" else None,
+        }
+    return {"memory_growth": {"sizes": sizes, "by_config": by_config}, "runs": runs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--dims", type=int, default=768)
+    parser.add_argument("--storage", default="hash", choices=["hash", "json"])
+    parser.add_argument("--algorithm", default="flat", choices=["flat", "hnsw"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=lambda s: [int(w) for w in s.split(",")], default=[1, 4])
+    parser.add_argument(
+        "--modes", type=lambda s: s.split(","), default=["sync"], help="sync and/or async apply"
+    )
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--memory-growth", action="store_true", help="peak RSS at 100K and 1M docs")
+    parser.add_argument("--no-floor", action="store_true", help="skip the floor measurements")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--write-docs", action="store_true", help="also write the markdown (.md)")
+    args = parser.parse_args()
+    if any(m not in ("sync", "async") for m in args.modes):
+        parser.error("--modes takes sync and/or async")
+    default = "compare-memory.json" if args.memory_growth else "compare.json"
+    out: Path = args.out or Path("benchmarks/results") / default
+    rvl_command()  # fail early when RedisVL is missing
+
+    with EmbeddedRedis() as server, tempfile.TemporaryDirectory(prefix="compare-") as scratch:
+        assert server.info is not None
+        url = server.info.url
+        client = redis.Redis(host=server.info.host, port=server.info.port)
+        result: dict[str, Any] = {"machine": machine(client)}
+        if args.memory_growth:
+            result.update(memory_growth(args, client, url, Path(scratch)))
+        else:
+            result.update(compare(args, client, url, Path(scratch)))
+        client.close()
+
+    text = render(result)
+    print()
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"written to {out}")
+    if args.write_docs:
+        out.with_suffix(".md").write_text(text)
+        print(f"written to {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
