@@ -182,6 +182,12 @@ def resume_command(plan_path: str | None, backup_dir: Path) -> str:
     return f"redismigrate apply --plan {plan_arg} --backup-dir {backup_dir} --url URL"
 
 
+class _EncodedBatch(msgspec.Struct, frozen=True):
+    batch: int
+    items: list[tuple[bytes, bytes, bytes]]
+    count: int
+
+
 class _Run:
     """State of one apply run: timings, counters, the backup, the progress callback."""
 
@@ -567,20 +573,31 @@ class AsyncMigrationExecutor:
 
             field_names = [f.encode() for f in hash_fields]
 
-            async def back_up(target: VectorBackup, keys: list[bytes]) -> None:
-                nonlocal done
-                rows = await run.wire.hmget_many(keys, field_names)
-                vectors = {name: [row[i] for row in rows] for i, name in enumerate(names)}
-                # the frame is written (and fsynced) in a thread while the loop reads on
-                await anyio.to_thread.run_sync(target.append_batch, keys, vectors)
-                done += len(keys)
-                run.tick("backup", done, total)
-                _crash_point("during_backup")
-
             async def shard_writer(target: VectorBackup, inbox: Any) -> None:
-                async with inbox:
-                    async for keys in inbox:
-                        await back_up(target, keys)
+                # reading batch n+1 from Redis overlaps writing batch n to disk
+                frames, to_disk = anyio.create_memory_object_stream[
+                    tuple[list[bytes], dict[str, list[bytes | None]]]
+                ](1)
+
+                async def read() -> None:
+                    async with inbox, frames:
+                        async for keys in inbox:
+                            rows = await run.wire.hmget_many(keys, field_names)
+                            vectors = {n: [row[i] for row in rows] for i, n in enumerate(names)}
+                            await frames.send((keys, vectors))
+
+                async def write() -> None:
+                    nonlocal done
+                    async with to_disk:
+                        async for keys, vectors in to_disk:
+                            await anyio.to_thread.run_sync(target.append_batch, keys, vectors)
+                            done += len(keys)
+                            run.tick("backup", done, total)
+                            _crash_point("during_backup")
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(read)
+                    group.start_soon(write)
 
             try:
                 async with anyio.create_task_group() as group:
@@ -631,7 +648,8 @@ class AsyncMigrationExecutor:
         change = run.plan.rename_operations.change_prefix
         lock = anyio.Lock()
 
-        async def write(frame: BackupBatch) -> int:
+        def encode(frame: BackupBatch) -> _EncodedBatch:
+            """The HSETs of one frame (runs in a worker thread: numpy work)."""
             items: list[tuple[bytes, bytes, bytes]] = []
             count = 0
             keys = [
@@ -645,17 +663,24 @@ class AsyncMigrationExecutor:
                 present = [(k, v) for k, v in zip(keys, originals, strict=True) if v is not None]
                 if not present:
                     continue
-                encoded = await anyio.to_thread.run_sync(
-                    reencode_bytes, [v for _, v in present], vc.encoding, vc.dims
-                )
+                encoded = reencode_bytes([v for _, v in present], vc.encoding, vc.dims)
                 target_field = vc.field.encode()
                 items.extend(
                     (key, target_field, blob)
                     for (key, _), blob in zip(present, encoded, strict=True)
                 )
                 count = max(count, len(present))
-            await run.wire.hset_many(items)
-            return count
+            return _EncodedBatch(batch=frame.batch, items=items, count=count)
+
+        async def produce(source: VectorBackup, start: int, out: Any) -> None:
+            """Read and encode frames in a thread, ahead of the writers."""
+            frames = source.iter_frames(start)
+            async with out:
+                while True:
+                    frame = await anyio.to_thread.run_sync(next, frames, None)
+                    if frame is None:
+                        return
+                    await out.send(await anyio.to_thread.run_sync(encode, frame))
 
         async def progress(source: VectorBackup, watermark: int, count: int) -> None:
             async with lock:
@@ -668,33 +693,35 @@ class AsyncMigrationExecutor:
             _crash_point("during_reencode")
 
         async def shard_worker(source: VectorBackup) -> None:
-            for frame in source.iter_frames(source.header.quantize_completed_batches):
-                count = await write(frame)
-                await progress(source, frame.batch + 1, count)
+            send, receive = anyio.create_memory_object_stream[_EncodedBatch](1)
+            async with anyio.create_task_group() as group:
+                group.start_soon(produce, source, source.header.quantize_completed_batches, send)
+                async with receive:
+                    async for batch in receive:
+                        await run.wire.hset_many(batch.items)
+                        await progress(source, batch.batch + 1, batch.count)
 
         async def shared_file(source: VectorBackup) -> None:
             finished: set[int] = set()
             watermark = source.header.quantize_completed_batches
-            send, receive = anyio.create_memory_object_stream[BackupBatch](run.workers)
+            send, receive = anyio.create_memory_object_stream[_EncodedBatch](run.workers)
 
-            async def worker() -> None:
+            async def worker(batches: Any) -> None:
                 nonlocal watermark
-                async with receive.clone() as frames:
-                    async for frame in frames:
-                        count = await write(frame)
-                        finished.add(frame.batch)
+                async with batches:
+                    async for batch in batches:
+                        await run.wire.hset_many(batch.items)
+                        finished.add(batch.batch)
                         while watermark in finished:
                             finished.discard(watermark)
                             watermark += 1
-                        await progress(source, watermark, count)
+                        await progress(source, watermark, batch.count)
 
             async with anyio.create_task_group() as group:
-                for _ in range(run.workers):
-                    group.start_soon(worker)
-                async with send:
-                    for frame in source.iter_frames(watermark):
-                        await send.send(frame)
-                receive.close()
+                with receive:
+                    for _ in range(run.workers):
+                        group.start_soon(worker, receive.clone())
+                group.start_soon(produce, source, watermark, send)
 
         if changes:
             try:
