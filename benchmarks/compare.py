@@ -319,18 +319,34 @@ class Measured:
     timed_out: bool = False
 
 
-def run_measured(command: Sequence[str], log: Path, timeout: float = APPLY_TIMEOUT) -> Measured:
-    """Run a command, time it and read that child's own ru_maxrss via os.wait4."""
-    timed_out = threading.Event()
+# A forked child starts out with its parent's resident pages and Linux keeps counting them
+# in the child's ru_maxrss after exec, so a tool started straight from this (large)
+# process would report at least our own size.  Tools are therefore started by this small
+# launcher (its footprint, ~10 MB, is the floor of the figure): it spawns the tool,
+# wait4()s it and writes the tool's own exit status, wall seconds and ru_maxrss.
+LAUNCHER = """
+import json, os, sys, time
+out, command = sys.argv[1], sys.argv[2:]
+started = time.perf_counter()
+pid = os.posix_spawn(command[0], command, os.environ)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - started
+with open(out, "w") as f:
+    json.dump({"status": status, "wall": wall, "maxrss_kb": usage.ru_maxrss}, f)
+"""
 
+
+def run_measured(command: Sequence[str], log: Path, timeout: float = APPLY_TIMEOUT) -> Measured:
+    """Run a command (via the launcher); its wall time, exit code and own peak RSS."""
+    timed_out = threading.Event()
+    figures = log.with_suffix(".rusage.json")
     with log.open("wb") as out:
-        started = time.perf_counter()
         proc = subprocess.Popen(
-            list(command),
+            [sys.executable, "-I", "-S", "-c", LAUNCHER, str(figures), *command],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True,  # one process group: a timeout kills launcher and tool
         )
 
         def kill() -> None:
@@ -341,20 +357,22 @@ def run_measured(command: Sequence[str], log: Path, timeout: float = APPLY_TIMEO
         timer = threading.Timer(timeout, kill)
         timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            proc.wait()
         except BaseException:
             kill()
             proc.wait()
             raise
         finally:
             timer.cancel()
-        wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    output = log.read_text(errors="replace")
+    if proc.returncode != 0 or not figures.exists():
+        return Measured(proc.returncode or -1, 0.0, 0.0, output, timed_out.is_set())
+    child = json.loads(figures.read_text())
     return Measured(
-        returncode=proc.returncode,
-        wall=wall,
-        peak_rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
-        output=log.read_text(errors="replace"),
+        returncode=os.waitstatus_to_exitcode(child["status"]),
+        wall=child["wall"],
+        peak_rss_mb=child["maxrss_kb"] / 1024,  # KiB on Linux
+        output=output,
         timed_out=timed_out.is_set(),
     )
 
@@ -489,7 +507,11 @@ def migrate_once(
             why = "timed out" if applied.timed_out else f"exit {applied.returncode}"
             record.update(ok=False, error=f"apply {why}: {applied.output[-3000:]}")
             return record
-        record.update(read_report(config.tool, work, applied.output))
+        try:
+            record.update(read_report(config.tool, work, applied.output))
+        except Exception as exc:  # a missing or unreadable report fails this run only
+            record.update(ok=False, error=f"report unreadable: {type(exc).__name__}: {exc}")
+            return record
         try:
             record["verify"] = verify(client, data, before)
         except (redis.RedisError, KeyError, ValueError) as exc:
@@ -693,7 +715,7 @@ def render(result: dict[str, Any]) -> str:
         f"Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gb']} GB, "
         f"Python {m['python']}, "
         f"Redis {m['redis_version']} (search {m['search_version']}, json {m['json_version']}); "
-        f"redismigrate {m['redismigrate']}, redisvl {m['redisvl']}.",
+        f"redismigrate {m['redismigrate']} ({m['redismigrate_commit']}), redisvl {m['redisvl']}.",
         "",
     ]
     if "memory_growth" in result:
@@ -805,6 +827,20 @@ def machine(client: redis.Redis) -> dict[str, Any]:
             return importlib.metadata.version(name)
         return "not installed"
 
+    commit = "unknown"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        here = Path(__file__).resolve().parent
+        git = ["git", "-C", str(here)]
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=30
+        )
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "../redismigrate"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        commit = head.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
     return {
         "cores": os.cpu_count(),
         "cpu_model": cpu,
@@ -815,6 +851,7 @@ def machine(client: redis.Redis) -> dict[str, Any]:
         "search_version": modules.get("search"),
         "json_version": modules.get("ReJSON"),
         "redismigrate": version("redismigrate"),
+        "redismigrate_commit": commit,
         "redisvl": version("redisvl"),
     }
 

@@ -153,3 +153,24 @@ def build_estimate(
         memory_change_bytes=memory,
         notes=notes,
     )
+
+
+def shadow_index_bytes(plan: MigrationPlan) -> int:
+    """Memory a second index with the target schema will take, from the source's FT.INFO
+    sizes: the non-vector part as it is, the vector part scaled by the new datatype width
+    and, for HNSW, its graph links."""
+    stats = plan.source.stats_snapshot
+    docs = stats.num_docs + stats.hash_indexing_failures
+    vector_mb = stats.vector_index_mb
+    other_mb = max(stats.total_mb - vector_mb, 0.0)
+    vector_bytes = 0.0
+    for field in plan.merged_target_schema.vector_fields:
+        a = field.attrs
+        per_vector = a.dims * DATATYPE_BYTES[a.datatype]
+        if a.algorithm == "hnsw":
+            # level-0 links (2M) plus upper levels (~M/ (M-1) more) of 4-byte ids
+            per_vector += int((a.m or 16) * 2 * 4 * 1.1) + 16
+        vector_bytes += docs * per_vector
+    if not plan.merged_target_schema.vector_fields:
+        vector_bytes = vector_mb * 1_048_576
+    return int(other_mb * 1_048_576 + vector_bytes)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -40,7 +41,17 @@ class DropRecreate(Model, frozen=True, kw_only=True, tag="drop_recreate", tag_fi
     """Drop the index definition (documents stay), rewrite documents, create the target."""
 
 
-Mode = DropRecreate
+class Online(Model, frozen=True, kw_only=True, tag="online", tag_field="name"):
+    """Build the target as a shadow index beside the live one, then swap the name to it
+    atomically (an alias): no downtime. Only for changes that rewrite no document."""
+
+    shadow_index: str
+    # the live index behind the name when the plan was made (the name may be an alias)
+    previous_physical_index: str
+
+
+Mode = DropRecreate | Online
+MODES = ("drop_recreate", "online")
 
 
 class Keyspace(Model, frozen=True, kw_only=True):
@@ -54,6 +65,8 @@ class SourceSnapshot(Model, frozen=True, kw_only=True):
     """The live index as it was when the plan was made."""
 
     index_name: str
+    # the index behind ``index_name`` when that name is an alias (online migrations)
+    physical_index: str | None = None
     schema_hash: str
     schema_snapshot: IndexSchema
     stats_snapshot: IndexStats
@@ -300,8 +313,14 @@ def build_plan(
     previous_encodings: Mapping[str, Encoding] | None = None,
     force: bool = False,
     created_at: str | None = None,
+    mode: str | None = None,
+    physical_index: str | None = None,
 ) -> MigrationPlan:
     """Merge ``patch`` into the source schema and classify every change.
+
+    ``mode`` is ``online``, ``drop_recreate`` or None (online where no document needs
+    rewriting, else drop_recreate). ``physical_index`` is the index behind the source
+    name when that name is an alias.
 
     ``vector_samples`` maps a source vector field name to stored vectors (decoded to
     float) used to calibrate integer encodings; ``previous_encodings`` maps a field
@@ -397,12 +416,41 @@ def build_plan(
         change_prefix=prefix_change,
         rename_fields=b.renames,
     )
+    rewrites = [
+        what
+        for what, present in (
+            ("field renames", bool(renames.rename_fields)),
+            ("a prefix change", renames.change_prefix is not None),
+            ("vector re-encoding", any(vc.rewrite_documents for vc in vector_changes)),
+        )
+        if present
+    ]
+    if mode is not None and mode not in MODES:
+        raise SchemaError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    chosen: Mode = DropRecreate()
+    if mode == "online" or (mode is None and not rewrites):
+        if rewrites:
+            b.block(
+                "online mode",
+                f"{' and '.join(rewrites)} rewrite documents, which a shadow index cannot do "
+                "while the live one serves",
+                "use --mode drop_recreate, or split the migration: index-only changes online, "
+                "the rest with drop_recreate",
+            )
+        chosen = Online(
+            shadow_index=shadow_name(target.name, other_indexes, physical_index or source.name),
+            previous_physical_index=physical_index or source.name,
+        )
     blocked = [x for x in b.blocked if not (force and x.forceable)]
-    warnings = _warnings(b, source, target, source_stats, renames, vector_changes, force)
+    warnings = _warnings(
+        b, source, target, source_stats, renames, vector_changes, force, isinstance(chosen, Online)
+    )
     return MigrationPlan(
+        mode=chosen,
         created_at=created_at or now_iso(),
         source=SourceSnapshot(
             index_name=source.name,
+            physical_index=physical_index if physical_index != source.name else None,
             schema_hash=schema_hash(source),
             schema_snapshot=source,
             stats_snapshot=source_stats,
@@ -422,6 +470,14 @@ def build_plan(
         vector_changes=vector_changes,
         warnings=warnings,
     )
+
+
+def shadow_name(name: str, others: Sequence[OtherIndex], physical: str) -> str:
+    """``<name>__rm<n>``: a physical index name no index uses yet."""
+    pattern = re.compile(rf"^{re.escape(name)}__rm(\d+)$")
+    taken = [o.name for o in others] + [physical]
+    numbers = [int(m.group(1)) for t in taken if (m := pattern.match(t))]
+    return f"{name}__rm{max(numbers, default=0) + 1}"
 
 
 def _apply_rename(b: _Builder, rename: FieldRename, changes: SchemaChanges, bad: set[str]) -> None:
@@ -695,11 +751,19 @@ def _warnings(
     renames: RenameOperations,
     vector_changes: Sequence[VectorChange],
     force: bool,
+    online: bool,
 ) -> list[str]:
-    out = [
-        "Index downtime is required: from the drop until the new index is built, queries "
-        "fail and writes are not indexed (pause reads and writes)"
-    ]
+    if online:
+        out = [
+            "No downtime: the target is built as a second index over the same keys while the "
+            "current one serves, then the name moves to it in one step; until then the "
+            f"server holds both (about {_mb(stats.total_mb * 1_048_576)} more for the index)"
+        ]
+    else:
+        out = [
+            "Index downtime is required: from the drop until the new index is built, queries "
+            "fail and writes are not indexed (pause reads and writes)"
+        ]
     docs = stats.num_docs + stats.hash_indexing_failures
     for vc in vector_changes:
         before = docs * vc.dims * DATATYPE_BYTES[vc.source_datatype]

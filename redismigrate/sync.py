@@ -154,11 +154,14 @@ class MigrationPlanner:
         previous_plan_path: str | Path | None = None,
         force: bool = False,
         overlap_checked_elsewhere: list[str] | None = None,
+        mode: str | None = None,
     ) -> MigrationPlan:
         """Snapshot ``index_name``, merge the requested change, and return the plan.
 
         Give one of ``schema_patch_path``, ``schema_patch``, ``target_schema_path`` or
-        ``target_schema``. Nothing on the server is changed. Indexes named in
+        ``target_schema``. Nothing on the server is changed. ``mode`` is ``online`` or
+        ``drop_recreate``; by default online wherever no document needs rewriting. Indexes
+        named in
         ``overlap_checked_elsewhere`` do not count as sharing keys (a batch checks its
         own members against each other).
         """
@@ -174,6 +177,7 @@ class MigrationPlanner:
             previous_plan_path=previous_plan_path,
             force=force,
             overlap_checked_elsewhere=overlap_checked_elsewhere,
+            mode=mode,
         )
 
     def estimate(
@@ -227,6 +231,7 @@ class MigrationExecutor:
         progress_callback: ProgressCallback | None = None,
         auto_rollback: bool = True,
         plan_path: str | None = None,
+        force: bool = False,
     ) -> MigrationReport:
         """Apply ``plan``; resume where an earlier run with the same plan stopped.
 
@@ -234,7 +239,8 @@ class MigrationExecutor:
         finished and validated. A failure after the drop is undone unless
         ``auto_rollback`` is False. Raises BadInputError before touching anything when
         the plan is blocked, the backup directory is unusable, or the live source no
-        longer matches the plan's snapshot.
+        longer matches the plan's snapshot. An online plan refuses to start when the
+        shadow index would not fit under maxmemory, unless ``force``.
         """
         return _portal.run_sync(
             self._async.apply,
@@ -247,6 +253,7 @@ class MigrationExecutor:
             progress_callback=progress_callback,
             auto_rollback=auto_rollback,
             plan_path=plan_path,
+            force=force,
         )
 
     def validate(

@@ -94,12 +94,17 @@ def live(sync_client: redis.Redis, ns: str, storage: str) -> IndexSchema:
 
 
 async def plan_and_apply(
-    aclient: aioredis.Redis, schema: IndexSchema, changes: dict[str, Any], backup: Path
+    aclient: aioredis.Redis,
+    schema: IndexSchema,
+    changes: dict[str, Any],
+    backup: Path,
+    mode: str | None = None,
 ) -> tuple[MigrationPlan, Any]:
     plan = await AsyncMigrationPlanner().create_plan(
         schema.name,
         redis_client=aclient,
         schema_patch=SchemaPatch.from_dict({"changes": changes}),
+        mode=mode,
     )
     assert plan.supported, [str(b) for b in plan.diff_classification.blocked_reasons]
     report = await AsyncMigrationExecutor().apply(
@@ -107,7 +112,10 @@ async def plan_and_apply(
     )
     assert report.result == "succeeded", (report.error, report.validation)
     assert report.validation is not None and report.validation.passed
-    assert report.downtime_seconds > 0
+    if report.mode == "online":
+        assert report.downtime_seconds == 0
+    else:
+        assert report.downtime_seconds > 0
     return plan, report
 
 
@@ -121,6 +129,7 @@ INDEX_ONLY_CHANGES = [
 ]
 
 
+@pytest.mark.parametrize("mode", ["online", "drop_recreate"])
 @pytest.mark.parametrize("changes", INDEX_ONLY_CHANGES)
 async def test_index_only_changes_keep_every_document(
     aclient: aioredis.Redis,
@@ -129,9 +138,11 @@ async def test_index_only_changes_keep_every_document(
     storage: str,
     tmp_path: Path,
     changes: dict[str, Any],
+    mode: str,
 ) -> None:
     before = snapshot(sync_client, live.prefixes[0], storage)
-    plan, report = await plan_and_apply(aclient, live, changes, tmp_path)
+    plan, report = await plan_and_apply(aclient, live, changes, tmp_path, mode)
+    assert report.mode == mode
     assert snapshot(sync_client, live.prefixes[0], storage) == before
     info = await AsyncMigrationPlanner().create_plan(  # the live index is the target now
         live.name,
@@ -189,9 +200,14 @@ async def test_rename_the_index(
     tmp_path: Path,
 ) -> None:
     before = snapshot(sync_client, live.prefixes[0], storage)
-    await plan_and_apply(aclient, live, {"index": {"name": live.name + "_v2"}}, tmp_path)
+    plan, _ = await plan_and_apply(aclient, live, {"index": {"name": live.name + "_v2"}}, tmp_path)
     names = {n.decode() for n in sync_client.execute_command("FT._LIST")}
-    assert live.name + "_v2" in names and live.name not in names
+    assert live.name not in names
+    # online: the new name is an alias of the shadow index
+    assert plan.mode.__struct_config__.tag == "online"
+    assert sync_client.ft(live.name + "_v2").info()["num_docs"] in (DOCS, str(DOCS))
+    ours = {n for n in names if n.startswith(live.name)}
+    assert ours == {plan.mode.shadow_index}  # type: ignore[union-attr]
     assert snapshot(sync_client, live.prefixes[0], storage) == before
 
 

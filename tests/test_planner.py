@@ -133,9 +133,13 @@ async def test_add_a_field(
     assert plan.merged_target_schema.field_names[-1] == field["name"]
     if live_index.storage_type == "json":
         assert added.path == f"$.{field['name']}"
-    assert plan.mode.__struct_config__.tag == "drop_recreate"
-    assert any("downtime" in w for w in plan.warnings)
+    # needs no document rewrite: online by default, drop_recreate on request
+    assert plan.mode.__struct_config__.tag == "online"
+    assert any(w.startswith("No downtime") for w in plan.warnings)
     assert_round_trips(plan, tmp_path)
+    offline = await plan_for(aclient, live_index, {"add_fields": [field]}, mode="drop_recreate")
+    assert offline.mode.__struct_config__.tag == "drop_recreate"
+    assert any("downtime is required" in w for w in offline.warnings)
 
 
 async def test_remove_a_field(aclient: aioredis.Redis, live_index: IndexSchema) -> None:

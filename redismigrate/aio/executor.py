@@ -10,7 +10,6 @@ running the same plan again resumes from there.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
+from redismigrate.aio import online
 from redismigrate.aio.connection import connect
 from redismigrate.aio.fastwire import Wire
 from redismigrate.aio.indexes import (
@@ -54,7 +54,7 @@ from redismigrate.backup import (
 from redismigrate.errors import BadInputError, ConnectionFailed, IndexNotFound, RedisMigrateError
 from redismigrate.files import write_document
 from redismigrate.ftinfo import stats_from_ft_info
-from redismigrate.plan import MigrationPlan, now_iso, plan_hash, schema_hash
+from redismigrate.plan import MigrationPlan, Online, now_iso, plan_hash, schema_hash
 from redismigrate.quantize import reencode_bytes
 from redismigrate.report import Benchmark, MigrationReport, StepTiming, ValidationResult
 from redismigrate.schema import IndexSchema
@@ -264,6 +264,7 @@ class AsyncMigrationExecutor:
         progress_callback: ProgressCallback | None = None,
         auto_rollback: bool = True,
         plan_path: str | None = None,
+        force: bool = False,
     ) -> MigrationReport:
         """Apply ``plan``; resume where an earlier run with the same plan stopped.
 
@@ -271,7 +272,8 @@ class AsyncMigrationExecutor:
         finished and validated. A failure after the drop is undone unless
         ``auto_rollback`` is False. Raises BadInputError before touching anything when
         the plan is blocked, the backup directory is unusable, or the live source no
-        longer matches the plan's snapshot.
+        longer matches the plan's snapshot. An online plan refuses to start when the
+        shadow index would not fit under maxmemory, unless ``force``.
         """
         if not plan.supported:
             reasons = "; ".join(str(b) for b in plan.diff_classification.blocked_reasons)
@@ -285,6 +287,8 @@ class AsyncMigrationExecutor:
             run = _Run(plan, client, directory, batch_size, num_workers, progress_callback)
             run.wire.enabled = not await is_cluster(client)
             try:
+                if isinstance(plan.mode, Online):
+                    return await self._apply_online(run, force)
                 return await self._apply(run, plan_path)
             except MigrationFailed:
                 raise
@@ -294,6 +298,56 @@ class AsyncMigrationExecutor:
                 return await self._failed(run, exc, auto_rollback, plan_path)
             finally:
                 await run.wire.close()
+
+    async def _apply_online(self, run: _Run, force: bool) -> MigrationReport:
+        plan, client = run.plan, run.client
+        assert isinstance(plan.mode, Online)
+        shadow = plan.mode.shadow_index
+        write_document(plan_copy_path(run.backup_dir, plan.source.index_name), plan.to_dict())
+        if await online.physical_name(client, plan.target_index_name) == shadow:
+            run.resumed = True  # switched already: check it
+        else:
+            started = time.perf_counter()
+            live = await self._live_schema(client, plan.source.index_name)
+            behind = await online.physical_name(client, plan.source.index_name)
+            if (
+                live is None
+                or behind != plan.mode.previous_physical_index
+                or not await online.source_matches(client, plan, live)
+            ):
+                raise BadInputError(
+                    f"source schema mismatch: index {plan.source.index_name!r} changed since "
+                    "the plan was made; run `redismigrate plan` again"
+                )
+            if await online.physical_name(client, shadow) is None:
+                await online.check_memory(client, plan, force=force)
+                await create_index(client, plan.merged_target_schema, index_name=shadow)
+            else:
+                run.resumed = True
+            run.timed("create", started)
+            started = time.perf_counter()
+            await online.wait_until_caught_up(
+                client,
+                shadow,
+                plan.source.index_name,
+                timeout=self.index_ready_timeout,
+                poll=self.poll_interval,
+                tick=run.tick,
+            )
+            run.timed("indexing", started)
+            started = time.perf_counter()
+            await online.cut_over(
+                client,
+                name=plan.source.index_name,
+                new_name=plan.target_index_name,
+                shadow=shadow,
+            )
+            run.timed("cut_over", started)
+        started = time.perf_counter()
+        validation = await validate_live(client, plan, None)
+        run.timed("validate", started)
+        run.ready_at = time.perf_counter()
+        return await self._report(run, "succeeded" if validation.passed else "failed", validation)
 
     async def validate(
         self,
@@ -740,6 +794,14 @@ class AsyncMigrationExecutor:
     async def _create_target(self, run: _Run) -> None:
         await create_index(run.client, run.plan.merged_target_schema)
 
+    async def _until_indexed(self, client: aioredis.Redis, name: str) -> None:
+        deadline = time.monotonic() + self.index_ready_timeout
+        while time.monotonic() < deadline:
+            stats = stats_from_ft_info(await ft_info(client, name))
+            if not stats.indexing and stats.percent_indexed >= 1.0:
+                return
+            await anyio.sleep(self.poll_interval)
+
     async def _wait_indexed(self, run: _Run) -> None:
         started = time.perf_counter()
         deadline = time.monotonic() + self.index_ready_timeout
@@ -779,6 +841,7 @@ class AsyncMigrationExecutor:
         documents = run.documents or plan.source.stats_snapshot.num_docs
         files = [str(p) for p in run.backups.files()] if run.backups is not None else []
         return MigrationReport(
+            mode=plan.mode.__struct_config__.tag,  # type: ignore[arg-type]
             result=result,  # type: ignore[arg-type]
             source_index=plan.source.index_name,
             target_index=plan.target_index_name,
@@ -886,6 +949,7 @@ class AsyncMigrationExecutor:
                     await rename_hash_fields(client, keys, renames)
         if recreate_index and await self._live_schema(client, plan.source.index_name) is None:
             await create_index(client, plan.source.schema_snapshot)
+            await self._until_indexed(client, plan.source.index_name)
         if backup is not None:
             stamp = time.strftime("%Y%m%dT%H%M%S")
             files = backup.files()
@@ -911,6 +975,20 @@ class AsyncMigrationExecutor:
             raise BadInputError(f"backup directory {str(directory)!r} does not exist")
         name = index_name or _only_backup_in(directory)
         copy = plan_copy_path(directory, name)
+        if copy.exists() and isinstance(MigrationPlan.load(copy).mode, Online):
+            plan = MigrationPlan.load(copy)
+            async with connect(redis_url, redis_client) as client:
+                said = await online.reverse(
+                    client, plan, timeout=self.index_ready_timeout, poll=self.poll_interval
+                )
+            copy.rename(f"{copy}.rolled-back-{time.strftime('%Y%m%dT%H%M%S')}")
+            return RollbackReport(
+                index_name=name,
+                vectors_restored=0,
+                index_recreated=True,
+                finished_at=now_iso(),
+                summary=said,
+            )
         if VectorBackup.open(directory, name) is None or not copy.exists():
             raise BadInputError(f"no backup of index {name!r} to roll back in {str(directory)!r}")
         plan = MigrationPlan.load(copy)
@@ -929,21 +1007,14 @@ class RollbackReport(msgspec.Struct, frozen=True, kw_only=True):
     vectors_restored: int
     index_recreated: bool
     finished_at: str
+    summary: str = ""
 
 
 def _only_backup_in(directory: Path) -> str:
-    headers = [
-        h
-        for h in sorted(directory.glob("migration_backup_*.header.json"))
-        if not re.search(r"\.w\d+\.header\.json$", h.name)
-    ]
-    if not headers:
+    copies = sorted(directory.glob("migration_backup_*.plan.yaml"))
+    if not copies:
         raise BadInputError(f"no backup to roll back in {str(directory)!r}")
-    names = []
-    for header in headers:
-        backup = VectorBackup.load(header)
-        names.append(backup.header.index_name)
-        backup.close()
+    names = [MigrationPlan.load(copy).source.index_name for copy in copies]
     if len(names) != 1:
         found = ", ".join(repr(n) for n in names) or "none"
         raise BadInputError(

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
@@ -94,6 +95,13 @@ async def other_indexes(client: aioredis.Redis, exclude: str) -> list[OtherIndex
     return found
 
 
+def renamed(schema: IndexSchema, name: str) -> IndexSchema:
+    """``schema`` under the name users query (FT.INFO on an alias reports the index's own)."""
+    if schema.name == name:
+        return schema
+    return msgspec.structs.replace(schema, index=msgspec.structs.replace(schema.index, name=name))
+
+
 def previous_encodings_from(path: str | Path | None) -> dict[str, Encoding]:
     """Encodings an earlier plan wrote, by the field name they produced."""
     if path is None:
@@ -127,11 +135,14 @@ class AsyncMigrationPlanner:
         previous_plan_path: str | Path | None = None,
         force: bool = False,
         overlap_checked_elsewhere: list[str] | None = None,
+        mode: str | None = None,
     ) -> MigrationPlan:
         """Snapshot ``index_name``, merge the requested change, and return the plan.
 
         Give one of ``schema_patch_path``, ``schema_patch``, ``target_schema_path`` or
-        ``target_schema``. Nothing on the server is changed. Indexes named in
+        ``target_schema``. Nothing on the server is changed. ``mode`` is ``online`` or
+        ``drop_recreate``; by default online wherever no document needs rewriting. Indexes
+        named in
         ``overlap_checked_elsewhere`` do not count as sharing keys (a batch checks its
         own members against each other).
         """
@@ -162,6 +173,7 @@ class AsyncMigrationPlanner:
                 previous,
                 force,
                 set(overlap_checked_elsewhere or ()),
+                mode,
             )
 
     async def estimate(
@@ -217,16 +229,18 @@ class AsyncMigrationPlanner:
         previous: dict[str, Encoding],
         force: bool,
         overlap_checked_elsewhere: set[str],
+        mode: str | None,
     ) -> MigrationPlan:
         capabilities = await server_capabilities(client)
         described = await read_schema_and_stats(client, index_name)
-        source = described.schema
+        physical = described.schema.name  # differs when index_name is an alias
+        source = renamed(described.schema, index_name)
         if patch is None:
             assert target is not None
             patch = diff_schemas(source, target)
         others = [
             o
-            for o in await other_indexes(client, index_name)
+            for o in await other_indexes(client, physical)
             if o.name not in overlap_checked_elsewhere
         ]
         keys = await sample_keys(client, index_name, self.key_sample_size)
@@ -249,6 +263,8 @@ class AsyncMigrationPlanner:
             vector_samples=samples,
             previous_encodings=previous,
             force=force,
+            mode=mode,
+            physical_index=physical,
         )
 
 

@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 
 from redismigrate.aio.indexes import read_schema_and_stats
 from redismigrate.aio.keys import moved_key
+from redismigrate.aio.planner import renamed
 from redismigrate.errors import IndexNotFound
 from redismigrate.plan import MigrationPlan
 from redismigrate.quantize import reencode_bytes
@@ -49,7 +50,9 @@ async def validate_live(
             indexing_failures_after=0,
             errors=[f"index {target.name!r} does not exist"],
         )
-    schema_match = live.schema.canonical() == target.canonical()
+    # the name may be an alias: FT.INFO then reports the index behind it
+    live_schema = renamed(live.schema, target.name)
+    schema_match = live_schema.canonical() == target.canonical()
     if not schema_match:
         errors.append("live schema differs from the plan's merged_target_schema")
     target_total = live.stats.num_docs + live.stats.hash_indexing_failures

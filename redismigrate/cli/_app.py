@@ -209,6 +209,14 @@ def plan(
     force: Annotated[
         bool, typer.Option("--force", help="Accept changes blocked only as risky (uint8 with IP).")
     ] = False,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode",
+            help="online (no downtime; only changes that rewrite no document) or "
+            "drop_recreate. Default: online where possible.",
+        ),
+    ] = None,
     url: UrlOption = "redis://localhost:6379",
 ) -> None:
     """Write a reviewable migration plan. Exit 0: supported; 3: written but blocked."""
@@ -226,6 +234,7 @@ def plan(
         target_schema_path=target_schema,
         previous_plan_path=previous_plan,
         force=force,
+        mode=mode,
     )
     result.dump(plan_out)
     _render.print_plan_summary(console, result, plan_out)
@@ -320,6 +329,10 @@ def apply(
         bool,
         typer.Option("--no-auto-rollback", help="On failure after the drop, leave the state."),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Online: start even if the shadow index may not fit."),
+    ] = False,
 ) -> None:
     """Apply a plan. Exit 0 only when the migration succeeded and validated."""
     from redismigrate.aio.executor import AsyncMigrationExecutor, check_backup_dir
@@ -352,6 +365,7 @@ def apply(
         "num_workers": workers,
         "auto_rollback": not no_auto_rollback,
         "plan_path": str(plan),
+        "force": force,
     }
     try:
         with StepProgress(console) as progress:
@@ -435,6 +449,9 @@ def rollback(
     result = MigrationExecutor().rollback(
         backup_dir=backup_dir, redis_url=url, index_name=index, recreate_index=recreate_index
     )
+    if result.summary:
+        console.print(f"Rolled back {result.index_name!r}: {result.summary}", markup=False)
+        return
     console.print(
         f"Rolled back {result.index_name!r}: {result.vectors_restored:,} vector values restored"
         + ("; source index recreated" if result.index_recreated else "")

@@ -67,6 +67,8 @@ def print_plan_summary(console: Console, plan: MigrationPlan, path: object) -> N
     console.print(f"Migration plan written to {path}")
     console.print(f"Index: {plan.source.index_name} -> {plan.target_index_name}")
     console.print(f"Mode: {plan.mode.__struct_config__.tag}")
+    if plan.source.physical_index:
+        console.print(f"({plan.source.index_name!r} is an alias of {plan.source.physical_index!r})")
     console.print(f"Supported: {plan.supported}")
     if plan.diff_classification.blocked_reasons:
         console.print("Blocked:")
