@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.metadata
 import itertools
 import json
@@ -53,6 +54,7 @@ import numpy as np
 import redis
 import yaml
 
+import redismigrate
 from redismigrate.report import MigrationReport
 from redismigrate.server import EmbeddedRedis
 
@@ -130,6 +132,40 @@ def to_float16(values: Sequence[bytes]) -> list[bytes]:
 
 def key(i: int) -> bytes:
     return PREFIX + str(i).encode()
+
+
+# Others may edit the package while a benchmark runs: every redismigrate process of one
+# benchmark runs from a copy taken at the start (PYTHONPATH), whose hash is recorded.
+_SNAPSHOT: dict[str, str] = {}
+
+
+def snapshot_package(scratch: Path) -> str:
+    """Copy the redismigrate package into ``scratch``; the sha256 of its .py files."""
+    source = Path(redismigrate.__file__).resolve().parent
+    target = scratch / "src" / "redismigrate"
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+    digest = hashlib.sha256()
+    for path in sorted(target.rglob("*.py")):
+        digest.update(str(path.relative_to(target)).encode() + b"\0" + path.read_bytes())
+    _SNAPSHOT["path"] = str(target.parent)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import redismigrate; print(redismigrate.__file__)"],
+        env=tool_env("redismigrate"),
+        cwd=scratch,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if not probe.stdout.strip().startswith(str(target)):
+        sys.exit(f"the package copy is not what runs: {probe.stdout}{probe.stderr}")
+    return digest.hexdigest()[:16]
+
+
+def tool_env(tool: str) -> dict[str, str]:
+    env = dict(os.environ)
+    if tool == "redismigrate" and "path" in _SNAPSHOT:
+        env["PYTHONPATH"] = os.pathsep.join([_SNAPSHOT["path"], env.get("PYTHONPATH", "")])
+    return env
 
 
 # --------------------------------------------------------------------------- data
@@ -336,7 +372,9 @@ with open(out, "w") as f:
 """
 
 
-def run_measured(command: Sequence[str], log: Path, timeout: float = APPLY_TIMEOUT) -> Measured:
+def run_measured(
+    command: Sequence[str], log: Path, env: dict[str, str], timeout: float = APPLY_TIMEOUT
+) -> Measured:
     """Run a command (via the launcher); its wall time, exit code and own peak RSS."""
     timed_out = threading.Event()
     figures = log.with_suffix(".rusage.json")
@@ -347,6 +385,8 @@ def run_measured(command: Sequence[str], log: Path, timeout: float = APPLY_TIMEO
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # one process group: a timeout kills launcher and tool
+            env=env,
+            cwd=log.parent,  # not the checkout: `python -m` puts the cwd first on sys.path
         )
 
         def kill() -> None:
@@ -481,6 +521,7 @@ def migrate_once(
     """Reload, then plan + apply with one tool; everything measured about that run."""
     host, port = address(client)
     record: dict[str, Any] = {"tool": config.tool, "workers": config.workers, "mode": config.mode}
+    record["loadavg_1m_before"] = round(os.getloadavg()[0], 2)
     record.update(fresh(client, host, port, data, index=True))
     before = read_samples(client, data)
     work = Path(tempfile.mkdtemp(prefix=f"{config.tool}-", dir=scratch))
@@ -488,7 +529,8 @@ def migrate_once(
         patch = work / "patch.yaml"
         patch.write_text(PATCH)
         plan = work / "plan.yaml"
-        planned = run_measured(plan_command(config.tool, url, patch, plan), work / "plan.log")
+        env = tool_env(config.tool)
+        planned = run_measured(plan_command(config.tool, url, patch, plan), work / "plan.log", env)
         record["plan_wall_seconds"] = round(planned.wall, 3)
         if planned.returncode != 0:
             record.update(
@@ -496,7 +538,7 @@ def migrate_once(
             )
             return record
         applied = run_measured(
-            apply_command(config, url, plan, work, batch_size), work / "apply.log"
+            apply_command(config, url, plan, work, batch_size), work / "apply.log", env
         )
         record.update(
             apply_wall_seconds=round(applied.wall, 3),
@@ -633,6 +675,9 @@ def summarize(runs: list[dict[str, Any]], configs: list[Config]) -> dict[str, di
                 r["total_seconds"] - sum(r["steps"].get(s, 0.0) for s in STEPS) for r in good
             )
         row["steps"] = steps
+        row["moving_seconds"] = median(
+            sum(r["steps"].get(s, 0.0) for s in ("enumerate", "backup", "reencode")) for r in good
+        )
         table[config.label] = row
     return table
 
@@ -655,7 +700,7 @@ def headline(table: dict[str, dict[str, Any]], floors: dict[str, float | None]) 
     ours, peer = table[best["redismigrate"]], table[best["redisvl"]]
     peer_rows = [v for v in table.values() if v["tool"] == "redisvl" and v["downtime_seconds"]]
     peer_downtime = min(v["downtime_seconds"] for v in peer_rows)
-    moving = (ours["steps"]["backup"] or 0.0) + (ours["steps"]["reencode"] or 0.0)
+    moving = ours["moving_seconds"] or 0.0
     same_conns = FLOORS[1] if ours["workers"] == 1 else FLOORS[2]
     out["ratios"] = {
         "total: ours / peer best": {
@@ -685,9 +730,7 @@ def headline(table: dict[str, dict[str, Any]], floors: dict[str, float | None]) 
         "moving vectors / floor [raw RESP, 1 connection]": ratio(moving, floors.get(FLOORS[1])),
         "moving vectors / floor [raw RESP, 4 connections]": ratio(moving, floors.get(FLOORS[2])),
         "our moving vectors seconds": round(moving, 3),
-        "peer moving vectors seconds (enumerate+backup+reencode)": round(
-            sum(peer["steps"][s] or 0.0 for s in ("enumerate", "backup", "reencode")), 3
-        ),
+        "peer moving vectors seconds (enumerate+backup+reencode)": peer["moving_seconds"],
     }
     for item in out["ratios"].values():
         item["met"] = item["value"] is not None and item["value"] <= item["target"]
@@ -708,6 +751,27 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list
     return lines
 
 
+def footer(result: dict[str, Any]) -> list[str]:
+    """Load averages seen and the failed runs."""
+    lines: list[str] = []
+    m = result["machine"]
+    loads = [r["loadavg_1m_before"] for r in result.get("runs", [])]
+    if loads:
+        lines += [
+            "",
+            f"1-minute load average before each run: {min(loads):.2f} to {max(loads):.2f} "
+            f"({m['cores']} cores; other work on the machine is not controlled).",
+        ]
+    failures = [r for r in result.get("runs", []) if not r.get("ok")]
+    if failures:
+        lines += ["", "Failed runs:", ""]
+        lines += [
+            f"- {r['tool']} w={r['workers']} {r['mode']}: {r.get('error', '')[:300]}"
+            for r in failures
+        ]
+    return lines
+
+
 def render(result: dict[str, Any]) -> str:
     """The results as markdown (also what is printed)."""
     m = result["machine"]
@@ -715,7 +779,8 @@ def render(result: dict[str, Any]) -> str:
         f"Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gb']} GB, "
         f"Python {m['python']}, "
         f"Redis {m['redis_version']} (search {m['search_version']}, json {m['json_version']}); "
-        f"redismigrate {m['redismigrate']} ({m['redismigrate_commit']}), redisvl {m['redisvl']}.",
+        f"redismigrate {m['redismigrate']} ({m['redismigrate_commit']}, "
+        f"source sha256 {m['redismigrate_source_sha256']}), redisvl {m['redisvl']}.",
         "",
     ]
     if "memory_growth" in result:
@@ -738,7 +803,7 @@ def render(result: dict[str, Any]) -> str:
                 for label, row in grow["by_config"].items()
             ),
         )
-        return "\n".join(lines) + "\n"
+        return "\n".join([*lines, *footer(result)]) + "\n"
     c = result["config"]
     lines += [
         f"{c['docs']:,} documents x {c['dims']} dims, {c['storage']}, "
@@ -797,13 +862,7 @@ def render(result: dict[str, Any]) -> str:
         lines += ["", *[f"- {k}: {fmt(v, 3)}" for k, v in head["also"].items()]]
     elif head.get("note"):
         lines += ["", head["note"]]
-    failures = [r for r in result.get("runs", []) if not r.get("ok")]
-    if failures:
-        lines += ["", "Failed runs:", ""]
-        lines += [
-            f"- {r['tool']} w={r['workers']} {r['mode']}: {r.get('error', '')[:300]}"
-            for r in failures
-        ]
+    lines += footer(result)
     return "\n".join(lines) + "\n"
 
 
@@ -973,6 +1032,7 @@ def main() -> None:
         url = server.info.url
         client = redis.Redis(host=server.info.host, port=server.info.port, protocol=2)
         result: dict[str, Any] = {"machine": machine(client)}
+        result["machine"]["redismigrate_source_sha256"] = snapshot_package(Path(scratch))
         if args.memory_growth:
             result.update(memory_growth(args, client, url, Path(scratch)))
         else:

@@ -304,6 +304,7 @@ class AsyncMigrationExecutor:
         assert isinstance(plan.mode, Online)
         shadow = plan.mode.shadow_index
         write_document(plan_copy_path(run.backup_dir, plan.source.index_name), plan.to_dict())
+        switch_documents: int | None = None
         if await online.physical_name(client, plan.target_index_name) == shadow:
             run.resumed = True  # switched already: check it
         else:
@@ -326,7 +327,7 @@ class AsyncMigrationExecutor:
                 run.resumed = True
             run.timed("create", started)
             started = time.perf_counter()
-            await online.wait_until_caught_up(
+            caught_up = await online.wait_until_caught_up(
                 client,
                 shadow,
                 plan.source.index_name,
@@ -343,8 +344,9 @@ class AsyncMigrationExecutor:
                 shadow=shadow,
             )
             run.timed("cut_over", started)
+            switch_documents = caught_up.num_docs + caught_up.hash_indexing_failures
         started = time.perf_counter()
-        validation = await validate_live(client, plan, None)
+        validation = await validate_live(client, plan, None, documents_at_switch=switch_documents)
         run.timed("validate", started)
         run.ready_at = time.perf_counter()
         return await self._report(run, "succeeded" if validation.passed else "failed", validation)

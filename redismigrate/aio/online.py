@@ -71,7 +71,8 @@ async def wait_until_caught_up(
     poll: float,
     tick: Any = None,
 ) -> IndexStats:
-    """Wait until ``shadow`` is fully indexed and counts as many documents as ``live``."""
+    """Wait until ``shadow`` is fully indexed and counts as many documents as ``live``;
+    returns the live index's counters at that moment."""
     deadline = time.monotonic() + timeout
     while True:
         shadow_stats = await _stats(client, shadow)
@@ -81,7 +82,7 @@ async def wait_until_caught_up(
         if tick is not None:
             tick("indexing", have, want)
         if not shadow_stats.indexing and shadow_stats.percent_indexed >= 1.0 and have == want:
-            return shadow_stats
+            return live_stats
         if time.monotonic() > deadline:
             raise RedisMigrateError(
                 f"timeout waiting for the shadow index {shadow!r}: {have:,} of {want:,} "

@@ -30,6 +30,8 @@ async def validate_live(
     client: aioredis.Redis,
     plan: MigrationPlan,
     backup: BackupSet | None = None,
+    *,
+    documents_at_switch: int | None = None,
 ) -> ValidationResult:
     """Live schema equals the merged target; document counts and failures hold; sampled
     keys exist; re-encoded vectors equal the plan's rule applied to their backed-up bytes."""
@@ -56,7 +58,13 @@ async def validate_live(
     if not schema_match:
         errors.append("live schema differs from the plan's merged_target_schema")
     target_total = live.stats.num_docs + live.stats.hash_indexing_failures
-    count_match = target_total == source_total
+    if documents_at_switch is not None:
+        # online: the application kept writing; the shadow matched the live index at the
+        # switch, and may only have grown since
+        source_total = documents_at_switch
+        count_match = target_total >= source_total
+    else:
+        count_match = target_total == source_total
     if not count_match:
         errors.append(
             f"document count mismatch: {source_total} before (documents + indexing failures), "
