@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -165,6 +166,19 @@ def test_an_online_migration_under_load_has_no_failed_query_and_loses_no_write(
     assert int(info["num_docs"]) == DOCS + len(traffic.written)
     assert [n.decode() for n in client.execute_command("FT._LIST")] == [plan.mode.shadow_index]  # type: ignore[union-attr]
     print(f"online: {traffic.queries} queries, 0 failed, {len(traffic.written)} writes")
+    # the name is an alias now, and the tools say so
+    listed = json.loads(cli("index", "list", "--url", server, "--json").stdout)
+    assert listed == [
+        {
+            "name": plan.mode.shadow_index,  # type: ignore[union-attr]
+            "aliases": ["live_idx"],
+            "num_docs": DOCS + len(traffic.written),
+            "storage_type": "hash",
+        }
+    ]
+    info = json.loads(cli("index", "info", "--index", "live_idx", "--url", server, "--json").stdout)
+    assert info["aliases"] == ["live_idx"]
+    assert info["schema"]["index"]["name"] == plan.mode.shadow_index  # type: ignore[union-attr]
 
     # a second online migration on the same name (now an alias) leaves one physical index
     second = MigrationPlanner().create_plan(

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from redismigrate.aio.connection import connect
 from redismigrate.aio.executor import AsyncMigrationExecutor, ProgressCallback, check_backup_dir
-from redismigrate.aio.indexes import list_indexes, server_capabilities
+from redismigrate.aio.indexes import known_aliases, list_indexes, server_capabilities
 from redismigrate.aio.planner import AsyncMigrationPlanner
 from redismigrate.batch import (
     BatchIndexEntry,
@@ -121,7 +121,11 @@ class AsyncBatchMigrationPlanner:
         planner = AsyncMigrationPlanner()
         async with connect(redis_url, redis_client) as client:
             await server_capabilities(client)
-            chosen = select_indexes(await list_indexes(client), pattern=pattern, names=names)
+            aliases = await known_aliases(client)
+            behind_alias = set(aliases.values())
+            # an index reached through an alias is selected by the alias, the name users query
+            available = [n for n in await list_indexes(client) if n not in behind_alias]
+            chosen = select_indexes(sorted([*available, *aliases]), pattern=pattern, names=names)
             planned: list[tuple[BatchIndexEntry, MigrationPlan | None]] = []
             for name in chosen:
                 plan = await planner.create_plan(

@@ -40,6 +40,8 @@ class IndexDescription(msgspec.Struct, frozen=True, kw_only=True):
 
     schema: IndexSchema
     stats: IndexStats
+    # names that are aliases of this index (the schema carries the index's own name)
+    aliases: list[str] = []
 
 
 async def server_capabilities(client: aioredis.Redis) -> ServerCapabilities:
@@ -84,6 +86,23 @@ async def list_indexes(client: aioredis.Redis) -> list[str]:
             raise search_module_missing() from None
         raise
     return sorted(text(n) for n in names)
+
+
+async def known_aliases(client: aioredis.Redis) -> dict[str, str]:
+    """``{alias: index}`` for the aliases online migrations make (``<name>`` pointing at
+    ``<name>__rm<n>``); the server has no command that lists aliases."""
+    found: dict[str, str] = {}
+    for name in await list_indexes(client):
+        match = re.match(r"^(.+)__rm\d+$", name)
+        if not match:
+            continue
+        try:
+            reply = await ft_info(client, match.group(1))
+        except IndexNotFound:
+            continue
+        if text(pairs_to_dict(reply).get("index_name", "")) == name:
+            found[match.group(1)] = name
+    return found
 
 
 async def ft_info(client: aioredis.Redis, index_name: str) -> Any:
@@ -147,7 +166,8 @@ async def read_schema_and_stats(client: aioredis.Redis, index_name: str) -> Inde
             phonetic.append(field.name)
     if details or phonetic:
         schema = schema_from_ft_info(raw, vector_details=details, phonetic_fields=phonetic)
-    return IndexDescription(schema=schema, stats=stats_from_ft_info(raw))
+    aliases = [index_name] if schema.name != index_name else []
+    return IndexDescription(schema=schema, stats=stats_from_ft_info(raw), aliases=aliases)
 
 
 async def read_schema(client: aioredis.Redis, index_name: str) -> IndexSchema:

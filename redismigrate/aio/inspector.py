@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import msgspec
 import redis.asyncio as aioredis
 
 from redismigrate.aio.connection import connect
 from redismigrate.aio.indexes import (
     IndexDescription,
+    known_aliases,
     list_indexes,
     read_schema_and_stats,
     server_capabilities,
@@ -73,6 +75,10 @@ class AsyncIndexInspector:
         """
         async with connect(redis_url, redis_client) as client:
             await server_capabilities(client)
-            return [
-                await read_schema_and_stats(client, name) for name in await list_indexes(client)
-            ]
+            aliases = await known_aliases(client)
+            described = []
+            for name in await list_indexes(client):
+                one = await read_schema_and_stats(client, name)
+                names = [alias for alias, index in aliases.items() if index == name]
+                described.append(msgspec.structs.replace(one, aliases=names))
+            return described

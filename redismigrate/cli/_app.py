@@ -74,14 +74,21 @@ def index_list(url: UrlOption = "redis://localhost:6379", as_json: JsonOption = 
     """List every index on the server with its document count."""
     check_url(url)
 
-    rows: list[tuple[str, int, str]] = [
-        (d.schema.name, d.stats.num_docs, d.schema.storage_type)
-        for d in IndexInspector().describe_all(redis_url=url)
-    ]
+    described = IndexInspector().describe_all(redis_url=url)
     if as_json:
-        _print_json([{"name": n, "num_docs": d, "storage_type": s} for n, d, s in rows])
+        _print_json(
+            [
+                {
+                    "name": d.schema.name,
+                    "aliases": d.aliases,
+                    "num_docs": d.stats.num_docs,
+                    "storage_type": d.schema.storage_type,
+                }
+                for d in described
+            ]
+        )
     else:
-        console.print(_render.index_list_table(rows))
+        console.print(_render.index_list_table(described))
 
 
 @index_app.command("info")
@@ -96,10 +103,14 @@ def index_info(
     described = IndexInspector().describe(index, redis_url=url)
     if as_json:
         _print_json(
-            {"schema": described.schema.to_dict(), "stats": msgspec.to_builtins(described.stats)}
+            {
+                "schema": described.schema.to_dict(),
+                "aliases": described.aliases,
+                "stats": msgspec.to_builtins(described.stats),
+            }
         )
     else:
-        _render.print_index(console, described.schema, described.stats)
+        _render.print_index(console, described.schema, described.stats, described.aliases)
 
 
 @server_app.command("start")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from redismigrate.aio.indexes import IndexDescription
 from redismigrate.batch import BatchPlan, BatchReport, BatchState
 from redismigrate.estimate import MigrationEstimate
 from redismigrate.ftinfo import IndexStats
@@ -13,14 +14,21 @@ from redismigrate.report import MigrationReport
 from redismigrate.schema import IndexSchema, VectorField, non_default_builtins, type_name
 
 
-def index_list_table(rows: list[tuple[str, int, str]]) -> Table:
-    table = Table(title=f"{len(rows)} index(es)")
+def index_list_table(described: list[IndexDescription]) -> Table:
+    table = Table(title=f"{len(described)} index(es)")
     table.add_column("#", justify="right")
     table.add_column("index")
+    table.add_column("queried as (alias)")
     table.add_column("storage")
     table.add_column("docs", justify="right")
-    for position, (name, docs, storage) in enumerate(rows, start=1):
-        table.add_row(str(position), name, storage, f"{docs:,}")
+    for position, d in enumerate(described, start=1):
+        table.add_row(
+            str(position),
+            d.schema.name,
+            ", ".join(d.aliases),
+            d.schema.storage_type,
+            f"{d.stats.num_docs:,}",
+        )
     return table
 
 
@@ -31,10 +39,14 @@ def _attrs_text(attrs: dict[str, object]) -> str:
     return ", ".join(parts)
 
 
-def print_index(console: Console, schema: IndexSchema, stats: IndexStats) -> None:
+def print_index(
+    console: Console, schema: IndexSchema, stats: IndexStats, aliases: list[str] | None = None
+) -> None:
     head = Table(title=f"Index {schema.name!r}", show_header=False)
     head.add_column("setting")
     head.add_column("value")
+    if aliases:
+        head.add_row("queried as (alias)", ", ".join(aliases))
     head.add_row("storage", schema.storage_type)
     head.add_row("prefixes", ", ".join(repr(p) for p in schema.prefixes))
     options = non_default_builtins(schema.index.options)
