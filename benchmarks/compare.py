@@ -8,7 +8,9 @@ One throwaway Redis Stack server serves every run.  Before each run the server i
 flushed, ``--docs`` documents with float32 vectors are loaded and a COSINE index is
 built; then ONE tool plans and applies float32 -> float16 as its own process.  The
 apply is timed from outside (wall clock), its own report is read (total, downtime,
-steps) and its peak RSS is taken from ``os.wait4``.  Every migration is checked
+steps) and its peak RSS is taken from ``os.wait4`` (in a small launcher, so that our
+own pages are not counted).  redismigrate runs from a copy of the package taken at the
+start, as others may edit the checkout meanwhile.  Every migration is checked
 afterwards: FLOAT16 in FT.INFO, every document indexed, sampled vectors equal to the
 float16 cast of the originals, and a KNN query that finds a sampled document.
 

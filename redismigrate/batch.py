@@ -8,14 +8,14 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from redismigrate.errors import BadInputError, SchemaError
-from redismigrate.files import ReviewableFile
+from redismigrate.errors import BadInputError
+from redismigrate.files import ReviewableFile, convert_document
 from redismigrate.patch import SchemaPatch
-from redismigrate.plan import prefixes_overlap
+from redismigrate.plan import now_iso, prefixes_overlap
 from redismigrate.schema import Model
 
 BATCH_FORMAT_VERSION = 1
@@ -58,7 +58,9 @@ class BatchPlan(Model, ReviewableFile, frozen=True, kw_only=True):
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "batch plan") -> BatchPlan:
-        return _convert(data, cls, source, "batch plan")
+        return convert_document(
+            data, cls, source=source, what="batch plan", version=BATCH_FORMAT_VERSION
+        )
 
 
 class BatchIndexState(Model, frozen=True, kw_only=True):
@@ -105,7 +107,9 @@ class BatchState(Model, ReviewableFile, frozen=True, kw_only=True):
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "batch state file") -> BatchState:
-        return _convert(data, cls, source, "batch state file")
+        return convert_document(
+            data, cls, source=source, what="batch state file", version=BATCH_FORMAT_VERSION
+        )
 
 
 class BatchSummary(Model, frozen=True, kw_only=True):
@@ -142,28 +146,9 @@ class BatchReport(Model, ReviewableFile, frozen=True, kw_only=True):
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "batch report") -> BatchReport:
-        return _convert(data, cls, source, "batch report")
-
-
-T = TypeVar("T")
-
-
-def _convert(data: Any, kind: type[T], source: str, what: str) -> T:
-    if not isinstance(data, dict):
-        raise SchemaError(f"{source}: a {what} must be a mapping")
-    if data.get("version") != BATCH_FORMAT_VERSION:
-        raise SchemaError(
-            f"{source}: {what} version {data.get('version')!r} is not supported "
-            f"(supported: {BATCH_FORMAT_VERSION})"
+        return convert_document(
+            data, cls, source=source, what="batch report", version=BATCH_FORMAT_VERSION
         )
-    try:
-        return msgspec.convert(data, kind)
-    except msgspec.ValidationError as exc:
-        raise SchemaError(f"{source}: {exc}") from None
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def new_batch_id() -> str:

@@ -8,11 +8,31 @@ import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import msgspec
 import yaml
 
 from redismigrate.errors import SchemaError
 
 D = TypeVar("D", bound="ReviewableFile")
+T = TypeVar("T")
+
+
+def convert_document(
+    data: Any, kind: type[T], *, source: str, what: str, version: int | None = None
+) -> T:
+    """Typed data from plain data: one SchemaError line for a wrong shape, an unsupported
+    ``version`` or an unknown key."""
+    if not isinstance(data, dict):
+        raise SchemaError(f"{source}: a {what} must be a mapping")
+    if version is not None and data.get("version") != version:
+        raise SchemaError(
+            f"{source}: {what} version {data.get('version')!r} is not supported "
+            f"(supported: {version})"
+        )
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        raise SchemaError(f"{source}: {exc}") from None
 
 
 def read_text_file(path: str | Path, *, what: str) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 
 from redismigrate.capabilities import ServerCapabilities
 from redismigrate.errors import SchemaError
-from redismigrate.files import ReviewableFile
+from redismigrate.files import ReviewableFile, convert_document
 from redismigrate.ftinfo import IndexStats
 from redismigrate.patch import FieldRename, SchemaChanges, SchemaPatch, parse_field
 from redismigrate.quantize import Encoding, ReEncodingRefused, calibrate, uint8_policy
@@ -170,18 +170,9 @@ class MigrationPlan(Model, ReviewableFile, frozen=True, kw_only=True):
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "plan") -> MigrationPlan:
-        if not isinstance(data, dict):
-            raise SchemaError(f"{source}: a migration plan must be a mapping")
-        if data.get("version") != PLAN_FORMAT_VERSION:
-            raise SchemaError(
-                f"{source}: plan version {data.get('version')!r} is not supported "
-                f"(supported: {PLAN_FORMAT_VERSION})"
-            )
-        try:
-            plan = msgspec.convert(data, cls)
-        except msgspec.ValidationError as exc:
-            raise SchemaError(f"{source}: {exc}") from None
-        return plan
+        return convert_document(
+            data, cls, source=source, what="migration plan", version=PLAN_FORMAT_VERSION
+        )
 
 
 def schema_hash(schema: IndexSchema) -> str:

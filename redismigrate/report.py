@@ -6,8 +6,7 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from redismigrate.errors import SchemaError
-from redismigrate.files import ReviewableFile
+from redismigrate.files import ReviewableFile, convert_document
 from redismigrate.plan import VectorChange
 from redismigrate.schema import Model
 
@@ -108,9 +107,6 @@ class MigrationReport(Model, ReviewableFile, frozen=True, kw_only=True):
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "report") -> MigrationReport:
-        if not isinstance(data, dict):
-            raise SchemaError(f"{source}: a migration report must be a mapping")
-        try:
-            return msgspec.convert(data, cls)
-        except msgspec.ValidationError as exc:
-            raise SchemaError(f"{source}: {exc}") from None
+        return convert_document(
+            data, cls, source=source, what="migration report", version=REPORT_FORMAT_VERSION
+        )

@@ -24,7 +24,6 @@ from redismigrate.batch import (
     FailurePolicy,
     file_sha256,
     new_batch_id,
-    now_iso,
     overlap_conflicts,
     overlap_error,
     select_indexes,
@@ -32,7 +31,7 @@ from redismigrate.batch import (
 from redismigrate.errors import BadInputError, RedisMigrateError
 from redismigrate.files import read_text_file, write_document
 from redismigrate.patch import SchemaPatch
-from redismigrate.plan import MigrationPlan
+from redismigrate.plan import MigrationPlan, now_iso
 
 BatchProgressCallback = Callable[[str, int, int, str], None]
 FAILURE_POLICIES = ("fail_fast", "continue_on_error")
