@@ -64,14 +64,6 @@ INDEX_READY_TIMEOUT = 3600.0
 _CRASH_ENV = "REDISMIGRATE_CRASH_AT"
 
 
-class MigrationFailed(RedisMigrateError):
-    """A run stopped; the report (and the message) say where, and how to go on."""
-
-    def __init__(self, message: str, report: MigrationReport) -> None:
-        super().__init__(message)
-        self.report = report
-
-
 class IndexNotReady(RedisMigrateError):
     """The target index did not finish indexing in time."""
 
@@ -290,8 +282,6 @@ class AsyncMigrationExecutor:
                 if isinstance(plan.mode, Online):
                     return await self._apply_online(run, force)
                 return await self._apply(run, plan_path)
-            except MigrationFailed:
-                raise
             except BadInputError:
                 raise
             except (RedisMigrateError, rexc.RedisError, OSError) as exc:
@@ -415,7 +405,7 @@ class AsyncMigrationExecutor:
         if phase == "completed":
             _crash_point("before_create")
             started = time.perf_counter()
-            await self._create_target(run)
+            await create_index(client, plan.merged_target_schema)
             run.set_phase("target_created")
             run.timed("create", started)
             phase = "target_created"
@@ -793,27 +783,21 @@ class AsyncMigrationExecutor:
             run.set_phase("completed")
         run.timed("reencode", started, run.reencoded)
 
-    async def _create_target(self, run: _Run) -> None:
-        await create_index(run.client, run.plan.merged_target_schema)
-
-    async def _until_indexed(self, client: aioredis.Redis, name: str) -> None:
+    async def _until_indexed(
+        self,
+        client: aioredis.Redis,
+        name: str,
+        tick: Callable[[int], None] | None = None,
+    ) -> int:
+        """Wait until ``name`` is fully indexed; returns its documents + failures."""
         deadline = time.monotonic() + self.index_ready_timeout
-        while time.monotonic() < deadline:
-            stats = stats_from_ft_info(await ft_info(client, name))
-            if not stats.indexing and stats.percent_indexed >= 1.0:
-                return
-            await anyio.sleep(self.poll_interval)
-
-    async def _wait_indexed(self, run: _Run) -> None:
-        started = time.perf_counter()
-        deadline = time.monotonic() + self.index_ready_timeout
-        name = run.plan.target_index_name
         while True:
-            stats = stats_from_ft_info(await ft_info(run.client, name))
+            stats = stats_from_ft_info(await ft_info(client, name))
             total = stats.num_docs + stats.hash_indexing_failures
-            run.tick("indexing", total, run.plan.source.stats_snapshot.num_docs or None)
+            if tick is not None:
+                tick(total)
             if not stats.indexing and stats.percent_indexed >= 1.0:
-                break
+                return total
             if time.monotonic() > deadline:
                 raise IndexNotReady(
                     f"timeout waiting for index {name!r} to be ready: "
@@ -821,6 +805,15 @@ class AsyncMigrationExecutor:
                     "it keeps building in the background: run `redismigrate validate` later"
                 )
             await anyio.sleep(self.poll_interval)
+
+    async def _wait_indexed(self, run: _Run) -> None:
+        started = time.perf_counter()
+        expected = run.plan.source.stats_snapshot.num_docs or None
+        total = await self._until_indexed(
+            run.client,
+            run.plan.target_index_name,
+            lambda done: run.tick("indexing", done, expected),
+        )
         run.ready_at = time.perf_counter()
         run.timed("indexing", started, total)
 
