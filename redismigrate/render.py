@@ -20,8 +20,14 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def ft_create_args(schema: IndexSchema, *, index_name: str | None = None) -> list[str]:
-    """``FT.CREATE`` and its arguments for ``schema`` (optionally under another name)."""
+def ft_create_args(
+    schema: IndexSchema, *, index_name: str | None = None, skip_initial_scan: bool = False
+) -> list[str]:
+    """``FT.CREATE`` and its arguments for ``schema`` (optionally under another name).
+
+    ``skip_initial_scan``: index only documents written from now on (the server still
+    rebuilds the whole index when it reloads its data).
+    """
     opts = schema.index.options
     args: list[str] = ["FT.CREATE", index_name or schema.index.name]
     args += ["ON", schema.index.storage_type.upper()]
@@ -52,6 +58,8 @@ def ft_create_args(schema: IndexSchema, *, index_name: str | None = None) -> lis
         args.append("NOFREQS")
     if opts.stopwords is not None:
         args += ["STOPWORDS", str(len(opts.stopwords)), *opts.stopwords]
+    if skip_initial_scan:
+        args.append("SKIPINITIALSCAN")
     args.append("SCHEMA")
     for field in schema.fields:
         args += field_args(field, schema.index.storage_type)

@@ -281,3 +281,33 @@ async def test_a_blocked_plan_a_bad_backup_dir_and_a_changed_source_are_refused(
         await executor.apply(plan, redis_client=aclient, backup_dir=tmp_path / "b")
     assert snapshot(sync_client, live.prefixes[0], storage) == before
     assert live.name.encode() in sync_client.execute_command("FT._LIST")
+
+
+async def test_documents_without_a_vector_are_indexed_too(
+    aclient: aioredis.Redis, sync_client: redis.Redis, ns: str, tmp_path: Path
+) -> None:
+    """The target is built while vectors are rewritten; documents with no vector to
+    rewrite must still end up in it, unchanged."""
+    schema = make_schema(f"{ns}_nv", f"{ns}:nv:", "hash")
+    sync_client.execute_command(*ft_create_args(schema))
+    load(sync_client, f"{ns}:nv:", "hash")
+    for i in range(0, DOCS, 15):
+        sync_client.hdel(f"{ns}:nv:{i}", "embedding")
+    before = snapshot(sync_client, f"{ns}:nv:", "hash")
+    _, report = await plan_and_apply(
+        aclient,
+        schema,
+        {"update_fields": [{"name": "embedding", "attrs": {"datatype": "float16"}}]},
+        tmp_path,
+    )
+    assert report.validation.target_documents == DOCS
+    after = snapshot(sync_client, f"{ns}:nv:", "hash")
+    without = [k for k, doc in before.items() if b"embedding" not in doc]
+    assert len(without) == 30
+    for key in without:
+        assert after[key] == before[key]  # untouched, no scratch field left behind
+    found = sync_client.execute_command(
+        "FT.SEARCH", schema.name, "@title:(doc 15)", "NOCONTENT", "DIALECT", "2"
+    )
+    ids = found[1:] if isinstance(found, list) else [r[b"id"] for r in found[b"results"]]
+    assert f"{ns}:nv:15".encode() in ids

@@ -178,6 +178,7 @@ class _EncodedBatch(msgspec.Struct, frozen=True):
     batch: int
     items: list[tuple[bytes, bytes, bytes]]
     count: int
+    touch: list[bytes]  # documents to re-index although none of their vectors changed
 
 
 class _Run:
@@ -398,14 +399,26 @@ class AsyncMigrationExecutor:
             phase = "index_dropped"
         if run.dropped_at is None:
             run.dropped_at = time.perf_counter()
+        rewrites = any(vc.rewrite_documents for vc in plan.vector_changes)
         if phase in ("index_dropped", "active"):
-            await self._key_renames(run)
-            await self._reencode(run)
+            if phase == "index_dropped":
+                await self._key_renames(run)
+                run.set_phase("active")
+            if rewrites:
+                # Build the target while re-encoding: created without the initial scan,
+                # it indexes each document as its new vector is written (and untouched
+                # documents are touched), so no document is ever seen with old bytes.
+                started = time.perf_counter()
+                if await self._live_schema(client, plan.target_index_name) is None:
+                    await create_index(client, plan.merged_target_schema, skip_initial_scan=True)
+                run.timed("create", started)
+            await self._reencode(run, touch=rewrites)
             phase = "completed"
         if phase == "completed":
             _crash_point("before_create")
             started = time.perf_counter()
-            await create_index(client, plan.merged_target_schema)
+            if await self._live_schema(client, plan.target_index_name) is None:
+                await create_index(client, plan.merged_target_schema)
             run.set_phase("target_created")
             run.timed("create", started)
             phase = "target_created"
@@ -678,7 +691,7 @@ class AsyncMigrationExecutor:
         run.keys_renamed += moved
         run.timed("key_renames", started, moved)
 
-    async def _reencode(self, run: _Run) -> None:
+    async def _reencode(self, run: _Run, *, touch: bool = False) -> None:
         """Write every backed-up vector re-encoded by the plan's rule.
 
         Each batch is encoded from its original bytes in the backup, so a batch redone
@@ -689,8 +702,6 @@ class AsyncMigrationExecutor:
         started = time.perf_counter()
         assert run.backups is not None
         changes = {vc.source_field: vc for vc in run.plan.vector_changes if vc.rewrite_documents}
-        if run.header.phase == "index_dropped":
-            run.set_phase("active")
         change = run.plan.rename_operations.change_prefix
         lock = anyio.Lock()
 
@@ -702,6 +713,7 @@ class AsyncMigrationExecutor:
                 moved_key(k, change.old, change.new) if change is not None else k
                 for k in frame.keys
             ]
+            written: set[bytes] = set()
             for source_field, vc in changes.items():
                 if source_field not in frame.vectors or vc.encoding is None:
                     continue
@@ -715,8 +727,10 @@ class AsyncMigrationExecutor:
                     (key, target_field, blob)
                     for (key, _), blob in zip(present, encoded, strict=True)
                 )
+                written.update(key for key, _ in present)
                 count = max(count, len(present))
-            return _EncodedBatch(batch=frame.batch, items=items, count=count)
+            untouched = [k for k in keys if k not in written] if touch else []
+            return _EncodedBatch(batch=frame.batch, items=items, count=count, touch=untouched)
 
         async def produce(source: VectorBackup, start: int, out: Any) -> None:
             """Read and encode frames in a thread, ahead of the writers."""
@@ -745,6 +759,7 @@ class AsyncMigrationExecutor:
                 async with receive:
                     async for batch in receive:
                         await run.wire.hset_many(batch.items)
+                        await run.wire.touch_many(batch.touch)
                         await progress(source, batch.batch + 1, batch.count)
 
         async def shared_file(source: VectorBackup) -> None:
@@ -757,6 +772,7 @@ class AsyncMigrationExecutor:
                 async with batches:
                     async for batch in batches:
                         await run.wire.hset_many(batch.items)
+                        await run.wire.touch_many(batch.touch)
                         finished.add(batch.batch)
                         while watermark in finished:
                             finished.discard(watermark)

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 READ_CHUNK = 1 << 20
+TOUCH_FIELD = b"__redismigrate_touch__"
 
 
 def pack(*parts: bytes) -> bytes:
@@ -180,6 +181,29 @@ class Wire:
             return
         try:
             await connection.hset_many(items)
+        except BaseException:
+            await connection.close()
+            raise
+        self._idle.append(connection)
+
+    async def touch_many(self, keys: Sequence[bytes]) -> None:
+        """Make the server re-index ``keys`` without changing them: set and delete a
+        scratch field (an index sees every write to a hash it covers)."""
+        if not keys:
+            return
+        connection = await self._acquire()
+        if connection is None:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hset(key, TOUCH_FIELD, b"1")
+                pipe.hdel(key, TOUCH_FIELD)
+            await pipe.execute()
+            return
+        commands = b"".join(
+            pack(b"HSET", key, TOUCH_FIELD, b"1") + pack(b"HDEL", key, TOUCH_FIELD) for key in keys
+        )
+        try:
+            await connection.call(commands, 2 * len(keys))
         except BaseException:
             await connection.close()
             raise

@@ -176,10 +176,18 @@ async def read_schema(client: aioredis.Redis, index_name: str) -> IndexSchema:
 
 
 async def create_index(
-    client: aioredis.Redis, schema: IndexSchema, *, index_name: str | None = None
+    client: aioredis.Redis,
+    schema: IndexSchema,
+    *,
+    index_name: str | None = None,
+    skip_initial_scan: bool = False,
 ) -> None:
-    """FT.CREATE ``schema`` (optionally under another name)."""
-    await execute(client, *ft_create_args(schema, index_name=index_name))
+    """FT.CREATE ``schema`` (optionally under another name, optionally without the scan
+    of existing documents)."""
+    await execute(
+        client,
+        *ft_create_args(schema, index_name=index_name, skip_initial_scan=skip_initial_scan),
+    )
 
 
 async def drop_index(client: aioredis.Redis, index_name: str) -> None:
