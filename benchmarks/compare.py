@@ -67,7 +67,10 @@ FIELD = b"embedding"
 SEED = 7
 LOAD_CHUNK = 5_000
 FLOOR_BATCH = 500
+FEED_SLICE = 16 << 10
 SAMPLES = 200
+KNN_PROBES = 10
+HNSW_EF_RUNTIME = 1000
 APPLY_TIMEOUT = 20 * 60.0
 INDEX_TIMEOUT = 20 * 60.0
 TOOLS = ("redismigrate", "redisvl")
@@ -78,6 +81,7 @@ FLOORS = (
     "raw RESP, 4 connections",
     "raw RESP, 1 connection, into a live FLOAT16 index",
 )
+SERVER_CPU = "server CPU s: "
 PATCH = """\
 version: 1
 changes:
@@ -112,17 +116,24 @@ class Raw:
 
     def read(self, count: int) -> list[Any]:
         replies: list[Any] = []
+        chunk, offset = b"", 0
         while len(replies) < count:
             reply = self.reader.gets()
             if reply is False:
-                chunk = self.sock.recv(1 << 20)
-                if not chunk:
-                    raise ConnectionError("server closed the connection")
-                self.reader.feed(chunk)
+                if offset >= len(chunk):
+                    chunk, offset = self.sock.recv(1 << 20), 0
+                    if not chunk:
+                        raise ConnectionError("server closed the connection")
+                # fed in slices: hiredis moves its unread buffer down after each reply
+                size = min(FEED_SLICE, len(chunk) - offset)
+                self.reader.feed(chunk, offset, size)
+                offset += size
             elif isinstance(reply, hiredis.ReplyError):
                 raise RuntimeError(f"server error: {reply}")
             else:
                 replies.append(reply)
+        if offset < len(chunk):
+            self.reader.feed(chunk, offset, len(chunk) - offset)
         return replies
 
     def close(self) -> None:
@@ -197,6 +208,15 @@ def vectors(chunk_no: int, count: int, dims: int) -> np.ndarray:
 def address(client: redis.Redis) -> tuple[str, int]:
     kwargs = client.connection_pool.connection_kwargs
     return str(kwargs["host"]), int(kwargs["port"])
+
+
+def server_cpu(client: redis.Redis) -> float:
+    """CPU seconds the server's main thread has used (the thread that runs commands and
+    indexes hash writes); the whole process where the server does not say."""
+    cpu = client.info("cpu")
+    if "used_cpu_user_main_thread" in cpu:
+        return float(cpu["used_cpu_user_main_thread"]) + float(cpu["used_cpu_sys_main_thread"])
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
 def reset(client: redis.Redis) -> None:
@@ -292,6 +312,17 @@ def read_samples(client: redis.Redis, data: Dataset) -> dict[bytes, Any]:
     return dict(zip(ids, pipe.execute(), strict=True))
 
 
+def knn_first(client: redis.Redis, blob: bytes, ef_runtime: int | None = None) -> Any:
+    """The key of the nearest neighbour of ``blob`` (None when nothing came back)."""
+    ef = " EF_RUNTIME $ef" if ef_runtime else ""
+    params = ["v", blob, *(["ef", str(ef_runtime)] if ef_runtime else [])]
+    found = client.execute_command(
+        "FT.SEARCH", INDEX, f"*=>[KNN 1 @embedding $v{ef} AS d]",
+        "PARAMS", str(len(params)), *params, "RETURN", "1", "d", "DIALECT", "2",
+    )  # fmt: skip
+    return found[1] if len(found) > 1 else None
+
+
 def verify(client: redis.Redis, data: Dataset, before: dict[bytes, Any]) -> dict[str, Any]:
     """Check that the migration really happened; ``ok`` only when every check holds."""
     info = client.ft(INDEX).info()
@@ -324,23 +355,33 @@ def verify(client: redis.Redis, data: Dataset, before: dict[bytes, Any]) -> dict
             good = new is not None and len(json.loads(new)[0]) == data.dims
         mismatched += not good
 
-    probe = next(iter(before))
-    if data.storage == "hash":
-        blob = np.frombuffer(before[probe], np.float32).astype(np.float16).tobytes()
-    else:
-        blob = np.asarray(json.loads(before[probe])[0], np.float32).astype(np.float16).tobytes()
-    found = client.execute_command(
-        "FT.SEARCH", INDEX, "*=>[KNN 1 @embedding $v AS d]",
-        "PARAMS", "2", "v", blob, "RETURN", "1", "d", "DIALECT", "2",
-    )  # fmt: skip
-    knn_ok = len(found) > 1 and found[1] == probe
+    # Each probe's own vector must come back first. HNSW search is approximate, so there
+    # the probes also run with a wide EF_RUNTIME, and only those count for ``ok``.
+    probes = list(before)[:KNN_PROBES]
+    hits, hits_wide = 0, 0
+    for probe in probes:
+        if data.storage == "hash":
+            vec = np.frombuffer(before[probe], np.float32)
+        else:
+            vec = np.asarray(json.loads(before[probe])[0], np.float32)
+        blob = vec.astype(np.float16).tobytes()
+        hits += knn_first(client, blob) == probe
+        if data.algorithm == "hnsw":
+            hits_wide += knn_first(client, blob, ef_runtime=HNSW_EF_RUNTIME) == probe
+    knn_ok = (hits_wide if data.algorithm == "hnsw" else hits) == len(probes)
     checks = {
         "datatype": datatype,
         "num_docs": num_docs,
         "indexing_failures": failures,
         "samples": len(before),
         "samples_mismatched": mismatched,
-        "knn_self_hit": knn_ok,
+        "knn_probes": len(probes),
+        "knn_self_hits": hits,
+        **(
+            {f"knn_self_hits_ef_runtime_{HNSW_EF_RUNTIME}": hits_wide}
+            if data.algorithm == "hnsw"
+            else {}
+        ),
     }
     checks["ok"] = (
         datatype.upper() == "FLOAT16"
@@ -548,10 +589,12 @@ def migrate_once(
                 ok=False, error=f"plan exit {planned.returncode}: {planned.output[-2000:]}"
             )
             return record
+        cpu_before = server_cpu(client)
         applied = run_measured(
             apply_command(config, url, plan, work, batch_size), work / "apply.log", env
         )
         record.update(
+            server_cpu_seconds=round(server_cpu(client) - cpu_before, 3),
             apply_wall_seconds=round(applied.wall, 3),
             peak_rss_mb=round(applied.peak_rss_mb, 1),
             exit_code=applied.returncode,
@@ -571,7 +614,7 @@ def migrate_once(
             record["verify"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         record["ok"] = bool(record["verify"]["ok"]) and record.get("result") == "succeeded"
         if not record["ok"]:
-            record["error"] = "verification failed"
+            record["error"] = f"verification failed: {record['verify']}"
         return record
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -660,7 +703,9 @@ def floor_once(client: redis.Redis, data: Dataset) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, job in jobs.items():
         fresh(client, host, port, data, index=False)
+        cpu_before = server_cpu(client)
         out[name] = round(job(), 3)
+        out[SERVER_CPU + name] = round(server_cpu(client) - cpu_before, 3)
         probe = [client.hget(key(i), FIELD) for i in sample_ids(data.docs)[:20]]
         if any(v is None or len(v) != data.dims * 2 for v in probe):
             raise RuntimeError(f"floor {name!r} did not re-encode the vectors")
@@ -695,6 +740,9 @@ def summarize(runs: list[dict[str, Any]], configs: list[Config]) -> dict[str, di
         }
         for name in ("total_seconds", "downtime_seconds", "apply_wall_seconds", "peak_rss_mb"):
             row[name] = median(r[name] for r in good)
+        row["server_cpu_seconds"] = median(
+            r["server_cpu_seconds"] for r in good if "server_cpu_seconds" in r
+        )
         steps = {s: median(r["steps"][s] for r in good if s in r["steps"]) for s in STEPS}
         if good:
             steps["other"] = median(
@@ -723,7 +771,7 @@ def headline(table: dict[str, dict[str, Any]], floors: dict[str, float | None]) 
             best[tool] = min(rows, key=lambda k: rows[k]["total_seconds"])
     out: dict[str, Any] = {"best": best}
     if len(best) < 2:
-        out["note"] = "a tool had no successful run; no ratios"
+        out["note"] = "only one tool ran, or one had no successful run: no ratios"
         return out
     ours, peer = table[best["redismigrate"]], table[best["redisvl"]]
     peer_rows = [v for v in table.values() if v["tool"] == "redisvl" and v["downtime_seconds"]]
@@ -764,6 +812,14 @@ def headline(table: dict[str, dict[str, Any]], floors: dict[str, float | None]) 
         ),
         "peer moving + indexing / floor into a live index": ratio(
             peer["moving_and_indexing_seconds"], floors.get(FLOORS[3])
+        ),
+        "server main-thread CPU s during our apply": ours["server_cpu_seconds"],
+        "server main-thread CPU s during the peer's apply": peer["server_cpu_seconds"],
+        "server CPU of our apply / peer best total (no client can go below this)": ratio(
+            ours["server_cpu_seconds"], peer["total_seconds"]
+        ),
+        "server CPU of the live-index floor / peer best total": ratio(
+            floors.get(SERVER_CPU + FLOORS[3]), peer["total_seconds"]
         ),
     }
     for item in out["ratios"].values():
@@ -862,7 +918,15 @@ def render(result: dict[str, Any]) -> str:
         "",
     ]
     lines += markdown_table(
-        ["configuration", "ok/runs", "total s", "downtime s", "apply wall s", "peak RSS MB"],
+        [
+            "configuration",
+            "ok/runs",
+            "total s",
+            "downtime s",
+            "apply wall s",
+            "server CPU s",
+            "peak RSS MB",
+        ],
         (
             [
                 label,
@@ -870,6 +934,7 @@ def render(result: dict[str, Any]) -> str:
                 r["total_seconds"],
                 r["downtime_seconds"],
                 r["apply_wall_seconds"],
+                r.get("server_cpu_seconds"),
                 r["peak_rss_mb"],
             ]
             for label, r in result["summary"].items()
@@ -894,7 +959,15 @@ def render(result: dict[str, Any]) -> str:
             "one into a FLOAT16 index created with SKIPINITIALSCAN, which indexes each write):",
             "",
         ]
-        lines += markdown_table(["floor", "median s"], result["floor"]["median"].items())
+        med = result["floor"]["median"]
+        lines += markdown_table(
+            ["floor", "median s", "server CPU s"],
+            (
+                [name, seconds, med.get(SERVER_CPU + name)]
+                for name, seconds in med.items()
+                if not name.startswith(SERVER_CPU)
+            ),
+        )
     head = result["headline"]
     if "ratios" in head:
         lines += [
@@ -990,7 +1063,7 @@ def compare(
     args: argparse.Namespace, client: redis.Redis, url: str, scratch: Path
 ) -> dict[str, Any]:
     data = Dataset(args.docs, args.dims, args.storage, args.algorithm)
-    configs = [Config(t, w, m) for w in args.workers for m in args.modes for t in TOOLS]
+    configs = [Config(t, w, m) for w in args.workers for m in args.modes for t in args.tools]
     runs: list[dict[str, Any]] = []
     floors: list[dict[str, float]] = []
     for round_no in range(args.rounds):
@@ -1008,7 +1081,7 @@ def compare(
                 "  floor: " + ", ".join(f"{k} {v:.2f} s" for k, v in floors[-1].items()), flush=True
             )
     table = summarize(runs, configs)
-    floor_median = {name: median(f[name] for f in floors) for name in FLOORS} if floors else {}
+    floor_median = {name: median(f[name] for f in floors) for name in floors[0]} if floors else {}
     return {
         "config": {
             "docs": args.docs,
@@ -1031,7 +1104,7 @@ def memory_growth(
     args: argparse.Namespace, client: redis.Redis, url: str, scratch: Path
 ) -> dict[str, Any]:
     sizes = [100_000, 1_000_000]
-    configs = [Config(t, w, m) for w in args.workers for m in args.modes for t in TOOLS]
+    configs = [Config(t, w, m) for w in args.workers for m in args.modes for t in args.tools]
     runs: list[dict[str, Any]] = []
     for size in sizes:
         print(f"{size:,} documents x 128 dims", flush=True)
@@ -1070,6 +1143,12 @@ def main() -> None:
     parser.add_argument(
         "--modes", type=lambda s: s.split(","), default=["sync"], help="sync and/or async apply"
     )
+    parser.add_argument(
+        "--tools",
+        type=lambda s: s.split(","),
+        default=list(TOOLS),
+        help="which tools to run (default both; one alone gives no ratios)",
+    )
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--memory-growth", action="store_true", help="peak RSS at 100K and 1M docs")
     parser.add_argument("--no-floor", action="store_true", help="skip the floor measurements")
@@ -1078,9 +1157,12 @@ def main() -> None:
     args = parser.parse_args()
     if any(m not in ("sync", "async") for m in args.modes):
         parser.error("--modes takes sync and/or async")
+    if not args.tools or any(t not in TOOLS for t in args.tools):
+        parser.error(f"--tools takes {' and/or '.join(TOOLS)}")
     default = "compare-memory.json" if args.memory_growth else "compare.json"
     out: Path = args.out or Path("benchmarks/results") / default
-    rvl_command()  # fail early when RedisVL is missing
+    if "redisvl" in args.tools:
+        rvl_command()  # fail early when RedisVL is missing
 
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory(prefix="compare-") as scratch:
         assert server.info is not None

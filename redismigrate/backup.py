@@ -7,7 +7,10 @@ for an index ``I`` a backup directory holds ``migration_backup_<I>.header.json``
 pair per worker plus ``migration_backup_<I>.manifest.json``.
 
 The commit rule: a frame is appended and fsynced *before* the header that counts
-it is written, so the header never points past durable data. Bytes beyond
+it is written, so the header never points past durable data. Frames may be
+appended without a commit (``durable=False``) and committed together later by
+``commit()`` (one fsync and one header for many frames); until then they are an
+uncommitted tail. Bytes beyond
 ``header.data_bytes`` are an uncommitted tail: readers ignore them and the next
 append cuts them off. A backup is data: loading it never runs code (no pickle).
 """
@@ -363,8 +366,19 @@ def _as_bytes(value: object, what: str) -> bytes:
     raise TypeError(f"{what} must be bytes, got {type(value).__name__}")
 
 
+def _bytes_list(values: Sequence[object], what: str) -> list[bytes]:
+    if set(map(type, values)) <= {bytes}:
+        return list(values)  # type: ignore[arg-type]
+    return [_as_bytes(value, what) for value in values]
+
+
 def encode_frame(batch: BackupBatch) -> bytes:
     """One data frame: the 16-byte prefix followed by the msgpack payload."""
+    return b"".join(_frame_parts(batch))
+
+
+def _frame_parts(batch: BackupBatch) -> tuple[bytes, bytes]:
+    """A frame's prefix and payload (written one after the other, not joined)."""
     payload = _BATCH_ENCODER.encode(batch)
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise BackupError(
@@ -372,7 +386,10 @@ def encode_frame(batch: BackupBatch) -> bytes:
             f"({MAX_PAYLOAD_BYTES}); use a smaller batch size"
         )
     crc = zlib.crc32(payload) & 0xFFFFFFFF
-    return FRAME_PREFIX.pack(FRAME_MAGIC, len(payload), crc, batch.batch) + payload
+    return FRAME_PREFIX.pack(FRAME_MAGIC, len(payload), crc, batch.batch), payload
+
+
+_BYTES_OR_NONE = frozenset({bytes, type(None)})
 
 
 # --------------------------------------------------------------------------- one backup
@@ -396,6 +413,10 @@ class VectorBackup:
         self._writer: IO[bytes] | None = None
         self._closed = False
         self._broken: str | None = None
+        # appended but not yet counted by the header: batches, keys, end offset
+        self._pending_batches = 0
+        self._pending_keys = 0
+        self._pending_end = header.data_bytes
 
     # opening ------------------------------------------------------------------
     @classmethod
@@ -490,6 +511,11 @@ class VectorBackup:
         """Committed batches in the data file."""
         return self._header.dump_completed_batches
 
+    @property
+    def uncommitted_batches(self) -> int:
+        """Batches appended with ``durable=False`` that no header counts yet."""
+        return self._pending_batches
+
     # writing ------------------------------------------------------------------
     def open_for_append(self) -> None:
         """Lock the data file for writing and cut off any uncommitted tail.
@@ -499,15 +525,22 @@ class VectorBackup:
         self._check_writable()
         if self._writer is None:
             self._writer = self._lock_and_recheck()
-        self._truncate_tail(self._writer)
+        if not self._pending_batches:  # else the tail is this object's own frames
+            self._truncate_tail(self._writer)
 
     def append_batch(
-        self, keys: Sequence[bytes], vectors: Mapping[str, Sequence[bytes | None]]
+        self,
+        keys: Sequence[bytes],
+        vectors: Mapping[str, Sequence[bytes | None]],
+        *,
+        durable: bool = True,
     ) -> int:
-        """Append one batch of original vectors durably; return its batch number.
+        """Append one batch of original vectors; return its batch number.
 
         ``vectors`` has one entry per field of the header, each as long as ``keys``.
-        The frame is fsynced before the header that counts it is replaced.
+        With ``durable`` (the default) the frame is fsynced and the header counting it
+        replaced before this returns. Without, the frame is only written: ``commit()``
+        (or the next durable append or ``update``) makes it and those before it count.
         """
         self._check_writable()
         if self._header.phase != "dump":
@@ -515,7 +548,7 @@ class VectorBackup:
                 f"backup {self._header_path} is in phase {self._header.phase!r}; batches are "
                 "appended only in phase 'dump'"
             )
-        key_list = [_as_bytes(key, "a key") for key in keys]
+        key_list = _bytes_list(keys, "a key")
         expected = set(self._header.fields)
         if set(vectors) != expected:
             missing = sorted(expected - set(vectors))
@@ -531,38 +564,68 @@ class VectorBackup:
                 raise ValueError(
                     f"field {field!r} has {len(column)} values for {len(key_list)} keys"
                 )
-            columns[field] = [
-                None if value is None else _as_bytes(value, f"a value of field {field!r}")
-                for value in column
-            ]
+            if set(map(type, column)) <= _BYTES_OR_NONE:
+                columns[field] = list(column)
+            else:
+                columns[field] = [
+                    None if value is None else _as_bytes(value, f"a value of field {field!r}")
+                    for value in column
+                ]
         if len(set(key_list)) != len(key_list):
             key_list, columns = _without_repeats(key_list, columns)
-        self.open_for_append()
+        if self._writer is None or not self._pending_batches:
+            self.open_for_append()
         assert self._writer is not None
-        number = self._header.dump_completed_batches
-        frame = encode_frame(BackupBatch(batch=number, keys=key_list, vectors=columns))
-        start = self._header.data_bytes
+        number = self._header.dump_completed_batches + self._pending_batches
+        prefix, payload = _frame_parts(BackupBatch(batch=number, keys=key_list, vectors=columns))
+        start = self._pending_end
         try:
             self._writer.seek(start)
-            self._writer.write(frame)
-            self._writer.flush()
-            os.fsync(self._writer.fileno())
+            self._writer.write(prefix)
+            self._writer.write(payload)
         except OSError as exc:
             # nothing committed: the next append (in a fresh process) cuts this tail off
             self._broken = f"writing batch {number} failed: {_one_line(exc)}"
             raise BackupError(
                 f"cannot write backup data file {self._data_path}: {_one_line(exc)}"
             ) from None
-        self._commit_header(
-            msgspec.structs.replace(
-                self._header,
-                dump_completed_batches=number + 1,
-                keys_backed_up=self._header.keys_backed_up + len(key_list),
-                data_bytes=start + len(frame),
-                updated_at=_now(),
-            )
-        )
+        self._pending_batches += 1
+        self._pending_keys += len(key_list)
+        self._pending_end = start + len(prefix) + len(payload)
+        if durable:
+            self.commit()
         return number
+
+    def commit(self) -> BackupHeader:
+        """Make every appended frame durable and count it in the header (no-op when none)."""
+        self._check_writable()
+        if not self._pending_batches:
+            return self._header
+        self._commit_header(self._with_pending(self._header))
+        return self._header
+
+    def _with_pending(self, header: BackupHeader) -> BackupHeader:
+        """``header`` counting the pending frames, after fsyncing them (none: unchanged)."""
+        if not self._pending_batches:
+            return header
+        assert self._writer is not None
+        try:
+            self._writer.flush()
+            os.fsync(self._writer.fileno())
+        except OSError as exc:
+            self._broken = f"writing batches failed: {_one_line(exc)}"
+            raise BackupError(
+                f"cannot write backup data file {self._data_path}: {_one_line(exc)}"
+            ) from None
+        counted = msgspec.structs.replace(
+            header,
+            dump_completed_batches=header.dump_completed_batches + self._pending_batches,
+            keys_backed_up=header.keys_backed_up + self._pending_keys,
+            data_bytes=self._pending_end,
+            updated_at=_now(),
+        )
+        self._pending_batches = self._pending_keys = 0
+        return counted
 
     def update(self, **changes: Any) -> BackupHeader:
         """Record progress: ``phase``, ``quantize_completed_batches``, ``keys_reencoded``.
@@ -616,7 +679,9 @@ class VectorBackup:
                 raise BackupError(
                     f"{where}: {counter} cannot go down ({getattr(current, counter)} -> {value})"
                 )
-        new_header = msgspec.structs.replace(current, **changes, updated_at=_now())
+        new_header = msgspec.structs.replace(
+            self._with_pending(current), **changes, updated_at=_now()
+        )
         _validate_header(new_header, where)
         if self._writer is None:
             self._writer = self._lock_and_recheck()
@@ -716,6 +781,9 @@ class VectorBackup:
 
     # closing ------------------------------------------------------------------
     def close(self) -> None:
+        """Commit appended frames (when nothing failed), then release the data file."""
+        if not self._closed and self._pending_batches and self._broken is None:
+            self.commit()
         self._closed = True
         if self._writer is not None:
             writer, self._writer = self._writer, None

@@ -22,6 +22,7 @@ from redismigrate.aio.batch import (
     BatchProgressCallback,
 )
 from redismigrate.aio.executor import (
+    CHECKPOINT_SECONDS,
     INDEX_READY_TIMEOUT,
     AsyncMigrationExecutor,
     ProgressCallback,
@@ -213,10 +214,16 @@ class MigrationExecutor:
     _async: AsyncMigrationExecutor
 
     def __init__(
-        self, *, index_ready_timeout: float = INDEX_READY_TIMEOUT, poll_interval: float = 0.05
+        self,
+        *,
+        index_ready_timeout: float = INDEX_READY_TIMEOUT,
+        poll_interval: float = 0.05,
+        checkpoint_seconds: float = CHECKPOINT_SECONDS,
     ) -> None:
         self._async = AsyncMigrationExecutor(
-            index_ready_timeout=index_ready_timeout, poll_interval=poll_interval
+            index_ready_timeout=index_ready_timeout,
+            poll_interval=poll_interval,
+            checkpoint_seconds=checkpoint_seconds,
         )
 
     def apply(

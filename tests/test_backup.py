@@ -225,6 +225,44 @@ def test_header_is_replaced_after_every_batch_and_matches_the_data(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == [paths.data.name, paths.header.name]
 
 
+def test_batches_appended_without_commit_count_only_once_committed(tmp_path: Path) -> None:
+    """durable=False: frames are written but no header counts them until commit();
+    a crash before it (a fresh open) drops exactly those frames and nothing else."""
+    backup = VectorBackup.create(tmp_path, make_header())
+    paths = backup_paths(tmp_path, "idx")
+    backup.append_batch(*BATCHES[0])  # durable: counted at once
+    committed = read_header(paths.header)
+    assert backup.append_batch(*BATCHES[1], durable=False) == 1
+    assert backup.append_batch(*BATCHES[2], durable=False) == 2
+    assert backup.uncommitted_batches == 2
+    assert read_header(paths.header) == committed  # nothing new counted on disk
+    assert paths.data.stat().st_size > committed.data_bytes  # but the frames are written
+
+    # "crash": the writer vanishes without commit; a fresh open sees one batch and
+    # cuts the uncounted frames off at its first append
+    backup._writer.close()  # type: ignore[union-attr]  # releases the lock, as a dead process would
+    reopened = VectorBackup.open(tmp_path, "idx")
+    assert reopened is not None and reopened.batch_count() == 1
+    assert [keys for keys, _ in reopened.iter_batches()] == [BATCHES[0][0]]
+    assert reopened.append_batch(*BATCHES[1], durable=False) == 1
+    reopened.commit()
+    assert reopened.uncommitted_batches == 0
+    assert read_header(paths.header).dump_completed_batches == 2
+    assert paths.data.stat().st_size == reopened.header.data_bytes
+    # a phase change counts pending frames first; close() commits what is left
+    reopened.append_batch(*BATCHES[2], durable=False)
+    reopened.update(phase="ready")
+    on_disk = read_header(paths.header)
+    assert (on_disk.phase, on_disk.dump_completed_batches) == ("ready", 3)
+    assert on_disk.keys_backed_up == sum(len(keys) for keys, _ in BATCHES[:3])
+    reopened.close()
+
+    (tmp_path / "b").mkdir()
+    with VectorBackup.create(tmp_path / "b", make_header()) as other:
+        other.append_batch(*BATCHES[0], durable=False)
+    assert [keys for keys, _ in VectorBackup.load(tmp_path / "b").iter_batches()] == [BATCHES[0][0]]
+
+
 def edit_header(path: Path, **changes: object) -> None:
     data = json.loads(path.read_text())
     data.update(changes)

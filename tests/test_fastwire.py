@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from redismigrate.aio.fastwire import RawConnection, Wire
+from redismigrate.aio.fastwire import FEED_SLICE, RawConnection, Wire
 from redismigrate.server import EmbeddedRedis
 
 
@@ -42,3 +42,22 @@ async def test_a_password_and_database_are_honoured() -> None:
         assert await RawConnection.like(wrong) is None  # refused: callers fall back
         for c in (client, other_db, wrong):
             await c.aclose()
+
+
+async def test_replies_larger_and_smaller_than_a_feed_slice_come_back_whole(
+    aclient: aioredis.Redis, ns: str
+) -> None:
+    """Replies arrive in chunks fed to the parser in slices: big values span slices
+    and chunks, small ones share them; every value and its order must survive."""
+    sizes = [FEED_SLICE * 3 + 7, 1, 0, 3072, FEED_SLICE - 5, FEED_SLICE, 200_000, 17] * 25
+    keys = [f"{ns}:big:{i}".encode() for i in range(len(sizes))]
+    items = [
+        (k, b"v", bytes([i % 251]) * n) for i, (k, n) in enumerate(zip(keys, sizes, strict=True))
+    ]
+    wire = Wire(aclient)
+    await wire.hset_many(items)
+    for _ in range(2):  # the second call reuses the connection and its parser
+        rows = await wire.hmget_many(keys, [b"v"])
+        assert [row[0] for row in rows] == [v for _, _, v in items]
+    assert wire.enabled
+    await wire.close()

@@ -9,10 +9,12 @@ running the same plan again resumes from there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,10 @@ from redismigrate.schema import IndexSchema
 
 ProgressCallback = Callable[[str, int, int | None], None]
 INDEX_READY_TIMEOUT = 3600.0
+# How often progress is made durable. A crash redoes at most this much work: backup
+# batches are re-read from the intact source, re-encoded batches are rewritten from
+# their original bytes (the same bytes again).
+CHECKPOINT_SECONDS = 1.0
 _CRASH_ENV = "REDISMIGRATE_CRASH_AT"
 
 
@@ -241,9 +247,11 @@ class AsyncMigrationExecutor:
         *,
         index_ready_timeout: float = INDEX_READY_TIMEOUT,
         poll_interval: float = 0.05,
+        checkpoint_seconds: float = CHECKPOINT_SECONDS,
     ) -> None:
         self.index_ready_timeout = index_ready_timeout
         self.poll_interval = poll_interval
+        self.checkpoint_seconds = checkpoint_seconds
 
     async def apply(
         self,
@@ -647,12 +655,19 @@ class AsyncMigrationExecutor:
 
                 async def write() -> None:
                     nonlocal done
+                    committed = time.monotonic()
                     async with to_disk:
                         async for keys, vectors in to_disk:
-                            await anyio.to_thread.run_sync(target.append_batch, keys, vectors)
+                            await anyio.to_thread.run_sync(
+                                partial(target.append_batch, keys, vectors, durable=False)
+                            )
+                            if time.monotonic() - committed >= self.checkpoint_seconds:
+                                await anyio.to_thread.run_sync(target.commit)
+                                committed = time.monotonic()
                             done += len(keys)
                             run.tick("backup", done, total)
                             _crash_point("during_backup")
+                    await anyio.to_thread.run_sync(target.commit)
 
                 async with anyio.create_task_group() as group:
                     group.start_soon(read)
@@ -674,7 +689,7 @@ class AsyncMigrationExecutor:
             except Exception as exc:
                 raise first_error(exc) from None
         run.documents = done or total
-        run.set_phase("ready")
+        await anyio.to_thread.run_sync(partial(run.set_phase, "ready"))
         run.timed("backup", started, done)
 
     async def _key_renames(self, run: _Run) -> None:
@@ -742,13 +757,27 @@ class AsyncMigrationExecutor:
                         return
                     await out.send(await anyio.to_thread.run_sync(encode, frame))
 
+        # per source: [watermark, keys since the last checkpoint, time of that checkpoint]
+        unsaved: dict[int, list[Any]] = {}
+
+        def checkpoint(source: VectorBackup) -> None:
+            state = unsaved.get(id(source))
+            if state is None or (state[0] == source.header.quantize_completed_batches):
+                return
+            source.update(
+                quantize_completed_batches=state[0],
+                keys_reencoded=source.header.keys_reencoded + state[1],
+            )
+            state[1], state[2] = 0, time.monotonic()
+
         async def progress(source: VectorBackup, watermark: int, count: int) -> None:
             async with lock:
                 run.reencoded += count
-                source.update(
-                    quantize_completed_batches=watermark,
-                    keys_reencoded=source.header.keys_reencoded + count,
-                )
+                state = unsaved.setdefault(id(source), [watermark, 0, time.monotonic()])
+                state[0] = watermark
+                state[1] += count
+                if time.monotonic() - state[2] >= self.checkpoint_seconds:
+                    await anyio.to_thread.run_sync(checkpoint, source)
                 run.tick("reencode", run.reencoded, run.documents or None)
             _crash_point("during_reencode")
 
@@ -794,7 +823,14 @@ class AsyncMigrationExecutor:
                     else:
                         group.start_soon(shared_file, run.backups.main)
             except Exception as exc:
-                raise first_error(exc) from None
+                error = first_error(exc)
+                # keep what was written: a resume then redoes less
+                with contextlib.suppress(RedisMigrateError, OSError):
+                    for source in run.backups.data_sources:
+                        checkpoint(source)
+                raise error from None
+            for source in run.backups.data_sources:
+                await anyio.to_thread.run_sync(checkpoint, source)
         if run.header.phase != "completed":
             run.set_phase("completed")
         run.timed("reencode", started, run.reencoded)

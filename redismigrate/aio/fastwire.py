@@ -19,6 +19,9 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 READ_CHUNK = 1 << 20
+# hiredis moves its unread buffer down after each reply: fed a large chunk, it copies
+# that chunk again for every reply in it. Small slices keep those copies small.
+FEED_SLICE = 16 << 10
 TOUCH_FIELD = b"__redismigrate_touch__"
 
 
@@ -95,15 +98,21 @@ class RawConnection:
         await self._writer.drain()
         replies: list[Any] = []
         parser = self._parser
+        data, offset = b"", 0
         while len(replies) < count:
             reply = parser.gets()
             if reply is False:
-                data = await self._reader.read(READ_CHUNK)
-                if not data:
-                    raise rexc.ConnectionError("the server closed the connection")
-                parser.feed(data)
+                if offset >= len(data):
+                    data, offset = await self._reader.read(READ_CHUNK), 0
+                    if not data:
+                        raise rexc.ConnectionError("the server closed the connection")
+                size = min(FEED_SLICE, len(data) - offset)
+                parser.feed(data, offset, size)
+                offset += size
                 continue
             replies.append(reply)
+        if offset < len(data):  # not expected (no reply is unasked for), but never lose bytes
+            parser.feed(data, offset, len(data) - offset)
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
                 raise rexc.ResponseError(str(reply))
