@@ -210,13 +210,16 @@ def address(client: redis.Redis) -> tuple[str, int]:
     return str(kwargs["host"]), int(kwargs["port"])
 
 
-def server_cpu(client: redis.Redis) -> float:
-    """CPU seconds the server's main thread has used (the thread that runs commands and
-    indexes hash writes); the whole process where the server does not say."""
+def server_cpu(client: redis.Redis) -> tuple[float, float]:
+    """CPU seconds the server has used: its main thread (commands, and the indexing of
+    each write to an indexed hash) and the whole process (with the search module's
+    background indexing thread, which builds an index created with a scan)."""
     cpu = client.info("cpu")
-    if "used_cpu_user_main_thread" in cpu:
-        return float(cpu["used_cpu_user_main_thread"]) + float(cpu["used_cpu_sys_main_thread"])
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+    process = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+    if "used_cpu_user_main_thread" not in cpu:
+        return process, process
+    main = float(cpu["used_cpu_user_main_thread"]) + float(cpu["used_cpu_sys_main_thread"])
+    return main, process
 
 
 def reset(client: redis.Redis) -> None:
@@ -593,8 +596,10 @@ def migrate_once(
         applied = run_measured(
             apply_command(config, url, plan, work, batch_size), work / "apply.log", env
         )
+        cpu_after = server_cpu(client)
         record.update(
-            server_cpu_seconds=round(server_cpu(client) - cpu_before, 3),
+            server_main_thread_cpu_seconds=round(cpu_after[0] - cpu_before[0], 3),
+            server_cpu_seconds=round(cpu_after[1] - cpu_before[1], 3),
             apply_wall_seconds=round(applied.wall, 3),
             peak_rss_mb=round(applied.peak_rss_mb, 1),
             exit_code=applied.returncode,
@@ -705,7 +710,7 @@ def floor_once(client: redis.Redis, data: Dataset) -> dict[str, float]:
         fresh(client, host, port, data, index=False)
         cpu_before = server_cpu(client)
         out[name] = round(job(), 3)
-        out[SERVER_CPU + name] = round(server_cpu(client) - cpu_before, 3)
+        out[SERVER_CPU + name] = round(server_cpu(client)[1] - cpu_before[1], 3)
         probe = [client.hget(key(i), FIELD) for i in sample_ids(data.docs)[:20]]
         if any(v is None or len(v) != data.dims * 2 for v in probe):
             raise RuntimeError(f"floor {name!r} did not re-encode the vectors")
@@ -740,9 +745,8 @@ def summarize(runs: list[dict[str, Any]], configs: list[Config]) -> dict[str, di
         }
         for name in ("total_seconds", "downtime_seconds", "apply_wall_seconds", "peak_rss_mb"):
             row[name] = median(r[name] for r in good)
-        row["server_cpu_seconds"] = median(
-            r["server_cpu_seconds"] for r in good if "server_cpu_seconds" in r
-        )
+        for name in ("server_cpu_seconds", "server_main_thread_cpu_seconds"):
+            row[name] = median(r[name] for r in good if name in r)
         steps = {s: median(r["steps"][s] for r in good if s in r["steps"]) for s in STEPS}
         if good:
             steps["other"] = median(
@@ -762,8 +766,17 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
-def headline(table: dict[str, dict[str, Any]], floors: dict[str, float | None]) -> dict[str, Any]:
-    """The four target ratios, from each tool's fastest configuration (median total)."""
+def headline(
+    table: dict[str, dict[str, Any]],
+    floors: dict[str, float | None],
+    indexed_writes: bool = False,
+) -> dict[str, Any]:
+    """The four target ratios, from each tool's fastest configuration (median total).
+
+    With ``indexed_writes`` (our target index exists while the vectors are written, so
+    the server indexes each write) moving the vectors is held against the floor that
+    writes into a live index too; the plain floor's ratio is listed as well.
+    """
     best: dict[str, str] = {}
     for tool in TOOLS:
         rows = {k: v for k, v in table.items() if v["tool"] == tool and v["total_seconds"]}
@@ -778,6 +791,12 @@ def headline(table: dict[str, dict[str, Any]], floors: dict[str, float | None]) 
     peer_downtime = min(v["downtime_seconds"] for v in peer_rows)
     moving = ours["moving_seconds"] or 0.0
     same_conns = FLOORS[1] if ours["workers"] == 1 else FLOORS[2]
+    if indexed_writes:
+        moving_key = f"moving vectors (backup+reencode, writes indexed) / floor [{FLOORS[3]}]"
+        moving_ratio = ratio(ours["moving_and_indexing_seconds"], floors.get(FLOORS[3]))
+    else:
+        moving_key = f"moving vectors (backup+reencode) / floor [{same_conns}]"
+        moving_ratio = ratio(moving, floors.get(same_conns))
     out["ratios"] = {
         "total: ours / peer best": {
             "value": ratio(ours["total_seconds"], peer["total_seconds"]),
@@ -787,10 +806,7 @@ def headline(table: dict[str, dict[str, Any]], floors: dict[str, float | None]) 
             "value": ratio(ours["downtime_seconds"], peer_downtime),
             "target": 0.5,
         },
-        f"moving vectors (backup+reencode) / floor [{same_conns}]": {
-            "value": ratio(moving, floors.get(same_conns)),
-            "target": 1.5,
-        },
+        moving_key: {"value": moving_ratio, "target": 1.5},
         "validation share of our total": {
             "value": ratio(ours["steps"]["validate"], ours["total_seconds"]),
             "target": 0.10,
@@ -813,9 +829,9 @@ def headline(table: dict[str, dict[str, Any]], floors: dict[str, float | None]) 
         "peer moving + indexing / floor into a live index": ratio(
             peer["moving_and_indexing_seconds"], floors.get(FLOORS[3])
         ),
-        "server main-thread CPU s during our apply": ours["server_cpu_seconds"],
-        "server main-thread CPU s during the peer's apply": peer["server_cpu_seconds"],
-        "server CPU of our apply / peer best total (no client can go below this)": ratio(
+        "server CPU s (all threads) during our apply": ours["server_cpu_seconds"],
+        "server CPU s (all threads) during the peer's apply": peer["server_cpu_seconds"],
+        "server CPU of our apply / peer best total": ratio(
             ours["server_cpu_seconds"], peer["total_seconds"]
         ),
         "server CPU of the live-index floor / peer best total": ratio(
@@ -924,7 +940,7 @@ def render(result: dict[str, Any]) -> str:
             "total s",
             "downtime s",
             "apply wall s",
-            "server CPU s",
+            "server CPU s (main thread / all)",
             "peak RSS MB",
         ],
         (
@@ -934,7 +950,8 @@ def render(result: dict[str, Any]) -> str:
                 r["total_seconds"],
                 r["downtime_seconds"],
                 r["apply_wall_seconds"],
-                r.get("server_cpu_seconds"),
+                f"{fmt(r.get('server_main_thread_cpu_seconds'))} / "
+                f"{fmt(r.get('server_cpu_seconds'))}",
                 r["peak_rss_mb"],
             ]
             for label, r in result["summary"].items()
@@ -1091,12 +1108,13 @@ def compare(
             "rounds": args.rounds,
             "workers": args.workers,
             "modes": args.modes,
+            "tools": args.tools,
             "batch_size": args.batch_size,
         },
         "runs": runs,
         "floor": {"runs": floors, "median": floor_median} if floors else None,
         "summary": table,
-        "headline": headline(table, floor_median),
+        "headline": headline(table, floor_median, builds_while_writing(runs)),
     }
 
 
@@ -1130,6 +1148,26 @@ def memory_growth(
     return {"memory_growth": {"sizes": sizes, "by_config": by_config}, "runs": runs}
 
 
+def rerender(path: Path, write_docs: bool) -> None:
+    """Summarize an earlier result file again (e.g. after the summary code changed)."""
+    result = json.loads(path.read_text())
+    if "summary" in result:
+        c = result["config"]
+        configs = [
+            Config(t, w, m) for w in c["workers"] for m in c["modes"] for t in c.get("tools", TOOLS)
+        ]
+        result["summary"] = summarize(result["runs"], configs)
+        floors = result["floor"]["median"] if result.get("floor") else {}
+        result["headline"] = headline(
+            result["summary"], floors, builds_while_writing(result["runs"])
+        )
+    text = render(result)
+    print(text)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if write_docs:
+        path.with_suffix(".md").write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1154,7 +1192,16 @@ def main() -> None:
     parser.add_argument("--no-floor", action="store_true", help="skip the floor measurements")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--write-docs", action="store_true", help="also write the markdown (.md)")
+    parser.add_argument(
+        "--rerender",
+        type=Path,
+        default=None,
+        help="recompute the summary of an earlier result JSON and print it (no runs)",
+    )
     args = parser.parse_args()
+    if args.rerender is not None:
+        rerender(args.rerender, args.write_docs)
+        return
     if any(m not in ("sync", "async") for m in args.modes):
         parser.error("--modes takes sync and/or async")
     if not args.tools or any(t not in TOOLS for t in args.tools):
