@@ -762,6 +762,20 @@ def summarize(runs: list[dict[str, Any]], configs: list[Config]) -> dict[str, di
     return table
 
 
+def per_round_ratios(runs: list[dict[str, Any]], field: str) -> list[float]:
+    """Within each round: our best ``field`` over the peer's best (machine noise that
+    slows one round slows both tools' runs in it alike)."""
+    out: list[float] = []
+    for number in sorted({r.get("round") for r in runs if r.get("round") is not None}):
+        best: dict[str, float] = {}
+        for r in runs:
+            if r.get("round") == number and r.get("ok") and r.get(field) is not None:
+                best[r["tool"]] = min(best.get(r["tool"], float("inf")), r[field])
+        if len(best) == 2 and best["redisvl"]:
+            out.append(round(best["redismigrate"] / best["redisvl"], 3))
+    return out
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
@@ -770,6 +784,7 @@ def headline(
     table: dict[str, dict[str, Any]],
     floors: dict[str, float | None],
     indexed_writes: bool = False,
+    runs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The four target ratios, from each tool's fastest configuration (median total).
 
@@ -828,6 +843,12 @@ def headline(
         ),
         "peer moving + indexing / floor into a live index": ratio(
             peer["moving_and_indexing_seconds"], floors.get(FLOORS[3])
+        ),
+        "total, per round (ours best / peer best in the same round)": per_round_ratios(
+            runs or [], "total_seconds"
+        ),
+        "downtime, per round (ours lowest / peer lowest in the same round)": per_round_ratios(
+            runs or [], "downtime_seconds"
         ),
         "server CPU s (all threads) during our apply": ours["server_cpu_seconds"],
         "server CPU s (all threads) during the peer's apply": peer["server_cpu_seconds"],
@@ -1114,7 +1135,7 @@ def compare(
         "runs": runs,
         "floor": {"runs": floors, "median": floor_median} if floors else None,
         "summary": table,
-        "headline": headline(table, floor_median, builds_while_writing(runs)),
+        "headline": headline(table, floor_median, builds_while_writing(runs), runs),
     }
 
 
@@ -1159,7 +1180,7 @@ def rerender(path: Path, write_docs: bool) -> None:
         result["summary"] = summarize(result["runs"], configs)
         floors = result["floor"]["median"] if result.get("floor") else {}
         result["headline"] = headline(
-            result["summary"], floors, builds_while_writing(result["runs"])
+            result["summary"], floors, builds_while_writing(result["runs"]), result["runs"]
         )
     text = render(result)
     print(text)
