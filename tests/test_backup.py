@@ -6,9 +6,12 @@ inspects the files on disk the way a crash, a full disk or a stray edit would.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import pickle
+import sys
 import tempfile
 import tracemalloc
 from pathlib import Path
@@ -712,3 +715,20 @@ def test_errors_belong_to_the_redismigrate_family() -> None:
     assert issubclass(BackupCorrupt, BackupError)
     assert issubclass(BackupError, RedisMigrateError)
     assert BackupError.exit_code == BackupCorrupt.exit_code == 1
+
+
+def test_the_writeback_hint_is_bound_to_the_real_system_call(tmp_path: Path) -> None:
+    """sync_file_range is called through ctypes: a wrong binding would pass garbage to
+    the kernel. A good file descriptor is accepted, a closed one refused with EBADF."""
+    from redismigrate import backup as backup_module
+
+    if backup_module._start_writeback is None:
+        assert not sys.platform.startswith("linux")
+        return
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"x" * 100_000)
+    assert backup_module._start_writeback(fd, 4096, 50_000) == 0
+    os.close(fd)
+    assert backup_module._start_writeback(fd, 0, 10) == -1
+    assert ctypes.get_errno() == errno.EBADF

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import anyio
+import pytest
 import redis.asyncio as aioredis
+import redis.exceptions as rexc
 
 from redismigrate.aio.fastwire import FEED_SLICE, RawConnection, Wire
 from redismigrate.server import EmbeddedRedis
@@ -16,11 +19,11 @@ async def test_raw_and_fallback_paths_read_and_write_the_same(
     for enabled in (True, False):
         wire = Wire(aclient, enabled=enabled)
         await wire.hset_many(items)
-        one = await wire.hmget_many([*keys, f"{ns}:missing".encode()], [b"v"])
-        two = await wire.hmget_many(keys[:3], [b"v", b"nope"])
+        one = await wire.read_columns([*keys, f"{ns}:missing".encode()], [b"v"])
+        two = await wire.read_columns(keys[:3], [b"v", b"nope"])
         await wire.close()
-        assert one == [[v] for _, _, v in items] + [[None]]
-        assert two == [[items[i][2], None] for i in range(3)]
+        assert one == [[v for _, _, v in items] + [None]]
+        assert two == [[items[i][2] for i in range(3)], [None] * 3]
         assert wire.enabled == enabled
 
 
@@ -57,7 +60,64 @@ async def test_replies_larger_and_smaller_than_a_feed_slice_come_back_whole(
     wire = Wire(aclient)
     await wire.hset_many(items)
     for _ in range(2):  # the second call reuses the connection and its parser
-        rows = await wire.hmget_many(keys, [b"v"])
-        assert [row[0] for row in rows] == [v for _, _, v in items]
+        (column,) = await wire.read_columns(keys, [b"v"])
+        assert column == [v for _, _, v in items]
     assert wire.enabled
     await wire.close()
+
+
+async def test_values_of_the_expected_size_and_anything_else_read_alike(
+    aclient: aioredis.Redis, ns: str
+) -> None:
+    """The parser-free path must hand over to the parser at the first reply that is not a
+    value of the expected size: missing fields (also last, where waiting for a whole
+    value would hang), other sizes, values that look like reply frames, wrong types."""
+    size = 3072
+    frame_like = (b"$3072\r\n" * 500)[:size]
+    layouts = [
+        [size] * 40,
+        [size] * 39 + [None],
+        [None] + [size] * 10,
+        [size] * 5 + [size - 1] + [size] * 5,
+        [size] * 5 + [size + 100] + [size] * 5,
+        [size, 0, size, None, None, size],
+        [None],
+    ]
+    wire = Wire(aclient)
+    for n, layout in enumerate(layouts):
+        keys = [f"{ns}:fw:{n}:{i}".encode() for i in range(len(layout))]
+        expected = [
+            None
+            if length is None
+            else (frame_like if i % 2 else bytes([i % 251]) * length)[:length]
+            for i, length in enumerate(layout)
+        ]
+        if any(v is not None for v in expected):
+            await wire.hset_many(
+                [(k, b"v", v) for k, v in zip(keys, expected, strict=True) if v is not None]
+            )
+        for _ in range(2):
+            with anyio.fail_after(5):
+                assert await wire.read_columns(keys, [b"v"], size) == [expected]
+    await aclient.set(f"{ns}:fw:string".encode(), b"x")
+    with pytest.raises(rexc.ResponseError, match="WRONGTYPE"):
+        await wire.read_columns([f"{ns}:fw:0:0".encode(), f"{ns}:fw:string".encode()], [b"v"], size)
+    # the connection that carried the error is still in step: the next batch reads right
+    keys = [f"{ns}:fw:0:{i}".encode() for i in range(40)]
+    (column,) = await wire.read_columns(keys, [b"v"], size)
+    assert column == [(frame_like if i % 2 else bytes([i % 251]) * size) for i in range(40)]
+    assert wire.enabled
+    await wire.close()
+
+
+async def test_a_connection_the_server_drops_fails_the_call_instead_of_hanging(
+    aclient: aioredis.Redis, ns: str
+) -> None:
+    raw = await RawConnection.like(aclient)
+    assert raw is not None
+    (name,) = await raw.call(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n", 1)
+    await aclient.client_kill_filter(_id=str(name))
+    with pytest.raises(rexc.ConnectionError):
+        with anyio.fail_after(5):
+            await raw.hget_values([b"k"], b"v", 8)
+    await raw.close()

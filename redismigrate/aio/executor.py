@@ -59,7 +59,7 @@ from redismigrate.ftinfo import stats_from_ft_info
 from redismigrate.plan import MigrationPlan, Online, now_iso, plan_hash, schema_hash
 from redismigrate.quantize import reencode_bytes
 from redismigrate.report import Benchmark, MigrationReport, StepTiming, ValidationResult
-from redismigrate.schema import IndexSchema
+from redismigrate.schema import DATATYPE_BYTES, IndexSchema
 
 ProgressCallback = Callable[[str, int, int | None], None]
 INDEX_READY_TIMEOUT = 3600.0
@@ -639,6 +639,8 @@ class AsyncMigrationExecutor:
             sources = run.backups.data_sources
 
             field_names = [f.encode() for f in hash_fields]
+            first = fields[names[0]]
+            value_size = first.dims * DATATYPE_BYTES[first.source_datatype]
 
             async def shard_writer(target: VectorBackup, inbox: Any) -> None:
                 # reading batch n+1 from Redis overlaps writing batch n to disk
@@ -649,8 +651,8 @@ class AsyncMigrationExecutor:
                 async def read() -> None:
                     async with inbox, frames:
                         async for keys in inbox:
-                            rows = await run.wire.hmget_many(keys, field_names)
-                            vectors = {n: [row[i] for row in rows] for i, n in enumerate(names)}
+                            columns = await run.wire.read_columns(keys, field_names, value_size)
+                            vectors = dict(zip(names, columns, strict=True))
                             await frames.send((keys, vectors))
 
                 async def write() -> None:

@@ -9,7 +9,6 @@ that many replies. Everything else goes through redis-py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections.abc import Sequence
 from typing import Any
@@ -18,10 +17,10 @@ import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
-READ_CHUNK = 1 << 20
 # hiredis moves its unread buffer down after each reply: fed a large chunk, it copies
 # that chunk again for every reply in it. Small slices keep those copies small.
 FEED_SLICE = 16 << 10
+RECEIVE_MIN_FREE = 256 << 10
 TOUCH_FIELD = b"__redismigrate_touch__"
 
 
@@ -35,13 +34,164 @@ def pack(*parts: bytes) -> bytes:
     return b"".join(out)
 
 
+class _Replies(asyncio.BufferedProtocol):
+    """Receives a connection's bytes into a buffer it owns and wakes the caller once
+    the replies it waits for are in.
+
+    Two ways to read a batch: ``expect(count)`` parses ``count`` replies of any kind
+    with hiredis; ``expect_values(count, size)`` waits for ``count`` bulk strings of
+    exactly ``size`` bytes (vectors of one field), checks each reply's frame where it
+    must be and slices the values out of the buffer, with no parser. The first reply
+    that is anything else (a missing field, another size, an error) turns the batch
+    over to hiredis from its first byte, so no reply is ever misread.
+    """
+
+    def __init__(self) -> None:
+        self._parser = hiredis.Reader()
+        self._buffer = bytearray(RECEIVE_MIN_FREE)
+        self._filled = 0
+        self._fed = 0  # bytes of the buffer handed to hiredis
+        self._waiter: asyncio.Future[list[Any]] | None = None
+        self._replies: list[Any] = []
+        self._count = 0
+        self._size = -1  # value size of an expect_values batch; -1: parse with hiredis
+        self._header = b""
+        self._checked = 0  # replies of an expect_values batch whose frame is checked
+        self._lost: BaseException | None = None
+        self.transport: asyncio.Transport | None = None
+
+    # ---- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if len(self._buffer) - self._filled < RECEIVE_MIN_FREE:
+            grown = bytearray(max(2 * len(self._buffer), self._filled + RECEIVE_MIN_FREE))
+            grown[: self._filled] = memoryview(self._buffer)[: self._filled]
+            self._buffer = grown
+        return memoryview(self._buffer)[self._filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._filled += nbytes
+        if self._waiter is not None and not self._waiter.done():
+            try:
+                self._advance()
+            except Exception as exc:  # a protocol error: the caller sees it, not the loop
+                self._waiter.set_exception(exc)
+
+    def eof_received(self) -> bool:
+        self._fail(rexc.ConnectionError("the server closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(rexc.ConnectionError(f"connection lost: {exc or 'closed by the server'}"))
+
+    # ---- the caller's side
+
+    def expect(self, count: int, size: int = -1) -> asyncio.Future[list[Any]]:
+        if self._lost is not None:
+            raise self._lost
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._replies, self._count, self._checked = [], count, 0
+        self._size = -1
+        if self._filled == self._fed:  # nothing unread: this batch starts the buffer
+            self._filled = self._fed = 0
+            self._size = size
+        if self._size >= 0:
+            self._header = b"$%d\r\n" % size
+            needed = count * (len(self._header) + size + 2)
+            if len(self._buffer) < needed + RECEIVE_MIN_FREE:
+                self._buffer = bytearray(needed + RECEIVE_MIN_FREE)
+        if count == 0:
+            self._waiter.set_result([])
+        elif self._filled > self._fed:
+            self._advance()
+        return self._waiter
+
+    # ---- parsing
+
+    def _fail(self, exc: BaseException) -> None:
+        self._lost = exc
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+
+    def _advance(self) -> None:
+        assert self._waiter is not None
+        if self._size >= 0 and not self._advance_values():
+            return
+        if self._size < 0:
+            self._advance_parser()
+
+    def _advance_values(self) -> bool:
+        """Check the frames of the replies in so far; True: hand over to hiredis."""
+        buffer, header, size = self._buffer, self._header, self._size
+        head = len(header)
+        stride = head + size + 2
+        filled = self._filled
+        position = self._checked * stride
+        while self._checked < self._count and position < filled:
+            have = min(head, filled - position)
+            if buffer[position : position + have] != header[:have]:
+                self._size = -1  # not a value of the expected size: let hiredis parse all
+                return True
+            if position + stride > filled:
+                return False
+            if buffer[position + stride - 2 : position + stride] != b"\r\n":
+                self._size = -1
+                return True
+            self._checked += 1
+            position += stride
+        if self._checked < self._count:
+            return False
+        view = memoryview(buffer)
+        values = [bytes(view[p + head : p + head + size]) for p in range(0, position, stride)]
+        view.release()
+        self._fed = position
+        self._consume()
+        self._finish(values)
+        return False
+
+    def _advance_parser(self) -> None:
+        parser, replies = self._parser, self._replies
+        while True:
+            while len(replies) < self._count:
+                reply = parser.gets()
+                if reply is False:
+                    break
+                replies.append(reply)
+            if len(replies) >= self._count or self._fed >= self._filled:
+                break
+            size = min(FEED_SLICE, self._filled - self._fed)
+            parser.feed(self._buffer, self._fed, size)  # type: ignore[arg-type]  # any buffer
+            self._fed += size
+        self._consume()
+        if len(replies) >= self._count:
+            self._finish(replies)
+
+    def _consume(self) -> None:
+        if self._fed >= self._filled:
+            self._filled = self._fed = 0
+        elif self._size < 0:  # hand the rest to hiredis now: the buffer is about to be reused
+            parser = self._parser
+            while self._fed < self._filled:
+                size = min(FEED_SLICE, self._filled - self._fed)
+                parser.feed(self._buffer, self._fed, size)  # type: ignore[arg-type]  # any buffer
+                self._fed += size
+            self._filled = self._fed = 0
+
+    def _finish(self, replies: list[Any]) -> None:
+        assert self._waiter is not None
+        self._waiter.set_result(replies)
+
+
 class RawConnection:
     """One RESP2 connection used only for pipelined batches of simple commands."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._parser = hiredis.Reader()
+    def __init__(self, transport: asyncio.Transport, protocol: _Replies) -> None:
+        self._transport = transport
+        self._protocol = protocol
 
     @classmethod
     async def like(cls, client: aioredis.Redis) -> RawConnection | None:
@@ -50,9 +200,10 @@ class RawConnection:
         pool = client.connection_pool
         kwargs = dict(pool.connection_kwargs)
         kind = pool.connection_class.__name__
+        loop = asyncio.get_running_loop()
         try:
             if kind == "UnixDomainSocketConnection":
-                reader, writer = await asyncio.open_unix_connection(kwargs["path"])
+                transport, protocol = await loop.create_unix_connection(_Replies, kwargs["path"])
             elif kind in ("Connection", "SSLConnection"):
                 context = None
                 if kind == "SSLConnection":
@@ -62,14 +213,18 @@ class RawConnection:
                         context.verify_mode = ssl.CERT_NONE
                     if kwargs.get("ssl_certfile"):
                         context.load_cert_chain(kwargs["ssl_certfile"], kwargs.get("ssl_keyfile"))
-                reader, writer = await asyncio.open_connection(
-                    kwargs.get("host", "localhost"), int(kwargs.get("port", 6379)), ssl=context
+                transport, protocol = await loop.create_connection(
+                    _Replies,
+                    kwargs.get("host", "localhost"),
+                    int(kwargs.get("port", 6379)),
+                    ssl=context,
                 )
             else:
                 return None
         except OSError:
             return None
-        connection = cls(reader, writer)
+        assert isinstance(transport, asyncio.Transport)
+        connection = cls(transport, protocol)
         setup: list[bytes] = []
         password = kwargs.get("password")
         if password:
@@ -89,59 +244,50 @@ class RawConnection:
                 return None
         return connection
 
-    async def call(self, commands: bytes, count: int) -> list[Any]:
+    async def call(self, commands: bytes, count: int, value_size: int = -1) -> list[Any]:
         """Send ``commands`` (``count`` packed commands) and return their ``count`` replies.
 
+        With ``value_size``, replies are expected to be bulk strings of that many bytes
+        and read without a parser (any other reply still comes back right, parsed).
         A command the server refuses raises ResponseError after all replies are read.
         """
-        self._writer.write(commands)
-        await self._writer.drain()
-        replies: list[Any] = []
-        parser = self._parser
-        data, offset = b"", 0
-        while len(replies) < count:
-            reply = parser.gets()
-            if reply is False:
-                if offset >= len(data):
-                    data, offset = await self._reader.read(READ_CHUNK), 0
-                    if not data:
-                        raise rexc.ConnectionError("the server closed the connection")
-                size = min(FEED_SLICE, len(data) - offset)
-                parser.feed(data, offset, size)
-                offset += size
-                continue
-            replies.append(reply)
-        if offset < len(data):  # not expected (no reply is unasked for), but never lose bytes
-            parser.feed(data, offset, len(data) - offset)
-        for reply in replies:
+        replies = self._protocol.expect(count, value_size)
+        self._transport.write(commands)
+        result = await replies
+        for reply in result:
             if isinstance(reply, hiredis.ReplyError):
                 raise rexc.ResponseError(str(reply))
-        return replies
+        return result
+
+    async def hget_values(
+        self, keys: Sequence[bytes], field: bytes, value_size: int = -1
+    ) -> list[Any]:
+        """Each key's value of ``field`` (None where missing); ``value_size``: the size
+        most values have (vectors of one type and dimension), read the fast way."""
+        head = b"*3\r\n$4\r\nHGET\r\n"
+        tail = pack(field)[4:]  # "$n\r\nfield\r\n" without the array header
+        commands = b"".join([b"%s$%d\r\n%s\r\n%s" % (head, len(key), key, tail) for key in keys])
+        return await self.call(commands, len(keys), value_size)
 
     async def hmget_many(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[Any]:
         """``[[value, ...], ...]``: each key's values of ``fields`` (None where missing)."""
-        if len(fields) == 1:
-            # HGET: a bulk reply per key is cheaper to parse than an array
-            head = b"*3\r\n$4\r\nHGET\r\n"
-            tail = pack(fields[0])[4:]  # "$n\r\nfield\r\n" without the array header
-            commands = b"".join(b"%s$%d\r\n%s\r\n%s" % (head, len(key), key, tail) for key in keys)
-            return [[value] for value in await self.call(commands, len(keys))]
         commands = b"".join(pack(b"HMGET", key, *fields) for key in keys)
         return await self.call(commands, len(keys))
 
     async def hset_many(self, items: Sequence[tuple[bytes, bytes, bytes]]) -> list[Any]:
         head = b"*4\r\n$4\r\nHSET\r\n"
         commands = b"".join(
-            b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
-            % (head, len(key), key, len(field), field, len(value), value)
-            for key, field, value in items
+            [
+                b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+                % (head, len(key), key, len(field), field, len(value), value)
+                for key, field, value in items
+            ]
         )
         return await self.call(commands, len(items))
 
     async def close(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
+        self._transport.close()
+        await asyncio.sleep(0)  # let the loop run connection_lost
 
 
 class Wire:
@@ -163,20 +309,32 @@ class Wire:
             self.enabled = False
         return connection
 
-    async def hmget_many(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[Any]:
+    async def read_columns(
+        self, keys: Sequence[bytes], fields: Sequence[bytes], value_size: int = -1
+    ) -> list[list[Any]]:
+        """One column per field: each key's value of it, None where missing.
+
+        ``value_size`` is the size most values of a single field have (vectors): such
+        replies are read without a parser.
+        """
         connection = await self._acquire()
         if connection is None:
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
                 pipe.hmget(key, list(fields))
-            return list(await pipe.execute())
-        try:
-            rows = await connection.hmget_many(keys, fields)
-        except BaseException:
-            await connection.close()
-            raise
-        self._idle.append(connection)
-        return rows
+            rows = list(await pipe.execute())
+        else:
+            try:
+                if len(fields) == 1:  # HGET: a bulk reply per key, no array around it
+                    column = await connection.hget_values(keys, fields[0], value_size)
+                    self._idle.append(connection)
+                    return [column]
+                rows = await connection.hmget_many(keys, fields)
+            except BaseException:
+                await connection.close()
+                raise
+            self._idle.append(connection)
+        return [[row[i] for row in rows] for i in range(len(fields))]
 
     async def hset_many(self, items: Sequence[tuple[bytes, bytes, bytes]]) -> None:
         if not items:

@@ -34,7 +34,7 @@ async def scan_prefixes(
     """Keys under ``prefixes`` of the storage's type, in batches; each key once per prefix set."""
     buffer: list[bytes] = []
     for position, prefix in enumerate(prefixes):
-        earlier = [p.encode() for p in prefixes[:position]]
+        earlier = tuple(p.encode() for p in prefixes[:position])
         cursor: int | bytes = 0
         while True:
             cursor, keys = await client.scan(
@@ -43,10 +43,10 @@ async def scan_prefixes(
                 count=SCAN_COUNT,
                 _type=_redis_type(storage_type),
             )
-            for key in keys:
-                raw = key if isinstance(key, bytes) else str(key).encode()
-                if not any(raw.startswith(p) for p in earlier):
-                    buffer.append(raw)
+            found: list[bytes] = [k if isinstance(k, bytes) else str(k).encode() for k in keys]
+            if earlier:
+                found = [key for key in found if not key.startswith(earlier)]
+            buffer.extend(found)
             while len(buffer) >= batch_size:
                 yield buffer[:batch_size]
                 buffer = buffer[batch_size:]
