@@ -412,6 +412,7 @@ def _frame_parts(batch: BackupBatch) -> tuple[bytes, bytes]:
 
 
 _BYTES_OR_NONE = frozenset({bytes, type(None)})
+_BUFFERS_OR_NONE = frozenset({bytes, memoryview, type(None)})
 
 
 # --------------------------------------------------------------------------- one backup
@@ -553,13 +554,14 @@ class VectorBackup:
     def append_batch(
         self,
         keys: Sequence[bytes],
-        vectors: Mapping[str, Sequence[bytes | None]],
+        vectors: Mapping[str, Sequence[bytes | memoryview | None]],
         *,
         durable: bool = True,
     ) -> int:
         """Append one batch of original vectors; return its batch number.
 
-        ``vectors`` has one entry per field of the header, each as long as ``keys``.
+        ``vectors`` has one entry per field of the header, each as long as ``keys``;
+        a value is bytes, a contiguous memoryview, or None (the document has no such field).
         With ``durable`` (the default) the frame is fsynced and the header counting it
         replaced before this returns. Without, the frame is only written: ``commit()``
         (or the next durable append or ``update``) makes it and those before it count.
@@ -579,15 +581,19 @@ class VectorBackup:
                 "vectors must hold exactly the header's fields "
                 f"(missing {missing}, unknown {extra})"
             )
-        columns: dict[str, list[bytes | None]] = {}
+        columns: dict[str, list[Any]] = {}
         for field in self._header.fields:
             column = vectors[field]
             if len(column) != len(key_list):
                 raise ValueError(
                     f"field {field!r} has {len(column)} values for {len(key_list)} keys"
                 )
-            if set(map(type, column)) <= _BYTES_OR_NONE:
-                columns[field] = list(column)
+            kinds = set(map(type, column))
+            if kinds <= _BYTES_OR_NONE or (
+                kinds <= _BUFFERS_OR_NONE
+                and all(v.c_contiguous for v in column if type(v) is memoryview)
+            ):
+                columns[field] = list(column)  # views are written as they are, not copied
             else:
                 columns[field] = [
                     None if value is None else _as_bytes(value, f"a value of field {field!r}")

@@ -732,3 +732,21 @@ def test_the_writeback_hint_is_bound_to_the_real_system_call(tmp_path: Path) -> 
     os.close(fd)
     assert backup_module._start_writeback(fd, 0, 10) == -1
     assert ctypes.get_errno() == errno.EBADF
+
+
+def test_views_are_written_as_the_bytes_they_show(tmp_path: Path) -> None:
+    """append_batch takes contiguous memoryviews as they are (the fast read path hands
+    them out) and copies a non-contiguous one; either way the frame holds the bytes."""
+    blobs = [bytes([i]) * 64 for i in range(4)]
+    joined = bytearray(b"".join(blobs))
+    views = [memoryview(joined)[i * 64 : (i + 1) * 64].toreadonly() for i in range(4)]
+    strided = memoryview(bytes(range(128)))[::2]
+    assert not strided.c_contiguous
+    with VectorBackup.create(tmp_path, make_header()) as backup:
+        backup.append_batch(
+            [b"a", b"b", b"c", b"d"], {"embedding": [*views[:3], None], "title_vec": [None] * 4}
+        )
+        backup.append_batch([b"e"], {"embedding": [strided], "title_vec": [views[3]]})
+    frames = list(VectorBackup.load(tmp_path).iter_frames())
+    assert frames[0].vectors["embedding"] == [*blobs[:3], None]
+    assert frames[1].vectors == {"embedding": [bytes(range(0, 128, 2))], "title_vec": [blobs[3]]}

@@ -121,3 +121,21 @@ async def test_a_connection_the_server_drops_fails_the_call_instead_of_hanging(
         with anyio.fail_after(5):
             await raw.hget_values([b"k"], b"v", 8)
     await raw.close()
+
+
+async def test_values_read_without_copy_are_not_overwritten_by_the_next_batch(
+    aclient: aioredis.Redis, ns: str
+) -> None:
+    """Fast-path values are views of the batch's receive buffer: a later batch on the
+    same connection must land in another buffer, or earlier values would change."""
+    size = 1024
+    first = [(f"{ns}:a:{i}".encode(), bytes([1 + i % 200]) * size) for i in range(300)]
+    second = [(f"{ns}:b:{i}".encode(), bytes([255 - i % 200]) * size) for i in range(300)]
+    wire = Wire(aclient, enabled=True)
+    await wire.hset_many([(k, b"v", v) for k, v in first + second])
+    (kept,) = await wire.read_columns([k for k, _ in first], [b"v"], size)
+    assert all(isinstance(value, memoryview) and value.readonly for value in kept)
+    (later,) = await wire.read_columns([k for k, _ in second], [b"v"], size)
+    assert [bytes(v) for v in kept] == [v for _, v in first]
+    assert [bytes(v) for v in later] == [v for _, v in second]
+    await wire.close()

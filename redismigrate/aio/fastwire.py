@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import hiredis
+import numpy as np
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
@@ -21,6 +22,7 @@ import redis.exceptions as rexc
 # that chunk again for every reply in it. Small slices keep those copies small.
 FEED_SLICE = 16 << 10
 RECEIVE_MIN_FREE = 256 << 10
+_CRLF = np.frombuffer(b"\r\n", np.uint8)
 TOUCH_FIELD = b"__redismigrate_touch__"
 
 
@@ -39,9 +41,9 @@ class _Replies(asyncio.BufferedProtocol):
     the replies it waits for are in.
 
     Two ways to read a batch: ``expect(count)`` parses ``count`` replies of any kind
-    with hiredis; ``expect_values(count, size)`` waits for ``count`` bulk strings of
-    exactly ``size`` bytes (vectors of one field), checks each reply's frame where it
-    must be and slices the values out of the buffer, with no parser. The first reply
+    with hiredis; ``expect(count, size)`` waits for ``count`` bulk strings of exactly
+    ``size`` bytes (vectors of one field), checks each reply's frame where it must be
+    and hands the values out as views of the buffer, with no parser and no copy. The first reply
     that is anything else (a missing field, another size, an error) turns the batch
     over to hiredis from its first byte, so no reply is ever misread.
     """
@@ -54,9 +56,9 @@ class _Replies(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[list[Any]] | None = None
         self._replies: list[Any] = []
         self._count = 0
-        self._size = -1  # value size of an expect_values batch; -1: parse with hiredis
+        self._size = -1  # value size of an expect(count, size) batch; -1: parse with hiredis
         self._header = b""
-        self._checked = 0  # replies of an expect_values batch whose frame is checked
+        self._checked = 0  # replies of such a batch whose frame is checked
         self._lost: BaseException | None = None
         self.transport: asyncio.Transport | None = None
 
@@ -126,30 +128,40 @@ class _Replies(asyncio.BufferedProtocol):
 
     def _advance_values(self) -> bool:
         """Check the frames of the replies in so far; True: hand over to hiredis."""
-        buffer, header, size = self._buffer, self._header, self._size
+        buffer, header, size, count = self._buffer, self._header, self._size, self._count
         head = len(header)
         stride = head + size + 2
         filled = self._filled
-        position = self._checked * stride
-        while self._checked < self._count and position < filled:
-            have = min(head, filled - position)
-            if buffer[position : position + have] != header[:have]:
-                self._size = -1  # not a value of the expected size: let hiredis parse all
+        complete = min(count, filled // stride)
+        if complete > self._checked:
+            rows = np.frombuffer(buffer, np.uint8, complete * stride).reshape(complete, stride)
+            rows = rows[self._checked :]
+            framed = (rows[:, :head] == np.frombuffer(header, np.uint8)).all() and (
+                rows[:, -2:] == _CRLF
+            ).all()
+            del rows  # the buffer must not stay exported
+            if not framed:
+                self._size = -1  # not all values of the expected size: let hiredis parse all
                 return True
-            if position + stride > filled:
-                return False
-            if buffer[position + stride - 2 : position + stride] != b"\r\n":
+            self._checked = complete
+        if complete < count:
+            # the next reply's first bytes already tell a missing field or an error,
+            # which may never be followed by a whole value's worth of bytes
+            position = complete * stride
+            have = min(head, filled - position)
+            if have > 0 and buffer[position : position + have] != header[:have]:
                 self._size = -1
                 return True
-            self._checked += 1
-            position += stride
-        if self._checked < self._count:
             return False
-        view = memoryview(buffer)
-        values = [bytes(view[p + head : p + head + size]) for p in range(0, position, stride)]
-        view.release()
-        self._fed = position
-        self._consume()
+        end = count * stride
+        # The values are views of this batch's buffer, which is handed over with them
+        # (the next batch gets a fresh one): no copy of the vector bytes is made here.
+        view = memoryview(buffer).toreadonly()
+        values = [view[p + head : p + head + size] for p in range(0, end, stride)]
+        if end < filled:  # not expected (no reply is unasked for), but never lose bytes
+            self._parser.feed(bytes(buffer[end:filled]))
+        self._buffer = bytearray(RECEIVE_MIN_FREE)
+        self._filled = self._fed = 0
         self._finish(values)
         return False
 
@@ -263,7 +275,8 @@ class RawConnection:
         self, keys: Sequence[bytes], field: bytes, value_size: int = -1
     ) -> list[Any]:
         """Each key's value of ``field`` (None where missing); ``value_size``: the size
-        most values have (vectors of one type and dimension), read the fast way."""
+        most values have (vectors of one type and dimension), read the fast way: then
+        the values may come back as read-only views (memoryview) instead of bytes."""
         head = b"*3\r\n$4\r\nHGET\r\n"
         tail = pack(field)[4:]  # "$n\r\nfield\r\n" without the array header
         commands = b"".join([b"%s$%d\r\n%s\r\n%s" % (head, len(key), key, tail) for key in keys])
