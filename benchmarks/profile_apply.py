@@ -4,7 +4,8 @@
 
 Loads hash documents (as benchmarks/run.py does) into a throwaway server, then runs the
 float32 -> float16 apply in this process. A thread samples the server's ``INFO cpu``
-(main thread and whole process) and this process's own CPU time every 20 ms; each
+(main thread and whole process) and this process's own CPU time (all threads, and the
+main thread, which runs the event loop) every 20 ms; each
 step's window comes from the progress callback. The sampler costs a little client
 time, so totals run a bit above those of benchmarks/compare.py.
 """
@@ -33,13 +34,17 @@ PATCH = {"changes": {"update_fields": [{"name": "embedding", "attrs": {"datatype
 
 
 class Sampler(threading.Thread):
-    """(time, server main-thread CPU, server process CPU, own CPU) every 20 ms."""
+    """(time, server main-thread CPU, server process CPU, own CPU, own main-thread CPU)
+    every 20 ms."""
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
         self.client = redis.Redis.from_url(url)
-        self.samples: list[tuple[float, float, float, float]] = []
+        self.samples: list[tuple[float, float, float, float, float]] = []
         self.done = threading.Event()
+        main = threading.main_thread().ident
+        assert main is not None
+        self.main_clock = time.pthread_getcpuclockid(main)
 
     def run(self) -> None:
         while not self.done.is_set():
@@ -51,11 +56,12 @@ class Sampler(threading.Thread):
                     cpu["used_cpu_user_main_thread"] + cpu["used_cpu_sys_main_thread"],
                     cpu["used_cpu_user"] + cpu["used_cpu_sys"],
                     own.ru_utime + own.ru_stime,
+                    time.clock_gettime(self.main_clock),
                 )
             )
             time.sleep(0.02)
 
-    def at(self, moment: float) -> tuple[float, float, float, float]:
+    def at(self, moment: float) -> tuple[float, float, float, float, float]:
         return min(self.samples, key=lambda s: abs(s[0] - moment))
 
 
@@ -104,14 +110,14 @@ def main() -> None:
                 f"{report.result}: total {report.total_seconds:.2f} s, "
                 f"downtime {report.downtime_seconds:.2f} s"
             )
-            heading = ("step", "wall", "server main", "server all", "client")
-            print("  {:12s} {:>6s} {:>12s} {:>11s} {:>7s}".format(*heading))
+            heading = ("step", "wall", "server main", "server all", "client", "client main")
+            print("  {:12s} {:>6s} {:>12s} {:>11s} {:>7s} {:>12s}".format(*heading))
             bounds = [("start", started), *marks, ("end", ended)]
             for (name, begin), (_, end) in itertools.pairwise(bounds):
                 a, b = sampler.at(begin), sampler.at(end)
                 print(
                     f"  {name:12s} {end - begin:6.2f} {b[1] - a[1]:12.2f} "
-                    f"{b[2] - a[2]:11.2f} {b[3] - a[3]:7.2f}"
+                    f"{b[2] - a[2]:11.2f} {b[3] - a[3]:7.2f} {b[4] - a[4]:12.2f}"
                 )
 
 
