@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import re
 import struct
@@ -42,7 +43,10 @@ if sys.platform != "win32":
 
 BACKUP_FORMAT = "redismigrate-vector-backup"
 MANIFEST_FORMAT = "redismigrate-vector-backup-manifest"
-BACKUP_VERSION = 1
+BACKUP_VERSION = 2
+# the key, in a header / manifest file, of the sha256 over the rest of its content
+HEADER_CHECKSUM = "header_checksum"
+MANIFEST_CHECKSUM = "manifest_checksum"
 BACKUP_PHASES = (
     "dump",
     "ready",
@@ -269,9 +273,38 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_json_atomically(path: Path, struct_value: msgspec.Struct) -> None:
+def content_checksum(data: Mapping[str, Any]) -> str:
+    """``sha256:`` + hex SHA-256 of ``data`` as canonical JSON (keys sorted, no spaces,
+    ASCII with \\u escapes): what a header or manifest file's checksum key holds."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _sealed(value: BackupHeader | Manifest) -> dict[str, Any]:
+    """The file content of a header or manifest: its keys plus their checksum."""
+    data: dict[str, Any] = msgspec.to_builtins(value)
+    key = MANIFEST_CHECKSUM if isinstance(value, Manifest) else HEADER_CHECKSUM
+    data[key] = content_checksum(data)
+    return data
+
+
+def _check_checksum(data: Mapping[str, Any], claimed: Any, key: str, path: Path, what: str) -> None:
+    """``data`` (without its checksum key) must match ``claimed``; else BackupCorrupt."""
+    if claimed is None:
+        raise BackupCorrupt(
+            f"{what} {path} has no {key}, so it cannot be trusted (edited by hand?); "
+            "restore it from a copy"
+        )
+    if claimed != content_checksum(data):
+        raise BackupCorrupt(
+            f"{what} {path} does not match its {key}: it was edited or damaged since "
+            "redismigrate wrote it; restore it from a copy"
+        )
+
+
+def _write_json_atomically(path: Path, struct_value: BackupHeader | Manifest) -> None:
     """Temp file in the same directory, fsync, os.replace, fsync of the directory."""
-    write_document(path, msgspec.to_builtins(struct_value))
+    write_document(path, _sealed(struct_value))
     _fsync_dir(path.parent)
 
 
@@ -297,9 +330,15 @@ def _check_format(data: Any, path: Path, what: str, expected_format: str) -> Non
         )
     version = data.get("version", BACKUP_VERSION)
     if version != BACKUP_VERSION or isinstance(version, bool):
+        older = (
+            " (written by an older redismigrate, without checksums: finish or roll it back "
+            "with that version)"
+            if version == 1
+            else ""
+        )
         raise BackupError(
             f"{what} {path} is format version {version!r}; this redismigrate reads "
-            f"version {BACKUP_VERSION} only"
+            f"version {BACKUP_VERSION} only{older}"
         )
 
 
@@ -356,6 +395,7 @@ def read_header(path: str | os.PathLike[str]) -> BackupHeader:
     header_path = Path(path)
     data = _read_json(header_path, "backup header")
     _check_format(data, header_path, "backup header", BACKUP_FORMAT)
+    claimed = data.pop(HEADER_CHECKSUM, None)
     try:
         header = msgspec.convert(data, BackupHeader)
     except msgspec.ValidationError as exc:
@@ -363,6 +403,7 @@ def read_header(path: str | os.PathLike[str]) -> BackupHeader:
             f"backup header {header_path} is not a valid header: {_one_line(exc)}"
         ) from None
     _validate_header(header, f"backup header {header_path}")
+    _check_checksum(data, claimed, HEADER_CHECKSUM, header_path, "backup header")
     return header
 
 
@@ -849,7 +890,7 @@ def _write_header_exclusively(path: Path, header: BackupHeader) -> None:
     """Write a new header atomically, failing if one appeared meanwhile (no clobbering)."""
     tmp = path.with_name(f".new-{os.getpid()}-{path.name}")  # ends in .json: written as JSON
     try:
-        write_document(tmp, msgspec.to_builtins(header))
+        write_document(tmp, _sealed(header))
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -1083,6 +1124,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     manifest_path = Path(path)
     data = _read_json(manifest_path, "backup manifest")
     _check_format(data, manifest_path, "backup manifest", MANIFEST_FORMAT)
+    claimed = data.pop(MANIFEST_CHECKSUM, None)
     try:
         manifest = msgspec.convert(data, Manifest)
     except msgspec.ValidationError as exc:
@@ -1090,6 +1132,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
             f"backup manifest {manifest_path} is not a valid manifest: {_one_line(exc)}"
         ) from None
     _validate_manifest(manifest, f"backup manifest {manifest_path}")
+    _check_checksum(data, claimed, MANIFEST_CHECKSUM, manifest_path, "backup manifest")
     return manifest
 
 
@@ -1222,3 +1265,101 @@ def load_backup(path: str | os.PathLike[str]) -> VectorBackup | ShardedBackup:
     ):
         return ShardedBackup.load(p)
     return VectorBackup.load(p)
+
+
+# --------------------------------------------------------------------------- verification
+
+
+class BackupContents(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``verify_backup`` read: every header, the manifest, and the frame totals."""
+
+    header: BackupHeader
+    manifest: Manifest | None
+    shards: list[BackupHeader]
+    frames: int
+    keys: int
+
+    @property
+    def headers(self) -> list[BackupHeader]:
+        return [self.header, *self.shards]
+
+
+# what every shard of one backup shares with its main header
+_IDENTITY = (
+    "index_name",
+    "plan_hash",
+    "source_schema_hash",
+    "target_schema_hash",
+    "fields",
+    "batch_size",
+)
+
+
+def verify_backup(backup_dir: str | os.PathLike[str], index_name: str) -> BackupContents:
+    """Read and check every file of ``index_name``'s backup in ``backup_dir``.
+
+    The header and manifest checksums, that every shard belongs to the same backup, and
+    every committed frame (CRC, decoding, numbering, count and bytes as the header says,
+    keys as counted). One frame in memory at a time. BackupError / BackupCorrupt (one
+    line, naming the file) at the first problem.
+    """
+    paths = backup_paths(backup_dir, index_name)
+    if not paths.header.exists():
+        raise BackupError(f"no backup of index {index_name!r} in {backup_dir} ({paths.header})")
+    header = read_header(paths.header)
+    if header.index_name != index_name or header.worker is not None:
+        raise BackupCorrupt(
+            f"backup header {paths.header} belongs to index {header.index_name!r} "
+            f"(worker {header.worker}), not {index_name!r}"
+        )
+    sources = [(paths.data, header)]
+    manifest: Manifest | None = None
+    shards: list[BackupHeader] = []
+    if paths.manifest.exists():
+        manifest = read_manifest(paths.manifest)
+        if (manifest.index_name, manifest.plan_hash) != (index_name, header.plan_hash):
+            raise BackupCorrupt(
+                f"backup manifest {paths.manifest} is for index {manifest.index_name!r} plan "
+                f"{manifest.plan_hash!r}, its header {paths.header} for {index_name!r} plan "
+                f"{header.plan_hash!r}"
+            )
+        for shard in manifest.shards:
+            shard_paths = backup_paths(backup_dir, index_name, shard.worker)
+            if (shard.header, shard.data) != (shard_paths.header.name, shard_paths.data.name):
+                raise BackupCorrupt(
+                    f"backup manifest {paths.manifest} names files {shard.header!r} and "
+                    f"{shard.data!r} for worker {shard.worker}, not "
+                    f"{shard_paths.header.name!r} and {shard_paths.data.name!r}"
+                )
+            if not shard_paths.header.exists():
+                raise BackupCorrupt(
+                    f"shard {shard.worker} of backup manifest {paths.manifest} is missing: "
+                    f"no header file {shard_paths.header}"
+                )
+            shard_header = read_header(shard_paths.header)
+            differ = [
+                name for name in _IDENTITY if getattr(shard_header, name) != getattr(header, name)
+            ]
+            if shard_header.worker != shard.worker:
+                differ.insert(0, "worker")
+            if differ:
+                raise BackupCorrupt(
+                    f"shard header {shard_paths.header} does not belong to the backup of "
+                    f"{paths.header}: {', '.join(differ)} differ"
+                )
+            shards.append(shard_header)
+            sources.append((shard_paths.data, shard_header))
+    frames = keys = 0
+    for data_path, counted in sources:
+        _check_data_size(data_path, counted)
+        keys_here = 0
+        for batch in _iter_frames(data_path, counted, 0):
+            frames += 1
+            keys_here += len(batch.keys)
+        if keys_here != counted.keys_backed_up:
+            raise BackupCorrupt(
+                f"backup data file {data_path} holds {keys_here} keys but its header counts "
+                f"{counted.keys_backed_up}; restore it from a copy"
+            )
+        keys += keys_here
+    return BackupContents(header=header, manifest=manifest, shards=shards, frames=frames, keys=keys)

@@ -37,3 +37,13 @@ class SearchModuleMissing(BadInputError):
 
 class ServerReplyError(RedisMigrateError):
     """The server returned a reply redismigrate cannot understand."""
+
+
+class MigrationLocked(BadInputError):
+    """Another run holds the index's lock or the backup directory; nothing was touched."""
+
+    exit_code = 4
+
+
+class LockLost(RedisMigrateError):
+    """A run's lock expired or was taken over while it ran, so the run stopped."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -67,6 +68,9 @@ class SourceSnapshot(Model, frozen=True, kw_only=True):
     index_name: str
     # the index behind ``index_name`` when that name is an alias (online migrations)
     physical_index: str | None = None
+    # user aliases of the source index: moved to the target once it is ready (and back
+    # on undo); the server lists them (search 8.10+) or they were named with --alias
+    aliases: list[str] = []
     schema_hash: str
     schema_snapshot: IndexSchema
     stats_snapshot: IndexStats
@@ -149,6 +153,8 @@ class MigrationPlan(Model, ReviewableFile, frozen=True, kw_only=True):
     rename_operations: RenameOperations = RenameOperations()
     vector_changes: list[VectorChange] = []
     warnings: list[str] = []
+    # sha256 of everything else (``plan_content_hash``), set when the plan is made
+    content_hash: str = ""
 
     @property
     def supported(self) -> bool:
@@ -164,7 +170,10 @@ class MigrationPlan(Model, ReviewableFile, frozen=True, kw_only=True):
         data["merged_target_schema"] = self.merged_target_schema.to_dict()
         data.pop("version", None)
         data.pop("mode", None)
+        digest = data.pop("content_hash", None)
         ordered = {"version": self.version, "mode": msgspec.to_builtins(self.mode)}
+        if digest:
+            ordered["content_hash"] = digest
         ordered.update(data)
         return ordered
 
@@ -177,7 +186,40 @@ class MigrationPlan(Model, ReviewableFile, frozen=True, kw_only=True):
 
 def schema_hash(schema: IndexSchema) -> str:
     """A stable hash of what the server would report for ``schema``."""
-    return "sha256:" + hashlib.sha256(msgspec.json.encode(schema.canonical())).hexdigest()
+    return "sha256:" + hashlib.sha256(canonical_json(schema.canonical())).hexdigest()
+
+
+def canonical_json(value: Any) -> bytes:
+    """``value`` as JSON that depends only on what it means: keys sorted, no spaces, struct
+    fields equal to their defaults left out, integral floats written as integers (so a
+    struct built in memory and the same struct read back from a file give the same bytes)."""
+    text = json.dumps(plain_data(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return text.encode("ascii")
+
+
+def plain_data(value: Any) -> Any:
+    """Plain data for ``value``, by meaning (see ``canonical_json``); keys in field order."""
+    if isinstance(value, msgspec.Struct):
+        config = value.__struct_config__
+        out: dict[str, Any] = {}
+        if config.tag_field is not None:
+            out[config.tag_field] = config.tag
+        for info in msgspec.structs.fields(value):
+            item = getattr(value, info.name)
+            default = info.default
+            if info.default_factory is not msgspec.NODEFAULT:
+                default = info.default_factory()
+            if default is not msgspec.NODEFAULT and item == default:
+                continue
+            out[info.encode_name] = plain_data(item)
+        return out
+    if isinstance(value, Mapping):
+        return {str(k): plain_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def now_iso() -> str:
@@ -303,20 +345,25 @@ def build_plan(
     vector_samples: Mapping[str, np.ndarray] | None = None,
     previous_encodings: Mapping[str, Encoding] | None = None,
     force: bool = False,
+    encodings: Mapping[str, Encoding] | None = None,
     created_at: str | None = None,
     mode: str | None = None,
     physical_index: str | None = None,
+    aliases: Sequence[str] = (),
+    aliases_listed: bool = False,
 ) -> MigrationPlan:
     """Merge ``patch`` into the source schema and classify every change.
 
     ``mode`` is ``online``, ``drop_recreate`` or None (online where no document needs
     rewriting, else drop_recreate). ``physical_index`` is the index behind the source
-    name when that name is an alias.
+    name when that name is an alias. ``aliases`` are the source's user aliases, moved to
+    the target; ``aliases_listed`` says the server listed them all (else only those named).
 
     ``vector_samples`` maps a source vector field name to stored vectors (decoded to
     float) used to calibrate integer encodings; ``previous_encodings`` maps a field
     to the encoding that produced its current integer values (needed to go back to
-    float). ``force`` lifts the blocks marked forceable.
+    float). ``force`` lifts the blocks marked forceable. ``encodings`` (by source field)
+    are used instead of calibrating: re-deriving a plan from its own content.
     """
     source = source_schema.canonical()
     changes = patch.changes
@@ -395,6 +442,7 @@ def build_plan(
         other_indexes,
         vector_samples or {},
         previous_encodings or {},
+        encodings or {},
         source_stats,
         force,
     )
@@ -436,12 +484,15 @@ def build_plan(
     warnings = _warnings(
         b, source, target, source_stats, renames, vector_changes, force, isinstance(chosen, Online)
     )
-    return MigrationPlan(
+    moved = sorted(set(aliases) - {source.name, target.name})
+    warnings.extend(alias_warnings(source.name, moved, aliases_listed, isinstance(chosen, Online)))
+    plan = MigrationPlan(
         mode=chosen,
         created_at=created_at or now_iso(),
         source=SourceSnapshot(
             index_name=source.name,
             physical_index=physical_index if physical_index != source.name else None,
+            aliases=moved,
             schema_hash=schema_hash(source),
             schema_snapshot=source,
             stats_snapshot=source_stats,
@@ -461,6 +512,27 @@ def build_plan(
         vector_changes=vector_changes,
         warnings=warnings,
     )
+    return seal_plan(plan)
+
+
+def alias_warnings(name: str, aliases: Sequence[str], listed: bool, online: bool) -> list[str]:
+    """What the plan says about the aliases it moves, and those it cannot see."""
+    out: list[str] = []
+    if aliases:
+        shown = ", ".join(repr(a) for a in aliases)
+        when = (
+            "in the same step as the name"
+            if online
+            else "once it is indexed (until then they answer 'no such index', like the name)"
+        )
+        out.append(f"Aliases {shown} of {name!r} are moved to the new index {when}")
+    if not listed:
+        out.append(
+            "This server cannot list aliases (FT.ALIASLIST needs search 8.10): an alias of "
+            f"{name!r} not named with --alias cannot be seen, and dropping the old index "
+            "removes it for good"
+        )
+    return out
 
 
 def shadow_name(name: str, others: Sequence[OtherIndex], physical: str) -> str:
@@ -642,6 +714,7 @@ def _vector_changes(
     other_indexes: Sequence[OtherIndex],
     samples: Mapping[str, np.ndarray],
     previous: Mapping[str, Encoding],
+    given: Mapping[str, Encoding],
     stats: IndexStats,
     force: bool,
 ) -> list[VectorChange]:
@@ -664,18 +737,20 @@ def _vector_changes(
                 "use float16 or bfloat16 for JSON indexes, or store the vectors in hashes",
             )
             continue
-        encoding: Encoding | None = None
+        # re-deriving a plan (``given``) keeps its encoding: the samples are not in it
+        encoding: Encoding | None = given.get(source_field.name)
         try:
             sample = samples.get(source_field.name)
             if sample is None or len(sample) == 0:
                 sample = np.zeros((0, field.attrs.dims), dtype=np.float32)
-            encoding = calibrate(
-                src,
-                tgt,
-                field.attrs.distance_metric,
-                sample,
-                previous=previous.get(source_field.name),
-            )
+            if encoding is None:
+                encoding = calibrate(
+                    src,
+                    tgt,
+                    field.attrs.distance_metric,
+                    sample,
+                    previous=previous.get(source_field.name),
+                )
         except ReEncodingRefused as exc:
             b.block(
                 change,
@@ -796,4 +871,15 @@ def _warnings(
 
 def plan_hash(plan: MigrationPlan) -> str:
     """A stable hash of a plan's whole content (a backup is tied to exactly one plan)."""
-    return "sha256:" + hashlib.sha256(msgspec.json.encode(plan)).hexdigest()
+    return "sha256:" + hashlib.sha256(canonical_json(plan)).hexdigest()
+
+
+def plan_content_hash(plan: MigrationPlan) -> str:
+    """The sha256 of ``canonical_json`` of a plan without its ``content_hash``."""
+    unsealed = msgspec.structs.replace(plan, content_hash="")
+    return "sha256:" + hashlib.sha256(canonical_json(unsealed)).hexdigest()
+
+
+def seal_plan(plan: MigrationPlan) -> MigrationPlan:
+    """``plan`` carrying the hash of its content (apply refuses a plan edited since)."""
+    return msgspec.structs.replace(plan, content_hash=plan_content_hash(plan))

@@ -53,6 +53,20 @@ class ValidationResult(Model, frozen=True, kw_only=True):
     errors: list[str] = []
 
 
+class ConcurrentWrites(Model, frozen=True, kw_only=True):
+    """What the application wrote during a run, and what the migrator did about it."""
+
+    capture: str  # "notifications", or "sweep: <why>" when every key was checked instead
+    writes_seen: int = 0  # notifications of the application's writes
+    keys_written: int = 0  # keys looked at again: written by the application, or skipped
+    reencoded: int = 0
+    moved: int = 0
+    fields_renamed: int = 0
+    touched: int = 0
+    unreconciled: int = 0
+    unreconciled_keys: list[str] = []  # the first 1,000, each with the reason
+
+
 class Benchmark(Model, frozen=True, kw_only=True):
     documents: int
     total_seconds: float
@@ -93,6 +107,7 @@ class MigrationReport(Model, ReviewableFile, frozen=True, kw_only=True):
     error: str | None = None
     undone: bool = False
     next_steps: list[str] = []
+    concurrent_writes: ConcurrentWrites | None = None
 
     @property
     def succeeded(self) -> bool:

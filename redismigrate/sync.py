@@ -11,6 +11,7 @@ the same ``redismigrate.errors`` exceptions the async API raises.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -39,6 +40,7 @@ from redismigrate.aio.planner import (
 from redismigrate.batch import BatchPlan, BatchReport
 from redismigrate.capabilities import ServerCapabilities
 from redismigrate.estimate import MigrationEstimate
+from redismigrate.ledger import LedgerEntry
 from redismigrate.patch import SchemaPatch
 from redismigrate.plan import MigrationPlan
 from redismigrate.report import MigrationReport
@@ -156,6 +158,7 @@ class MigrationPlanner:
         force: bool = False,
         overlap_checked_elsewhere: list[str] | None = None,
         mode: str | None = None,
+        aliases: Sequence[str] = (),
     ) -> MigrationPlan:
         """Snapshot ``index_name``, merge the requested change, and return the plan.
 
@@ -165,6 +168,10 @@ class MigrationPlanner:
         named in
         ``overlap_checked_elsewhere`` do not count as sharing keys (a batch checks its
         own members against each other).
+
+        ``aliases`` names aliases of the index to move to the target (where the server
+        cannot list them, FT.ALIASLIST being search 8.10+); each must point at the index,
+        else BadInputError.
         """
         return _portal.run_sync(
             self._async.create_plan,
@@ -179,6 +186,7 @@ class MigrationPlanner:
             force=force,
             overlap_checked_elsewhere=overlap_checked_elsewhere,
             mode=mode,
+            aliases=aliases,
         )
 
     def estimate(
@@ -239,6 +247,7 @@ class MigrationExecutor:
         auto_rollback: bool = True,
         plan_path: str | None = None,
         force: bool = False,
+        break_lock: bool = False,
     ) -> MigrationReport:
         """Apply ``plan``; resume where an earlier run with the same plan stopped.
 
@@ -248,6 +257,10 @@ class MigrationExecutor:
         the plan is blocked, the backup directory is unusable, or the live source no
         longer matches the plan's snapshot. An online plan refuses to start when the
         shadow index would not fit under maxmemory, unless ``force``.
+
+        The run holds the index's lock and the backup directory's for its whole life:
+        MigrationLocked (naming the holder) while another run holds either;
+        ``break_lock`` takes over another run's index lock (the report says so).
         """
         return _portal.run_sync(
             self._async.apply,
@@ -261,6 +274,7 @@ class MigrationExecutor:
             auto_rollback=auto_rollback,
             plan_path=plan_path,
             force=force,
+            break_lock=break_lock,
         )
 
     def validate(
@@ -288,10 +302,12 @@ class MigrationExecutor:
         redis_client: redis.Redis | None = None,
         index_name: str | None = None,
         recreate_index: bool = False,
+        break_lock: bool = False,
     ) -> RollbackReport:
         """Restore every original vector byte from a backup, move keys and fields back and
         drop the target index definition; with ``recreate_index`` also recreate the source
-        index from the plan's snapshot."""
+        index from the plan's snapshot. Holds the same locks as apply (``break_lock``
+        takes over another run's index lock)."""
         return _portal.run_sync(
             self._async.rollback,
             backup_dir=backup_dir,
@@ -299,6 +315,25 @@ class MigrationExecutor:
             redis_client=_portal.to_async_client(redis_client),
             index_name=index_name,
             recreate_index=recreate_index,
+            break_lock=break_lock,
+        )
+
+    def history(
+        self,
+        *,
+        redis_url: str | None = None,
+        redis_client: redis.Redis | None = None,
+        index_name: str | None = None,
+        limit: int | None = None,
+    ) -> list[LedgerEntry]:
+        """The runs the migration ledger recorded, newest first (only ``index_name``'s when
+        given): command, index, plan hash, start, end, status, host, pid, backup dir."""
+        return _portal.run_sync(
+            self._async.history,
+            redis_url=redis_url,
+            redis_client=_portal.to_async_client(redis_client),
+            index_name=index_name,
+            limit=limit,
         )
 
 
@@ -327,12 +362,14 @@ class BatchMigrationPlanner:
         failure_policy: str = "fail_fast",
         plan_out: str | Path | None = None,
         plans_dir: str | Path | None = None,
+        aliases: Sequence[str] = (),
     ) -> BatchPlan:
         """Write a plan file per applicable index (or a skip_reason) and return the batch plan.
 
         Refuses when two applicable indexes share keys (one prefix is a string prefix of
         the other). With ``plan_out``, the batch plan is written there and the per-index
-        plans go beside it in ``<name>_plans/`` (or ``plans_dir``).
+        plans go beside it in ``<name>_plans/`` (or ``plans_dir``). Each of ``aliases``
+        must point at one of the selected indexes; that index's plan moves it.
         """
         return _portal.run_sync(
             self._async.create_batch_plan,
@@ -346,6 +383,7 @@ class BatchMigrationPlanner:
             failure_policy=failure_policy,
             plan_out=plan_out,
             plans_dir=plans_dir,
+            aliases=aliases,
         )
 
 
@@ -375,11 +413,14 @@ class BatchMigrationExecutor:
         batch_size: int = 500,
         progress_callback: BatchProgressCallback | None = None,
         step_callback: ProgressCallback | None = None,
+        break_lock: bool = False,
     ) -> BatchReport:
         """Run every applicable index of ``batch_plan`` in order; write state after each.
 
         ``batch_plan_path`` is the file the plan was loaded from (the state file points
         at it, so batch-resume can find it). Lossy re-encoding needs ``accept_data_loss``.
+        The batch holds the lock of every applicable index and of the backup directory
+        for its whole run (``break_lock`` takes over other runs' index locks).
         """
         return _portal.run_sync(
             self._async.apply,
@@ -394,6 +435,7 @@ class BatchMigrationExecutor:
             batch_size=batch_size,
             progress_callback=progress_callback,
             step_callback=step_callback,
+            break_lock=break_lock,
         )
 
     def resume(
@@ -408,9 +450,11 @@ class BatchMigrationExecutor:
         batch_size: int = 500,
         progress_callback: BatchProgressCallback | None = None,
         step_callback: ProgressCallback | None = None,
+        break_lock: bool = False,
     ) -> BatchReport:
         """Go on with a batch from its state file: pending and interrupted indexes, and with
-        ``retry_failed`` the failed ones. Uses the backup directory the state records."""
+        ``retry_failed`` the failed ones. Uses the backup directory the state records.
+        Holds the same locks as ``apply``."""
         return _portal.run_sync(
             self._async.resume,
             state_path=state_path,
@@ -422,4 +466,5 @@ class BatchMigrationExecutor:
             batch_size=batch_size,
             progress_callback=progress_callback,
             step_callback=step_callback,
+            break_lock=break_lock,
         )

@@ -27,6 +27,7 @@ from redismigrate.backup import (
     FRAME_PREFIX_SIZE,
     BackupBatch,
     BackupCorrupt,
+    HEADER_CHECKSUM,
     BackupError,
     BackupField,
     BackupHeader,
@@ -34,6 +35,7 @@ from redismigrate.backup import (
     VectorBackup,
     backup_paths,
     backup_size_on_disk,
+    content_checksum,
     encode_frame,
     load_backup,
     new_manifest,
@@ -214,7 +216,7 @@ def test_header_is_replaced_after_every_batch_and_matches_the_data(tmp_path: Pat
         keys_so_far += len(keys)
         text = paths.header.read_text()
         on_disk = json.loads(text)  # plain JSON anyone can read
-        assert text.startswith('{\n  "format": "redismigrate-vector-backup",\n  "version": 1,')
+        assert text.startswith('{\n  "format": "redismigrate-vector-backup",\n  "version": 2,')
         assert on_disk["dump_completed_batches"] == number + 1
         assert on_disk["keys_backed_up"] == keys_so_far
         assert on_disk["data_bytes"] == paths.data.stat().st_size
@@ -267,20 +269,23 @@ def test_batches_appended_without_commit_count_only_once_committed(tmp_path: Pat
 
 
 def edit_header(path: Path, **changes: object) -> None:
+    """Change keys of a header file and seal it again (as a writer would have)."""
     data = json.loads(path.read_text())
     data.update(changes)
+    data.pop(HEADER_CHECKSUM, None)
+    data[HEADER_CHECKSUM] = content_checksum(data)
     path.write_text(json.dumps(data, indent=2))
 
 
 def test_a_header_of_another_version_is_refused_clearly(tmp_path: Path) -> None:
     write_batches(tmp_path, 1).close()
     paths = backup_paths(tmp_path, "idx")
-    edit_header(paths.header, version=2)
+    edit_header(paths.header, version=3)
     with pytest.raises(BackupError) as info:
         VectorBackup.open(tmp_path, "idx")
     message = str(info.value)
     assert str(paths.header) in message
-    assert "version 2" in message and "version 1 only" in message
+    assert "version 3" in message and "version 2 only" in message
     assert "\n" not in message
 
 

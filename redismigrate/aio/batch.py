@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import msgspec
 import redis.asyncio as aioredis
 
+from redismigrate.aio.aliases import assign_aliases
 from redismigrate.aio.connection import connect
 from redismigrate.aio.executor import AsyncMigrationExecutor, ProgressCallback, check_backup_dir
 from redismigrate.aio.indexes import known_aliases, list_indexes, server_capabilities
+from redismigrate.aio.lock import RunGuard
 from redismigrate.aio.planner import AsyncMigrationPlanner
 from redismigrate.batch import (
     BatchIndexEntry,
@@ -90,12 +92,14 @@ class AsyncBatchMigrationPlanner:
         failure_policy: str = "fail_fast",
         plan_out: str | Path | None = None,
         plans_dir: str | Path | None = None,
+        aliases: Sequence[str] = (),
     ) -> BatchPlan:
         """Write a plan file per applicable index (or a skip_reason) and return the batch plan.
 
         Refuses when two applicable indexes share keys (one prefix is a string prefix of
         the other). With ``plan_out``, the batch plan is written there and the per-index
-        plans go beside it in ``<name>_plans/`` (or ``plans_dir``).
+        plans go beside it in ``<name>_plans/`` (or ``plans_dir``). Each of ``aliases``
+        must point at one of the selected indexes; that index's plan moves it.
         """
         if failure_policy not in FAILURE_POLICIES:
             raise BadInputError(
@@ -120,11 +124,14 @@ class AsyncBatchMigrationPlanner:
         planner = AsyncMigrationPlanner()
         async with connect(redis_url, redis_client) as client:
             await server_capabilities(client)
-            aliases = await known_aliases(client)
-            behind_alias = set(aliases.values())
+            online_names = await known_aliases(client)
+            behind_alias = set(online_names.values())
             # an index reached through an alias is selected by the alias, the name users query
             available = [n for n in await list_indexes(client) if n not in behind_alias]
-            chosen = select_indexes(sorted([*available, *aliases]), pattern=pattern, names=names)
+            chosen = select_indexes(
+                sorted([*available, *online_names]), pattern=pattern, names=names
+            )
+            assigned = await assign_aliases(client, aliases, chosen)
             planned: list[tuple[BatchIndexEntry, MigrationPlan | None]] = []
             for name in chosen:
                 plan = await planner.create_plan(
@@ -132,6 +139,7 @@ class AsyncBatchMigrationPlanner:
                     redis_client=client,
                     schema_patch=patch,
                     overlap_checked_elsewhere=chosen,
+                    aliases=assigned.get(name, ()),
                 )
                 if plan.supported:
                     entry = BatchIndexEntry(
@@ -211,11 +219,14 @@ class AsyncBatchMigrationExecutor:
         batch_size: int = 500,
         progress_callback: BatchProgressCallback | None = None,
         step_callback: ProgressCallback | None = None,
+        break_lock: bool = False,
     ) -> BatchReport:
         """Run every applicable index of ``batch_plan`` in order; write state after each.
 
         ``batch_plan_path`` is the file the plan was loaded from (the state file points
         at it, so batch-resume can find it). Lossy re-encoding needs ``accept_data_loss``.
+        The batch holds the lock of every applicable index and of the backup directory
+        for its whole run (``break_lock`` takes over other runs' index locks).
         """
         state_file = Path(state_path)
         if state_file.exists():
@@ -225,27 +236,41 @@ class AsyncBatchMigrationExecutor:
             )
         self._check_data_loss(batch_plan, accept_data_loss)
         directory = check_backup_dir(backup_dir)
-        check_plan_files(batch_plan)
-        reports = Path(report_dir)
-        reports.mkdir(parents=True, exist_ok=True)
-        state = BatchState(
-            batch_id=batch_plan.batch_id,
-            plan_path=str(Path(batch_plan_path).resolve()),
-            plan_sha256=file_sha256(batch_plan_path),
-            backup_dir=str(directory.resolve()),
-            report_dir=str(reports.resolve()),
-            started_at=now_iso(),
-            updated_at=now_iso(),
-            indexes=[
-                BatchIndexState(name=e.name, status="pending" if e.applicable else "skipped")
-                for e in batch_plan.indexes
-            ],
-        )
-        write_document(state_file, state.to_dict())
-        return await self._run(
-            batch_plan, state, state_file, redis_url, redis_client, False, batch_size,
-            progress_callback, step_callback,
-        )  # fmt: skip
+        plans = check_plan_files(batch_plan)
+        async with (
+            connect(redis_url, redis_client) as client,
+            RunGuard(
+                client,
+                command="batch-apply",
+                index_name=batch_plan.batch_id,
+                lock_names=[
+                    n for p in plans.values() for n in (p.source.index_name, p.target_index_name)
+                ],
+                backup_dir=directory,
+                break_lock=break_lock,
+                ledger=False,
+            ),
+        ):
+            reports = Path(report_dir)
+            reports.mkdir(parents=True, exist_ok=True)
+            state = BatchState(
+                batch_id=batch_plan.batch_id,
+                plan_path=str(Path(batch_plan_path).resolve()),
+                plan_sha256=file_sha256(batch_plan_path),
+                backup_dir=str(directory.resolve()),
+                report_dir=str(reports.resolve()),
+                started_at=now_iso(),
+                updated_at=now_iso(),
+                indexes=[
+                    BatchIndexState(name=e.name, status="pending" if e.applicable else "skipped")
+                    for e in batch_plan.indexes
+                ],
+            )
+            write_document(state_file, state.to_dict())
+            return await self._run(
+                batch_plan, state, state_file, None, client, False, batch_size,
+                progress_callback, step_callback,
+            )  # fmt: skip
 
     async def resume(
         self,
@@ -259,9 +284,11 @@ class AsyncBatchMigrationExecutor:
         batch_size: int = 500,
         progress_callback: BatchProgressCallback | None = None,
         step_callback: ProgressCallback | None = None,
+        break_lock: bool = False,
     ) -> BatchReport:
         """Go on with a batch from its state file: pending and interrupted indexes, and with
-        ``retry_failed`` the failed ones. Uses the backup directory the state records."""
+        ``retry_failed`` the failed ones. Uses the backup directory the state records.
+        Holds the same locks as ``apply``."""
         state_file = Path(state_path)
         state = BatchState.load(state_file)
         if backup_dir is not None and Path(backup_dir).resolve() != Path(state.backup_dir):
@@ -279,11 +306,26 @@ class AsyncBatchMigrationExecutor:
                 f"{state.plan_path!r} is now batch {batch_plan.batch_id!r} (or was changed)"
             )
         self._check_data_loss(batch_plan, accept_data_loss)
-        check_plan_files(batch_plan)
-        return await self._run(
-            batch_plan, state, state_file, redis_url, redis_client, retry_failed, batch_size,
-            progress_callback, step_callback,
-        )  # fmt: skip
+        plans = check_plan_files(batch_plan)
+        async with (
+            connect(redis_url, redis_client) as client,
+            RunGuard(
+                client,
+                command="batch-resume",
+                index_name=batch_plan.batch_id,
+                lock_names=[
+                    n for p in plans.values() for n in (p.source.index_name, p.target_index_name)
+                ],
+                backup_dir=state.backup_dir,
+                break_lock=break_lock,
+                ledger=False,
+            ),
+        ):
+            state = BatchState.load(state_file)  # as the run that held the locks left it
+            return await self._run(
+                batch_plan, state, state_file, None, client, retry_failed, batch_size,
+                progress_callback, step_callback,
+            )  # fmt: skip
 
     @staticmethod
     def _check_data_loss(batch_plan: BatchPlan, accept: bool) -> None:

@@ -23,7 +23,8 @@ import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
-from redismigrate.aio import online
+from redismigrate.aio import aliases, guarded, online
+from redismigrate.aio.capture import ChangeCapture
 from redismigrate.aio.connection import connect
 from redismigrate.aio.fastwire import Wire
 from redismigrate.aio.indexes import (
@@ -37,11 +38,13 @@ from redismigrate.aio.keys import (
     glob_escape,
     is_cluster,
     moved_key,
-    rename_hash_fields,
     rename_json_fields,
-    rename_keys,
     scan_prefixes,
 )
+from redismigrate.aio.ledger import read_history
+from redismigrate.aio.lock import RunGuard
+from redismigrate.aio.steps import prefix as prefix_step
+from redismigrate.aio.steps.reconcile import Reconciler
 from redismigrate.aio.validate import validate_live
 from redismigrate.backup import (
     BackupBatch,
@@ -56,9 +59,17 @@ from redismigrate.backup import (
 from redismigrate.errors import BadInputError, ConnectionFailed, IndexNotFound, RedisMigrateError
 from redismigrate.files import write_document
 from redismigrate.ftinfo import stats_from_ft_info
+from redismigrate.integrity import check_plan, check_plan_copy, verify_backup_for_plan
+from redismigrate.ledger import LedgerEntry
 from redismigrate.plan import MigrationPlan, Online, now_iso, plan_hash, schema_hash
 from redismigrate.quantize import reencode_bytes
-from redismigrate.report import Benchmark, MigrationReport, StepTiming, ValidationResult
+from redismigrate.report import (
+    Benchmark,
+    ConcurrentWrites,
+    MigrationReport,
+    StepTiming,
+    ValidationResult,
+)
 from redismigrate.schema import DATATYPE_BYTES, IndexSchema
 
 ProgressCallback = Callable[[str, int, int | None], None]
@@ -72,6 +83,12 @@ _CRASH_ENV = "REDISMIGRATE_CRASH_AT"
 
 class IndexNotReady(RedisMigrateError):
     """The target index did not finish indexing in time."""
+
+
+class UndoConflicts(RedisMigrateError):
+    """An undo put everything back except documents the application changed since."""
+
+    exit_code = 1
 
 
 def _crash_point(name: str) -> None:
@@ -162,6 +179,15 @@ class BackupSet:
         return cls(main, shards)
 
 
+def _watched_prefixes(plan: MigrationPlan) -> list[str]:
+    """Where the application's writes to the index's documents can land during a run."""
+    prefixes = list(plan.source.keyspace.prefixes)
+    change = plan.rename_operations.change_prefix
+    if change is not None:
+        prefixes.append(change.new)
+    return prefixes
+
+
 def first_error(exc: BaseException) -> BaseException:
     """The first real error inside (nested) exception groups from a task group."""
     while isinstance(getattr(exc, "exceptions", None), (list, tuple)) and exc.exceptions:  # type: ignore[attr-defined]
@@ -181,10 +207,15 @@ def resume_command(plan_path: str | None, backup_dir: Path) -> str:
 
 
 class _EncodedBatch(msgspec.Struct, frozen=True):
+    """One backup frame ready to write: per field, the bytes each key must still hold
+    (its backed-up original) and what it gets instead (None: nothing to write)."""
+
     batch: int
-    items: list[tuple[bytes, bytes, bytes]]
+    keys: list[bytes]  # names after the prefix move
+    fields: list[bytes]
+    expected: list[list[Any]]
+    encoded: list[list[bytes | None]]
     count: int
-    touch: list[bytes]  # documents to re-index although none of their vectors changed
 
 
 class _Run:
@@ -219,6 +250,10 @@ class _Run:
         self.reencoded = 0
         self.documents = 0
         self.size_before = plan.source.stats_snapshot.total_mb
+        self.capture: ChangeCapture | None = None
+        self.reconciler: Reconciler | None = None
+        self.skipped: set[bytes] = set()  # keys a guarded write left: the application's
+        self.concurrent: ConcurrentWrites | None = None
 
     def tick(self, step: str, done: int, total: int | None = None) -> None:
         if self.progress is not None:
@@ -266,6 +301,7 @@ class AsyncMigrationExecutor:
         auto_rollback: bool = True,
         plan_path: str | None = None,
         force: bool = False,
+        break_lock: bool = False,
     ) -> MigrationReport:
         """Apply ``plan``; resume where an earlier run with the same plan stopped.
 
@@ -275,26 +311,40 @@ class AsyncMigrationExecutor:
         the plan is blocked, the backup directory is unusable, or the live source no
         longer matches the plan's snapshot. An online plan refuses to start when the
         shadow index would not fit under maxmemory, unless ``force``.
+
+        The run holds the index's lock and the backup directory's for its whole life:
+        MigrationLocked (naming the holder) while another run holds either;
+        ``break_lock`` takes over another run's index lock (the report says so).
         """
+        check_plan(plan, source=plan_path)  # edited after review: refused, nothing touched
         if not plan.supported:
             reasons = "; ".join(str(b) for b in plan.diff_classification.blocked_reasons)
             raise BadInputError(f"the plan is blocked and cannot be applied: {reasons}")
         if batch_size < 1 or num_workers < 1:
             raise BadInputError("batch size and workers must be at least 1")
         directory = check_backup_dir(backup_dir)
-        async with connect(
-            redis_url, redis_client, max_connections=max(32, num_workers * 4)
-        ) as client:
+        async with (
+            connect(redis_url, redis_client, max_connections=max(32, num_workers * 4)) as client,
+            RunGuard(
+                client,
+                command="apply",
+                index_name=plan.source.index_name,
+                target_index=plan.target_index_name,
+                backup_dir=directory,
+                plan_hash=plan_hash(plan),
+                break_lock=break_lock,
+            ) as guard,
+        ):
             run = _Run(plan, client, directory, batch_size, num_workers, progress_callback)
             run.wire.enabled = not await is_cluster(client)
             try:
                 if isinstance(plan.mode, Online):
-                    return await self._apply_online(run, force)
-                return await self._apply(run, plan_path)
+                    return guard.done(await self._apply_online(run, force))
+                return guard.done(await self._apply(run, plan_path))
             except BadInputError:
                 raise
-            except (RedisMigrateError, rexc.RedisError, OSError) as exc:
-                return await self._failed(run, exc, auto_rollback, plan_path)
+            except Exception as exc:  # whatever failed after the drop is undone
+                return guard.done(await self._failed(run, exc, auto_rollback, plan_path))
             finally:
                 await run.wire.close()
 
@@ -319,6 +369,7 @@ class AsyncMigrationExecutor:
                     f"source schema mismatch: index {plan.source.index_name!r} changed since "
                     "the plan was made; run `redismigrate plan` again"
                 )
+            await aliases.check_before_drop(client, plan)
             if await online.physical_name(client, shadow) is None:
                 await online.check_memory(client, plan, force=force)
                 await create_index(client, plan.merged_target_schema, index_name=shadow)
@@ -341,6 +392,7 @@ class AsyncMigrationExecutor:
                 name=plan.source.index_name,
                 new_name=plan.target_index_name,
                 shadow=shadow,
+                aliases=plan.source.aliases,
             )
             run.timed("cut_over", started)
             switch_documents = caught_up.num_docs + caught_up.hash_indexing_failures
@@ -385,20 +437,28 @@ class AsyncMigrationExecutor:
 
     # ------------------------------------------------------------------ the steps
     async def _apply(self, run: _Run, plan_path: str | None) -> MigrationReport:
-        plan, client = run.plan, run.client
         started = time.perf_counter()
         phase = await self._open_or_start(run)
         run.timed("check", started)
+        # the application's writes are watched from before the first key is read
+        run.capture = await ChangeCapture(run.client, _watched_prefixes(run.plan)).start()
+        try:
+            return await self._apply_steps(run, phase)
+        finally:
+            await run.capture.stop()
+
+    async def _apply_steps(self, run: _Run, phase: str) -> MigrationReport:
+        plan, client = run.plan, run.client
         if phase == "dump":
-            await self._field_renames(run)
             await self._dump(run)
             phase = "ready"
         if phase == "ready":
+            await self._check_collisions(run)
             _crash_point("before_drop")
             started = time.perf_counter()
             run.dropped_at = time.perf_counter()
             if await self._live_schema(client, plan.source.index_name) is not None:
-                await drop_index(client, plan.source.index_name)
+                await drop_index(client, aliases.source_index(plan))  # not via an alias
                 _crash_point("dropped_unrecorded")
             # else: a killed run dropped it just before it could say so
             run.set_phase("index_dropped")
@@ -410,7 +470,9 @@ class AsyncMigrationExecutor:
         rewrites = any(vc.rewrite_documents for vc in plan.vector_changes)
         if phase in ("index_dropped", "active"):
             if phase == "index_dropped":
+                # renames run after the drop: no index answers with half-renamed documents
                 await self._key_renames(run)
+                await self._field_renames(run)
                 run.set_phase("active")
             if rewrites:
                 # Build the target while re-encoding: created without the initial scan,
@@ -422,6 +484,8 @@ class AsyncMigrationExecutor:
                 run.timed("create", started)
             await self._reencode(run, touch=rewrites)
             phase = "completed"
+        if phase != "validated":
+            await self._reconcile(run, touch=rewrites)
         if phase == "completed":
             _crash_point("before_create")
             started = time.perf_counter()
@@ -431,12 +495,95 @@ class AsyncMigrationExecutor:
             run.timed("create", started)
             phase = "target_created"
         await self._wait_indexed(run)
+        await self._rebuild_if_failures_grew(run)
+        await aliases.point_at_target(client, plan)  # the drop removed them from the source
         started = time.perf_counter()
-        validation = await validate_live(client, plan, run.backups)
+        validation = await validate_live(
+            client,
+            plan,
+            run.backups,
+            written_during_run=self._written_during_run(run),
+            live_documents=await self._live_documents(run),
+        )
         run.timed("validate", started)
         if validation.passed and run.header.phase != "validated":
             run.set_phase("validated")
-        return await self._report(run, "succeeded" if validation.passed else "failed", validation)
+        result = "succeeded" if validation.passed else "failed"
+        error = None
+        if run.concurrent is not None and run.concurrent.unreconciled:
+            result = "failed"
+            error = (
+                f"{run.concurrent.unreconciled} document(s) the application wrote during the "
+                "run could not be brought to the target's shape; they are listed under "
+                "concurrent_writes.unreconciled_keys in the report"
+            )
+        return await self._report(run, result, validation, error=error)
+
+    def _written_during_run(self, run: _Run) -> Callable[[bytes], bool] | None:
+        capture = run.capture
+        quiet = capture is None or (capture.foreign_events == 0 and not run.skipped)
+        if quiet and (run.concurrent is None or not run.concurrent.keys_written):
+            return None
+        change = run.plan.rename_operations.change_prefix
+
+        def written(key: bytes) -> bool:
+            names = {key}
+            if change is not None:
+                names.add(moved_key(key, change.old, change.new))
+            if capture is not None and not capture.complete:
+                return True
+            return any(
+                n in run.skipped or (capture is not None and capture.written_by_application(n))
+                for n in names
+            )
+
+        return written
+
+    async def _live_documents(self, run: _Run) -> int | None:
+        """Documents under the target's prefixes now, when the application changed their
+        number during the run (None: the snapshot's count holds)."""
+        concurrent = run.concurrent
+        if concurrent is None or not (concurrent.keys_written or concurrent.writes_seen):
+            return None
+        target = run.plan.merged_target_schema
+        if target.index.options.filter is not None:
+            return None
+        total = 0
+        async for keys in scan_prefixes(
+            run.client, target.index.prefixes, run.plan.source.keyspace.storage_type, 1000
+        ):
+            total += len(keys)
+        return total
+
+    async def _reconcile(self, run: _Run, *, touch: bool) -> None:
+        """Bring what the application wrote during the run to the target's shape."""
+        started = time.perf_counter()
+        assert run.backups is not None
+        run.tick("reconcile", 0, None)
+        reconciler = Reconciler(
+            run.client, run.wire, run.plan, run.header.fields, run.capture, touch=touch
+        )
+        reconciler.skipped = run.skipped
+        sweep = "the run was resumed; writes made while no run was going were not seen"
+        run.concurrent = await reconciler.run(sweep_reason=sweep if run.resumed else None)
+        run.timed("reconcile", started, run.concurrent.keys_written)
+
+    async def _rebuild_if_failures_grew(self, run: _Run) -> None:
+        """The target was built while writing; vectors the application wrote in the old
+        encoding meanwhile failed to index before they were re-encoded, and the server
+        never takes a failure back: build it again once, from what is stored now."""
+        concurrent = run.concurrent
+        if concurrent is None or not (concurrent.reencoded or concurrent.keys_written):
+            return
+        stats = await self._stats(run.client, run.plan.target_index_name)
+        before = run.plan.source.stats_snapshot.hash_indexing_failures
+        if stats is None or stats.hash_indexing_failures <= before:
+            return
+        started = time.perf_counter()
+        await drop_index(run.client, run.plan.target_index_name)
+        await create_index(run.client, run.plan.merged_target_schema)
+        await self._wait_indexed(run)
+        run.timed("rebuild", started)
 
     async def _open_or_start(self, run: _Run) -> str:
         """Open the progress header of an earlier run, or check the source and start anew."""
@@ -450,9 +597,8 @@ class AsyncMigrationExecutor:
                 "that migration is finished"
             )
         live_source = await self._live_schema(run.client, plan.source.index_name)
-        source_matches = live_source is not None and schema_hash(live_source) == (
-            plan.source.schema_hash
-        )
+        # by its name: after an online migration that name is an alias of <name>__rm<n>
+        source_matches = live_source is not None and aliases.source_matches(plan, live_source)
         if existing is not None:
             phase = existing.header.phase
             target_live = await self._live_schema(run.client, plan.target_index_name)
@@ -495,6 +641,7 @@ class AsyncMigrationExecutor:
                 f"source schema mismatch: index {plan.source.index_name!r} changed since the "
                 "plan was made; run `redismigrate plan` again"
             )
+        await aliases.check_before_drop(run.client, plan)
         await self._check_prefix_target_free(run)
         header = BackupHeader(
             format="redismigrate-vector-backup",
@@ -606,20 +753,40 @@ class AsyncMigrationExecutor:
             or plan.source.schema_snapshot.index.options.filter is None,
         )
 
+    def _snapshot(self, run: _Run) -> Iterator[list[bytes]]:
+        """The keys the backup enumerated before the drop, batch by batch."""
+        assert run.backups is not None
+        for frame in run.backups.iter_frames():
+            yield frame.keys
+
+    async def _check_collisions(self, run: _Run) -> None:
+        change = run.plan.rename_operations.change_prefix
+        if change is None:
+            return
+        batches = await anyio.to_thread.run_sync(lambda: list(self._snapshot(run)))
+        taken = await prefix_step.find_collisions(run.client, batches, change)
+        prefix_step.refuse_collisions(taken, change)
+
     async def _field_renames(self, run: _Run) -> None:
         renames = [(r.old_path, r.new_path) for r in run.plan.rename_operations.rename_fields]
         if not renames:
             return
         started = time.perf_counter()
         is_json = run.plan.source.keyspace.storage_type == "json"
+        change = run.plan.rename_operations.change_prefix
         done = 0
-        async for keys in await self._enumerate(run):
+        for snapshot in self._snapshot(run):
+            keys = [
+                moved_key(k, change.old, change.new) if change is not None else k for k in snapshot
+            ]
             if is_json:
                 run.fields_renamed += await rename_json_fields(run.client, keys, renames)
             else:
-                run.fields_renamed += await rename_hash_fields(run.client, keys, renames)
+                outcome = await guarded.rename_fields(run.wire, keys, renames, capture=run.capture)
+                run.fields_renamed += outcome.written
+                run.skipped.update(outcome.skipped)
             done += len(keys)
-            run.tick("field_renames", done, run.plan.source.stats_snapshot.num_docs)
+            run.tick("field_renames", done, run.documents or None)
         run.timed("field_renames", started, done)
 
     async def _dump(self, run: _Run) -> None:
@@ -633,80 +800,91 @@ class AsyncMigrationExecutor:
         fields = run.header.fields
         total = run.plan.source.stats_snapshot.num_docs
         done = 0
-        if fields:
-            names = list(fields)
-            hash_fields = [fields[n].document_field for n in names]
-            sources = run.backups.data_sources
-
-            field_names = [f.encode() for f in hash_fields]
+        # every key is recorded (the snapshot later steps work from), with its vectors
+        names = list(fields)
+        # fields are renamed after the drop: the backup reads them by their old names
+        field_names = [self._source_path(run.plan, n).encode() for n in names]
+        sources = run.backups.data_sources
+        value_size = -1
+        if names:
             first = fields[names[0]]
             value_size = first.dims * DATATYPE_BYTES[first.source_datatype]
 
-            async def shard_writer(target: VectorBackup, inbox: Any) -> None:
-                # reading batch n+1 from Redis overlaps writing batch n to disk
-                frames, to_disk = anyio.create_memory_object_stream[
-                    tuple[list[bytes], dict[str, list[bytes | None]]]
-                ](1)
+        async def shard_writer(target: VectorBackup, inbox: Any) -> None:
+            # reading batch n+1 from Redis overlaps writing batch n to disk
+            frames, to_disk = anyio.create_memory_object_stream[
+                tuple[list[bytes], dict[str, list[bytes | None]]]
+            ](1)
 
-                async def read() -> None:
-                    async with inbox, frames:
-                        async for keys in inbox:
-                            columns = await run.wire.read_columns(keys, field_names, value_size)
-                            vectors = dict(zip(names, columns, strict=True))
-                            await frames.send((keys, vectors))
+            async def read() -> None:
+                async with inbox, frames:
+                    async for keys in inbox:
+                        columns = (
+                            await run.wire.read_columns(keys, field_names, value_size)
+                            if field_names
+                            else []
+                        )
+                        vectors = dict(zip(names, columns, strict=True))
+                        await frames.send((keys, vectors))
 
-                async def write() -> None:
-                    nonlocal done
-                    committed = time.monotonic()
-                    async with to_disk:
-                        async for keys, vectors in to_disk:
-                            await anyio.to_thread.run_sync(
-                                partial(target.append_batch, keys, vectors, durable=False)
-                            )
-                            if time.monotonic() - committed >= self.checkpoint_seconds:
-                                await anyio.to_thread.run_sync(target.commit)
-                                committed = time.monotonic()
-                            done += len(keys)
-                            run.tick("backup", done, total)
-                            _crash_point("during_backup")
-                    await anyio.to_thread.run_sync(target.commit)
+            async def write() -> None:
+                nonlocal done
+                committed = time.monotonic()
+                async with to_disk:
+                    async for keys, vectors in to_disk:
+                        await anyio.to_thread.run_sync(
+                            partial(target.append_batch, keys, vectors, durable=False)
+                        )
+                        if time.monotonic() - committed >= self.checkpoint_seconds:
+                            await anyio.to_thread.run_sync(target.commit)
+                            committed = time.monotonic()
+                        done += len(keys)
+                        run.tick("backup", done, total)
+                        _crash_point("during_backup")
+                await anyio.to_thread.run_sync(target.commit)
 
-                async with anyio.create_task_group() as group:
-                    group.start_soon(read)
-                    group.start_soon(write)
+            async with anyio.create_task_group() as group:
+                group.start_soon(read)
+                group.start_soon(write)
 
-            try:
-                async with anyio.create_task_group() as group:
-                    outboxes = []
-                    for target in sources:
-                        outbox, inbox = anyio.create_memory_object_stream[list[bytes]](1)
-                        outboxes.append(outbox)
-                        group.start_soon(shard_writer, target, inbox)
-                    position = 0
-                    async for keys in await self._enumerate(run):
-                        await outboxes[position % len(outboxes)].send(keys)
-                        position += 1
-                    for outbox in outboxes:
-                        await outbox.aclose()
-            except Exception as exc:
-                raise first_error(exc) from None
+        try:
+            async with anyio.create_task_group() as group:
+                outboxes = []
+                for target in sources:
+                    outbox, inbox = anyio.create_memory_object_stream[list[bytes]](1)
+                    outboxes.append(outbox)
+                    group.start_soon(shard_writer, target, inbox)
+                position = 0
+                async for keys in await self._enumerate(run):
+                    await outboxes[position % len(outboxes)].send(keys)
+                    position += 1
+                for outbox in outboxes:
+                    await outbox.aclose()
+        except Exception as exc:
+            raise first_error(exc) from None
         run.documents = done or total
         await anyio.to_thread.run_sync(partial(run.set_phase, "ready"))
         run.timed("backup", started, done)
 
     async def _key_renames(self, run: _Run) -> None:
+        """Move exactly the keys of the snapshot, each once (RENAMENX: never overwrites)."""
         change = run.plan.rename_operations.change_prefix
         if change is None:
             return
         started = time.perf_counter()
-        cluster = await is_cluster(run.client)
-        storage = run.plan.source.keyspace.storage_type
         moved = 0
-        async for keys in scan_prefixes(run.client, [change.old], storage, run.batch_size):
-            moved += await rename_keys(run.client, keys, change.old, change.new, cluster=cluster)
-            run.tick("key_renames", moved, run.plan.source.stats_snapshot.num_docs)
+        for keys in self._snapshot(run):
+            moved += await prefix_step.move(run.client, keys, change, run.capture)
+            run.tick("key_renames", moved, run.documents or None)
         run.keys_renamed += moved
         run.timed("key_renames", started, moved)
+
+    @staticmethod
+    def _source_path(plan: MigrationPlan, source_field: str) -> str:
+        """The hash field holding ``source_field`` before any rename."""
+        field = plan.source.schema_snapshot.field(source_field)
+        assert field is not None
+        return field.path or field.name
 
     async def _reencode(self, run: _Run, *, touch: bool = False) -> None:
         """Write every backed-up vector re-encoded by the plan's rule.
@@ -722,32 +900,59 @@ class AsyncMigrationExecutor:
         change = run.plan.rename_operations.change_prefix
         lock = anyio.Lock()
 
+        fields = run.header.fields
+        field_names = [fields[name].document_field.encode() for name in changes]
+
         def encode(frame: BackupBatch) -> _EncodedBatch:
-            """The HSETs of one frame (runs in a worker thread: numpy work)."""
-            items: list[tuple[bytes, bytes, bytes]] = []
-            count = 0
+            """The guarded writes of one frame (runs in a worker thread: numpy work)."""
             keys = [
                 moved_key(k, change.old, change.new) if change is not None else k
                 for k in frame.keys
             ]
-            written: set[bytes] = set()
+            expected: list[list[Any]] = []
+            encoded: list[list[bytes | None]] = []
+            count = 0
             for source_field, vc in changes.items():
-                if source_field not in frame.vectors or vc.encoding is None:
-                    continue
-                originals = frame.vectors[source_field]
-                present = [(k, v) for k, v in zip(keys, originals, strict=True) if v is not None]
-                if not present:
-                    continue
-                encoded = reencode_bytes([v for _, v in present], vc.encoding, vc.dims)
-                target_field = vc.field.encode()
-                items.extend(
-                    (key, target_field, blob)
-                    for (key, _), blob in zip(present, encoded, strict=True)
+                originals = frame.vectors.get(source_field) or [None] * len(keys)
+                size = vc.dims * DATATYPE_BYTES[vc.source_datatype]
+                # a value of another size is no vector of this field: left as it is
+                # (the target counts it as an indexing failure, as the source did)
+                usable = [v if v is not None and len(v) == size else None for v in originals]
+                present = [v for v in usable if v is not None]
+                blobs = iter(
+                    reencode_bytes(present, vc.encoding, vc.dims)
+                    if present and vc.encoding is not None
+                    else []
                 )
-                written.update(key for key, _ in present)
+                expected.append(usable if vc.encoding is not None else [None] * len(keys))
+                encoded.append(
+                    [next(blobs) if v is not None and vc.encoding else None for v in usable]
+                )
                 count = max(count, len(present))
-            untouched = [k for k in keys if k not in written] if touch else []
-            return _EncodedBatch(batch=frame.batch, items=items, count=count, touch=untouched)
+            return _EncodedBatch(
+                batch=frame.batch,
+                keys=keys,
+                fields=field_names,
+                expected=expected,
+                encoded=encoded,
+                count=count,
+            )
+
+        async def write(batch: _EncodedBatch) -> None:
+            outcome = await guarded.reencode(
+                run.wire,
+                batch.keys,
+                batch.fields,
+                batch.expected,
+                batch.encoded,
+                touch=touch,
+                capture=run.capture,
+                value_size=value_size,
+            )
+            run.skipped.update(outcome.skipped)
+
+        first = next(iter(changes.values()), None)
+        value_size = first.dims * DATATYPE_BYTES[first.source_datatype] if first else -1
 
         async def produce(source: VectorBackup, start: int, out: Any) -> None:
             """Read and encode frames in a thread, ahead of the writers."""
@@ -789,8 +994,7 @@ class AsyncMigrationExecutor:
                 group.start_soon(produce, source, source.header.quantize_completed_batches, send)
                 async with receive:
                     async for batch in receive:
-                        await run.wire.hset_many(batch.items)
-                        await run.wire.touch_many(batch.touch)
+                        await write(batch)
                         await progress(source, batch.batch + 1, batch.count)
 
         async def shared_file(source: VectorBackup) -> None:
@@ -802,8 +1006,7 @@ class AsyncMigrationExecutor:
                 nonlocal watermark
                 async with batches:
                     async for batch in batches:
-                        await run.wire.hset_many(batch.items)
-                        await run.wire.touch_many(batch.touch)
+                        await write(batch)
                         finished.add(batch.batch)
                         while watermark in finished:
                             finished.discard(watermark)
@@ -921,6 +1124,7 @@ class AsyncMigrationExecutor:
             error=error,
             undone=undone,
             next_steps=next_steps or [],
+            concurrent_writes=run.concurrent,
         )
 
     async def _failed(
@@ -976,35 +1180,125 @@ class AsyncMigrationExecutor:
     ) -> int:
         """Put documents, keys, fields and (optionally) the source index back as the plan
         found them; returns how many vector values were restored."""
+        # the whole backup checks out, and matches the plan, before anything is destroyed
+        await anyio.to_thread.run_sync(verify_backup_for_plan, backup_dir, plan)
         live_target = await self._live_schema(client, plan.target_index_name)
         if live_target is not None and not live_target.same_index_as(plan.source.schema_snapshot):
             await drop_index(client, plan.target_index_name)
         backup = BackupSet.open(backup_dir, plan.source.index_name)
-        change = plan.rename_operations.change_prefix
-        storage = plan.source.keyspace.storage_type
-        if change is not None:
-            cluster = await is_cluster(client)
-            async for keys in scan_prefixes(client, [change.new], storage, 500):
-                await rename_keys(client, keys, change.new, change.old, cluster=cluster)
         restored = 0
         if backup is not None:
-            restored = await restore_vectors(client, backup)
-        renames = [(r.new_path, r.old_path) for r in plan.rename_operations.rename_fields]
-        if renames:
-            async for keys in scan_prefixes(client, plan.source.keyspace.prefixes, storage, 500):
-                if storage == "json":
-                    await rename_json_fields(client, keys, renames)
-                else:
-                    await rename_hash_fields(client, keys, renames)
+            wire = Wire(client, enabled=not await is_cluster(client))
+            try:
+                restored = await self._undo_documents(client, wire, plan, backup)
+            finally:
+                await wire.close()
         if recreate_index and await self._live_schema(client, plan.source.index_name) is None:
             await create_index(client, plan.source.schema_snapshot)
             await self._until_indexed(client, plan.source.index_name)
+        if recreate_index:
+            await aliases.point_at_source(client, plan)
         if backup is not None:
             stamp = time.strftime("%Y%m%dT%H%M%S")
             files = backup.files()
             backup.close()
             for path in files:
                 path.rename(f"{path}.rolled-back-{stamp}")
+        return restored
+
+    async def _undo_documents(
+        self, client: aioredis.Redis, wire: Wire, plan: MigrationPlan, backup: BackupSet
+    ) -> int:
+        """From the snapshot in the backup: every key gets its name back, every vector the
+        migration re-encoded its original bytes, every renamed field its old name.
+
+        Guarded like every write of the migrator: a value the application wrote since is
+        left as it is (listed in the error), a deleted document stays deleted. The first
+        batch is read back afterwards to check the restore.
+        """
+        change = plan.rename_operations.change_prefix
+        storage = plan.source.keyspace.storage_type
+        renames = [(r.new_path, r.old_path) for r in plan.rename_operations.rename_fields]
+        fields = backup.header.fields
+        changes = {vc.source_field: vc for vc in plan.vector_changes if vc.rewrite_documents}
+        restored = 0
+        conflicts: list[bytes] = []
+        check: list[tuple[bytes, bytes, bytes]] = []
+        for frame in backup.iter_frames():
+            names = list(frame.keys)
+            if change is not None:
+                _, taken = await prefix_step.move_back(client, frame.keys, change, None)
+                if taken:
+                    conflicts.extend(taken)
+                    left = set(taken)
+                    names = [
+                        moved_key(k, change.old, change.new)
+                        if moved_key(k, change.old, change.new) in left
+                        else k
+                        for k in frame.keys
+                    ]
+            for source_field, column in frame.vectors.items():
+                vc = changes.get(source_field)
+                if vc is None or vc.encoding is None or source_field not in fields:
+                    continue
+                size = vc.dims * DATATYPE_BYTES[vc.source_datatype]
+                present = [
+                    (name, bytes(v))
+                    for name, v in zip(names, column, strict=True)
+                    if v is not None and len(v) == size
+                ]
+                if not present:
+                    continue
+                originals = [v for _, v in present]
+                encoded = await anyio.to_thread.run_sync(
+                    reencode_bytes, originals, vc.encoding, vc.dims
+                )
+                field_name = fields[source_field].document_field.encode()
+                outcome = await guarded.restore(
+                    wire,
+                    [name for name, _ in present],
+                    field_name,
+                    originals,
+                    encoded,
+                    capture=None,
+                )
+                restored += outcome.written
+                conflicts.extend(outcome.skipped)
+                if frame.batch == 0:
+                    skipped = set(outcome.skipped)
+                    check += [(n, field_name, v) for n, v in present if n not in skipped]
+            if renames:
+                if storage == "json":
+                    await rename_json_fields(client, names, renames)
+                else:
+                    outcome = await guarded.rename_fields(wire, names, renames, capture=None)
+                    conflicts.extend(outcome.skipped)
+        if check:
+            pipe = client.pipeline(transaction=False)
+            for name, field_name, _ in check:
+                target = name
+                for new, old in renames:
+                    if field_name == new.encode():
+                        field_name = old.encode()
+                pipe.hget(target, field_name)
+            found = await pipe.execute()
+            wrong = [
+                name
+                for (name, _, original), now in zip(check, found, strict=True)
+                if now is not None and now != original
+            ]
+            if wrong:
+                raise RedisMigrateError(
+                    f"undo check failed: {len(wrong)} restored vector(s) do not hold their "
+                    f"original bytes (for example {wrong[0]!r})"
+                )
+        if conflicts:
+            shown = ", ".join(repr(k.decode("utf-8", "backslashreplace")) for k in conflicts[:5])
+            raise UndoConflicts(
+                f"{len(conflicts)} document(s) were changed by the application after the "
+                f"migration wrote them and were left as the application left them ({shown}); "
+                "everything else was put back"
+            )
         return restored
 
     async def rollback(
@@ -1015,10 +1309,12 @@ class AsyncMigrationExecutor:
         redis_client: aioredis.Redis | None = None,
         index_name: str | None = None,
         recreate_index: bool = False,
+        break_lock: bool = False,
     ) -> RollbackReport:
         """Restore every original vector byte from a backup, move keys and fields back and
         drop the target index definition; with ``recreate_index`` also recreate the source
-        index from the plan's snapshot."""
+        index from the plan's snapshot. Holds the same locks as apply (``break_lock``
+        takes over another run's index lock)."""
         directory = Path(backup_dir)
         if not directory.is_dir():
             raise BadInputError(f"backup directory {str(directory)!r} does not exist")
@@ -1026,7 +1322,19 @@ class AsyncMigrationExecutor:
         copy = plan_copy_path(directory, name)
         if copy.exists() and isinstance(MigrationPlan.load(copy).mode, Online):
             plan = MigrationPlan.load(copy)
-            async with connect(redis_url, redis_client) as client:
+            check_plan_copy(plan, copy)  # before anything is changed
+            async with (
+                connect(redis_url, redis_client) as client,
+                RunGuard(
+                    client,
+                    command="rollback",
+                    index_name=name,
+                    target_index=plan.target_index_name,
+                    backup_dir=directory,
+                    plan_hash=plan_hash(plan),
+                    break_lock=break_lock,
+                ) as guard,
+            ):
                 said = await online.reverse(
                     client, plan, timeout=self.index_ready_timeout, poll=self.poll_interval
                 )
@@ -1037,18 +1345,45 @@ class AsyncMigrationExecutor:
                 index_recreated=True,
                 finished_at=now_iso(),
                 summary=said,
+                warnings=guard.warnings,
             )
         if VectorBackup.open(directory, name) is None or not copy.exists():
             raise BadInputError(f"no backup of index {name!r} to roll back in {str(directory)!r}")
         plan = MigrationPlan.load(copy)
-        async with connect(redis_url, redis_client) as client:
+        verify_backup_for_plan(directory, plan)  # before the lock, the drop, any restore
+        async with (
+            connect(redis_url, redis_client) as client,
+            RunGuard(
+                client,
+                command="rollback",
+                index_name=name,
+                target_index=plan.target_index_name,
+                backup_dir=directory,
+                plan_hash=plan_hash(plan),
+                break_lock=break_lock,
+            ) as guard,
+        ):
             restored = await self._undo(client, plan, directory, recreate_index=recreate_index)
         return RollbackReport(
             index_name=name,
             vectors_restored=restored,
             index_recreated=recreate_index,
             finished_at=now_iso(),
+            warnings=guard.warnings,
         )
+
+    async def history(
+        self,
+        *,
+        redis_url: str | None = None,
+        redis_client: aioredis.Redis | None = None,
+        index_name: str | None = None,
+        limit: int | None = None,
+    ) -> list[LedgerEntry]:
+        """The runs the migration ledger recorded, newest first (only ``index_name``'s when
+        given): command, index, plan hash, start, end, status, host, pid, backup dir."""
+        async with connect(redis_url, redis_client) as client:
+            return await read_history(client, index_name=index_name, limit=limit)
 
 
 class RollbackReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -1057,6 +1392,7 @@ class RollbackReport(msgspec.Struct, frozen=True, kw_only=True):
     index_recreated: bool
     finished_at: str
     summary: str = ""
+    warnings: list[str] = []
 
 
 def _only_backup_in(directory: Path) -> str:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeVar
 
 import hiredis
 import numpy as np
@@ -198,6 +199,55 @@ class _Replies(asyncio.BufferedProtocol):
         self._waiter.set_result(replies)
 
 
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+async def open_like(
+    client: aioredis.Redis, factory: Callable[[], P]
+) -> tuple[asyncio.Transport, P, list[bytes]] | None:
+    """A new connection to the server ``client`` talks to, with ``factory``'s protocol,
+    and the AUTH / SELECT commands to send first; None where that cannot be reproduced."""
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kind = pool.connection_class.__name__
+    loop = asyncio.get_running_loop()
+    try:
+        if kind == "UnixDomainSocketConnection":
+            transport, protocol = await loop.create_unix_connection(factory, kwargs["path"])
+        elif kind in ("Connection", "SSLConnection"):
+            context = None
+            if kind == "SSLConnection":
+                context = ssl.create_default_context(cafile=kwargs.get("ssl_ca_certs"))
+                if kwargs.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                if kwargs.get("ssl_certfile"):
+                    context.load_cert_chain(kwargs["ssl_certfile"], kwargs.get("ssl_keyfile"))
+            transport, protocol = await loop.create_connection(
+                factory,
+                kwargs.get("host", "localhost"),
+                int(kwargs.get("port", 6379)),
+                ssl=context,
+            )
+        else:
+            return None
+    except OSError:
+        return None
+    assert isinstance(transport, asyncio.Transport)
+    setup: list[bytes] = []
+    password = kwargs.get("password")
+    if password:
+        username = kwargs.get("username")
+        if username:
+            setup.append(pack(b"AUTH", username.encode(), password.encode()))
+        else:
+            setup.append(pack(b"AUTH", password.encode()))
+    db = int(kwargs.get("db") or 0)
+    if db:
+        setup.append(pack(b"SELECT", str(db).encode()))
+    return transport, protocol, setup
+
+
 class RawConnection:
     """One RESP2 connection used only for pipelined batches of simple commands."""
 
@@ -209,45 +259,11 @@ class RawConnection:
     async def like(cls, client: aioredis.Redis) -> RawConnection | None:
         """A raw connection to the server ``client`` talks to, or None where that cannot
         be reproduced simply (then callers use ``client`` itself)."""
-        pool = client.connection_pool
-        kwargs = dict(pool.connection_kwargs)
-        kind = pool.connection_class.__name__
-        loop = asyncio.get_running_loop()
-        try:
-            if kind == "UnixDomainSocketConnection":
-                transport, protocol = await loop.create_unix_connection(_Replies, kwargs["path"])
-            elif kind in ("Connection", "SSLConnection"):
-                context = None
-                if kind == "SSLConnection":
-                    context = ssl.create_default_context(cafile=kwargs.get("ssl_ca_certs"))
-                    if kwargs.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
-                        context.check_hostname = False
-                        context.verify_mode = ssl.CERT_NONE
-                    if kwargs.get("ssl_certfile"):
-                        context.load_cert_chain(kwargs["ssl_certfile"], kwargs.get("ssl_keyfile"))
-                transport, protocol = await loop.create_connection(
-                    _Replies,
-                    kwargs.get("host", "localhost"),
-                    int(kwargs.get("port", 6379)),
-                    ssl=context,
-                )
-            else:
-                return None
-        except OSError:
+        opened = await open_like(client, _Replies)
+        if opened is None:
             return None
-        assert isinstance(transport, asyncio.Transport)
+        transport, protocol, setup = opened
         connection = cls(transport, protocol)
-        setup: list[bytes] = []
-        password = kwargs.get("password")
-        if password:
-            username = kwargs.get("username")
-            if username:
-                setup.append(pack(b"AUTH", username.encode(), password.encode()))
-            else:
-                setup.append(pack(b"AUTH", password.encode()))
-        db = int(kwargs.get("db") or 0)
-        if db:
-            setup.append(pack(b"SELECT", str(db).encode()))
         if setup:
             try:
                 await connection.call(b"".join(setup), len(setup))
@@ -256,19 +272,23 @@ class RawConnection:
                 return None
         return connection
 
-    async def call(self, commands: bytes, count: int, value_size: int = -1) -> list[Any]:
+    async def call(
+        self, commands: bytes, count: int, value_size: int = -1, *, raise_errors: bool = True
+    ) -> list[Any]:
         """Send ``commands`` (``count`` packed commands) and return their ``count`` replies.
 
         With ``value_size``, replies are expected to be bulk strings of that many bytes
         and read without a parser (any other reply still comes back right, parsed).
-        A command the server refuses raises ResponseError after all replies are read.
+        A command the server refuses raises ResponseError after all replies are read,
+        unless ``raise_errors`` is False (then its reply is a ``hiredis.ReplyError``).
         """
         replies = self._protocol.expect(count, value_size)
         self._transport.write(commands)
         result = await replies
-        for reply in result:
-            if isinstance(reply, hiredis.ReplyError):
-                raise rexc.ResponseError(str(reply))
+        if raise_errors:
+            for reply in result:
+                if isinstance(reply, hiredis.ReplyError):
+                    raise rexc.ResponseError(str(reply))
         return result
 
     async def hget_values(
@@ -389,6 +409,58 @@ class Wire:
             raise
         self._idle.append(connection)
 
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Caller]:
+        """A connection of its own for a conversation (WATCH ... EXEC): raw where it can
+        be, else one taken from ``client``'s pool."""
+        raw = await self._acquire()
+        if raw is not None:
+            try:
+                yield raw
+            except BaseException:
+                await raw.close()
+                raise
+            self._idle.append(raw)
+            return
+        pooled = await self.client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        caller = PooledConnection(pooled)
+        try:
+            yield caller
+        except BaseException:
+            await pooled.disconnect()
+            raise
+        finally:
+            await self.client.connection_pool.release(pooled)
+
     async def close(self) -> None:
         while self._idle:
             await self._idle.pop().close()
+
+
+class Caller(Protocol):
+    async def call(
+        self, commands: bytes, count: int, value_size: int = -1, *, raise_errors: bool = True
+    ) -> list[Any]: ...
+
+
+class PooledConnection:
+    """``RawConnection.call`` over a connection of redis-py's pool."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    async def call(
+        self, commands: bytes, count: int, value_size: int = -1, *, raise_errors: bool = True
+    ) -> list[Any]:
+        await self._connection.send_packed_command(commands)
+        replies: list[Any] = []
+        first_error: rexc.ResponseError | None = None
+        for _ in range(count):
+            try:
+                replies.append(await self._connection.read_response())
+            except rexc.ResponseError as exc:
+                replies.append(hiredis.ReplyError(str(exc)))
+                first_error = first_error or exc
+        if raise_errors and first_error is not None:
+            raise first_error
+        return replies

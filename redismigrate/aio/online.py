@@ -9,6 +9,7 @@ name at the shadow as an alias: queries never see a missing index.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -92,8 +93,16 @@ async def wait_until_caught_up(
         await anyio.sleep(poll)
 
 
-async def cut_over(client: aioredis.Redis, *, name: str, new_name: str, shadow: str) -> str:
-    """In one MULTI/EXEC: point ``new_name`` at ``shadow`` and drop what ``name`` served.
+async def cut_over(
+    client: aioredis.Redis,
+    *,
+    name: str,
+    new_name: str,
+    shadow: str,
+    aliases: Sequence[str] = (),
+) -> str:
+    """In one MULTI/EXEC: point ``new_name`` and the user ``aliases`` at ``shadow`` and drop
+    what ``name`` served (the drop would remove the aliases still on it).
 
     Returns the physical index that was dropped.
     """
@@ -101,6 +110,9 @@ async def cut_over(client: aioredis.Redis, *, name: str, new_name: str, shadow: 
     if current is None:
         raise IndexNotFound(f"index {name!r} does not exist")
     pipe = client.pipeline(transaction=True)
+    for alias in aliases:
+        if alias not in (name, new_name):
+            pipe.execute_command("FT.ALIASUPDATE", alias, shadow)
     if current == name:  # a plain index: its name becomes an alias
         pipe.execute_command("FT.DROPINDEX", name)
         pipe.execute_command("FT.ALIASADD", new_name, shadow)
@@ -144,6 +156,10 @@ async def reverse(
     await create_index(client, plan.source.schema_snapshot, index_name=back)
     await wait_until_caught_up(client, back, shadow, timeout=timeout, poll=poll)
     await cut_over(
-        client, name=plan.target_index_name, new_name=plan.source.index_name, shadow=back
+        client,
+        name=plan.target_index_name,
+        new_name=plan.source.index_name,
+        shadow=back,
+        aliases=plan.source.aliases,
     )
     return f"the name {plan.source.index_name!r} serves the source schema again (as {back!r})"

@@ -12,6 +12,7 @@ import numpy as np
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
+from redismigrate.aio.aliases import plan_aliases
 from redismigrate.aio.connection import connect, execute
 from redismigrate.aio.indexes import (
     ft_info,
@@ -136,6 +137,7 @@ class AsyncMigrationPlanner:
         force: bool = False,
         overlap_checked_elsewhere: list[str] | None = None,
         mode: str | None = None,
+        aliases: Sequence[str] = (),
     ) -> MigrationPlan:
         """Snapshot ``index_name``, merge the requested change, and return the plan.
 
@@ -145,6 +147,10 @@ class AsyncMigrationPlanner:
         named in
         ``overlap_checked_elsewhere`` do not count as sharing keys (a batch checks its
         own members against each other).
+
+        ``aliases`` names aliases of the index to move to the target (where the server
+        cannot list them, FT.ALIASLIST being search 8.10+); each must point at the index,
+        else BadInputError.
         """
         given = [
             x
@@ -174,6 +180,7 @@ class AsyncMigrationPlanner:
                 force,
                 set(overlap_checked_elsewhere or ()),
                 mode,
+                aliases,
             )
 
     async def estimate(
@@ -230,11 +237,13 @@ class AsyncMigrationPlanner:
         force: bool,
         overlap_checked_elsewhere: set[str],
         mode: str | None,
+        aliases: Sequence[str] = (),
     ) -> MigrationPlan:
         capabilities = await server_capabilities(client)
         described = await read_schema_and_stats(client, index_name)
         physical = described.schema.name  # differs when index_name is an alias
         source = renamed(described.schema, index_name)
+        user_aliases, aliases_listed = await plan_aliases(client, index_name, physical, aliases)
         if patch is None:
             assert target is not None
             patch = diff_schemas(source, target)
@@ -265,6 +274,8 @@ class AsyncMigrationPlanner:
             force=force,
             mode=mode,
             physical_index=physical,
+            aliases=user_aliases,
+            aliases_listed=aliases_listed,
         )
 
 

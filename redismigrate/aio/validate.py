@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
@@ -13,6 +14,7 @@ from redismigrate.errors import IndexNotFound
 from redismigrate.plan import MigrationPlan
 from redismigrate.quantize import reencode_bytes
 from redismigrate.report import ValidationResult
+from redismigrate.schema import DATATYPE_BYTES
 
 if TYPE_CHECKING:
     from redismigrate.aio.executor import BackupSet
@@ -32,9 +34,17 @@ async def validate_live(
     backup: BackupSet | None = None,
     *,
     documents_at_switch: int | None = None,
+    written_during_run: Callable[[bytes], bool] | None = None,
+    live_documents: int | None = None,
 ) -> ValidationResult:
     """Live schema equals the merged target; document counts and failures hold; sampled
-    keys exist; re-encoded vectors equal the plan's rule applied to their backed-up bytes."""
+    keys exist; re-encoded vectors equal the plan's rule applied to their backed-up bytes.
+
+    When the application wrote during the run, ``written_during_run`` tells which sampled
+    keys it wrote (they are checked by what they hold now, not by the backup), and
+    ``live_documents`` is the number of documents under the prefixes now, which the
+    index must hold instead of the snapshot's count.
+    """
     errors: list[str] = []
     target = plan.merged_target_schema
     source_stats = plan.source.stats_snapshot
@@ -58,7 +68,10 @@ async def validate_live(
     if not schema_match:
         errors.append("live schema differs from the plan's merged_target_schema")
     target_total = live.stats.num_docs + live.stats.hash_indexing_failures
-    if documents_at_switch is not None:
+    if live_documents is not None:
+        source_total = live_documents
+        count_match = target_total == live_documents
+    elif documents_at_switch is not None:
         # online: the application kept writing; the shadow matched the live index at the
         # switch, and may only have grown since
         source_total = documents_at_switch
@@ -76,7 +89,11 @@ async def validate_live(
             f"indexing failures grew from {source_stats.hash_indexing_failures} to "
             f"{live.stats.hash_indexing_failures}"
         )
-    sample = [target_key(plan, k.encode()) for k in plan.source.keyspace.key_sample]
+    sample = [
+        target_key(plan, k.encode())
+        for k in plan.source.keyspace.key_sample
+        if written_during_run is None or not written_during_run(k.encode())
+    ]
     missing: list[str] = []
     if sample:
         pipe = client.pipeline(transaction=False)
@@ -87,7 +104,7 @@ async def validate_live(
                 missing.append(key.decode("utf-8", "backslashreplace"))
     if missing:
         errors.append(f"{len(missing)} sampled key(s) are missing")
-    checked, mismatched = await _check_vectors(client, plan, backup)
+    checked, mismatched = await _check_vectors(client, plan, backup, written_during_run)
     if mismatched:
         errors.append(f"{len(mismatched)} re-encoded vector(s) differ from the plan's rule")
     return ValidationResult(
@@ -107,7 +124,10 @@ async def validate_live(
 
 
 async def _check_vectors(
-    client: aioredis.Redis, plan: MigrationPlan, backup: BackupSet | None
+    client: aioredis.Redis,
+    plan: MigrationPlan,
+    backup: BackupSet | None,
+    written_during_run: Callable[[bytes], bool] | None = None,
 ) -> tuple[int, list[str]]:
     changes = [vc for vc in plan.vector_changes if vc.rewrite_documents and vc.encoding]
     if backup is None or not changes:
@@ -115,19 +135,30 @@ async def _check_vectors(
     checked = 0
     mismatched: list[str] = []
     for frame in backup.iter_frames():
-        keys = frame.keys[:VECTOR_SAMPLE]
         for change in changes:
             assert change.encoding is not None
             if change.source_field not in frame.vectors:
                 continue
-            originals = frame.vectors[change.source_field][: len(keys)]
-            present = [(k, v) for k, v in zip(keys, originals, strict=True) if v is not None]
+            size = change.dims * DATATYPE_BYTES[change.source_datatype]
+            present = [
+                (k, v)
+                for k, v in zip(
+                    frame.keys[:VECTOR_SAMPLE],
+                    frame.vectors[change.source_field][:VECTOR_SAMPLE],
+                    strict=True,
+                )
+                if v is not None
+                and len(v) == size
+                and (written_during_run is None or not written_during_run(k))
+            ]
             if not present:
                 continue
             expected = reencode_bytes([v for _, v in present], change.encoding, change.dims)
             pipe = client.pipeline(transaction=False)
+            known = backup.header.fields.get(change.source_field)
+            field_name = known.document_field if known is not None else change.field
             for key, _ in present:
-                pipe.hget(target_key(plan, key), change.field)
+                pipe.hget(target_key(plan, key), field_name)
             stored = await pipe.execute()
             for (key, _), want, got in zip(present, expected, stored, strict=True):
                 checked += 1

@@ -15,6 +15,7 @@ from redismigrate import __version__
 from redismigrate.aio.connection import connect
 from redismigrate.aio.indexes import server_capabilities
 from redismigrate.cli import _render
+from redismigrate.ledger import TAKEOVER
 from redismigrate.sync import IndexInspector, MigrationPlanner
 from redismigrate.urls import check_url
 
@@ -47,6 +48,22 @@ UrlOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+BreakLockOption = Annotated[
+    bool,
+    typer.Option(
+        "--break-lock",
+        help="Take over the index lock another run holds (only when that run is dead).",
+    ),
+]
+AliasOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--alias",
+        metavar="NAME",
+        help="An alias of the index to move to the new index (repeatable); needed where the "
+        "server cannot list aliases (FT.ALIASLIST is search 8.10+).",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -228,6 +245,7 @@ def plan(
             "drop_recreate. Default: online where possible.",
         ),
     ] = None,
+    alias: AliasOption = None,
     url: UrlOption = "redis://localhost:6379",
 ) -> None:
     """Write a reviewable migration plan. Exit 0: supported; 3: written but blocked."""
@@ -246,6 +264,7 @@ def plan(
         previous_plan_path=previous_plan,
         force=force,
         mode=mode,
+        aliases=alias or (),
     )
     result.dump(plan_out)
     _render.print_plan_summary(console, result, plan_out)
@@ -344,6 +363,7 @@ def apply(
         bool,
         typer.Option("--force", help="Online: start even if the shadow index may not fit."),
     ] = False,
+    break_lock: BreakLockOption = False,
 ) -> None:
     """Apply a plan. Exit 0 only when the migration succeeded and validated."""
     from redismigrate.aio.executor import AsyncMigrationExecutor, check_backup_dir
@@ -377,6 +397,7 @@ def apply(
         "auto_rollback": not no_auto_rollback,
         "plan_path": str(plan),
         "force": force,
+        "break_lock": break_lock,
     }
     try:
         with StepProgress(console) as progress:
@@ -412,6 +433,9 @@ def apply(
             },
         )
     _render.print_report(console, report)
+    for warning in report.warnings:
+        if warning.startswith(TAKEOVER):
+            console.print(f"Warning: {warning}", markup=False, highlight=False)
     if not report.succeeded:
         raise typer.Exit(1)
 
@@ -452,14 +476,21 @@ def rollback(
     recreate_index: Annotated[
         bool, typer.Option("--recreate-index", help="Also recreate the source index.")
     ] = False,
+    break_lock: BreakLockOption = False,
 ) -> None:
     """Restore every original vector byte, move keys and fields back, drop the target index."""
     from redismigrate.sync import MigrationExecutor
 
     check_url(url)
     result = MigrationExecutor().rollback(
-        backup_dir=backup_dir, redis_url=url, index_name=index, recreate_index=recreate_index
+        backup_dir=backup_dir,
+        redis_url=url,
+        index_name=index,
+        recreate_index=recreate_index,
+        break_lock=break_lock,
     )
+    for warning in result.warnings:
+        console.print(f"Warning: {warning}", markup=False, highlight=False)
     if result.summary:
         console.print(f"Rolled back {result.index_name!r}: {result.summary}", markup=False)
         return
@@ -487,6 +518,7 @@ def batch_plan(
     failure_policy: Annotated[
         str, typer.Option("--failure-policy", help="fail_fast or continue_on_error.")
     ] = "fail_fast",
+    alias: AliasOption = None,
     url: UrlOption = "redis://localhost:6379",
 ) -> None:
     """Plan one patch across many indexes: a plan file per index, or why it is skipped."""
@@ -506,6 +538,7 @@ def batch_plan(
         schema_patch_path=schema_patch,
         failure_policy=failure_policy,
         plan_out=plan_out,
+        aliases=alias or (),
     )
     _render.print_batch_plan(console, result, plan_out)
 
@@ -525,6 +558,7 @@ def batch_apply(
         "reports"
     ),
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Keys per batch.")] = 500,
+    break_lock: BreakLockOption = False,
 ) -> None:
     """Apply a batch plan index by index. Exit 0 only when every index succeeded."""
     from redismigrate.aio.batch import load_batch_plan
@@ -545,6 +579,7 @@ def batch_apply(
             batch_size=batch_size,
             progress_callback=_batch_progress,
             step_callback=steps,
+            break_lock=break_lock,
         )
     _render.print_batch_report(console, report, state)
     if report.status != "completed":
@@ -565,6 +600,7 @@ def batch_resume(
         Path | None, typer.Option("--backup-dir", help="Must be the batch's own, if given.")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Keys per batch.")] = 500,
+    break_lock: BreakLockOption = False,
 ) -> None:
     """Go on with an interrupted batch from its state file."""
     from redismigrate.cli._progress import StepProgress
@@ -581,6 +617,7 @@ def batch_resume(
             batch_size=batch_size,
             progress_callback=_batch_progress,
             step_callback=steps,
+            break_lock=break_lock,
         )
     _render.print_batch_report(console, report, state)
     if report.status != "completed":
@@ -600,3 +637,26 @@ def batch_status(
         _print_json(loaded.to_dict())
     else:
         _render.print_batch_state(console, loaded)
+
+
+@app.command("history")
+def history(
+    index: Annotated[
+        str | None, typer.Option("--index", help="Only the runs on this index.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="At most this many runs.")
+    ] = None,
+    url: UrlOption = "redis://localhost:6379",
+    as_json: JsonOption = False,
+) -> None:
+    """Show the migration ledger: every apply, rollback and batch run, newest first."""
+    from redismigrate.cli._history import print_history
+    from redismigrate.sync import MigrationExecutor
+
+    check_url(url)
+    entries = MigrationExecutor().history(redis_url=url, index_name=index, limit=limit)
+    if as_json:
+        _print_json([msgspec.to_builtins(e) for e in entries])
+    else:
+        print_history(console, entries, index)

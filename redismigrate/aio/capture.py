@@ -1,0 +1,260 @@
+"""Change capture: which documents the application writes while a migration runs.
+
+Keyspace notifications for the index's prefixes are enabled for the run (and put back
+as they were at the end) and read on a connection of their own. The migrator's own
+writes notify too: before each of its writes it says which events it will cause
+(``expect``), and every event nobody expected is the application's. What the
+application wrote is handed out by ``drain``; ``sync`` waits until every event that
+happened before it has been read, so a drain after it misses nothing.
+
+Where notifications cannot be had (the user may not run CONFIG SET, a connection
+cannot be made) or the subscription drops, ``complete`` is False: callers then sweep
+every key instead of trusting what was captured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import hiredis
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+
+from redismigrate.aio.connection import execute
+from redismigrate.aio.fastwire import open_like, pack
+from redismigrate.aio.keys import glob_escape
+
+SYNC_TIMEOUT_SECONDS = 30.0
+# hash writes, generic (del, rename, expire), expired, evicted; module events (JSON)
+_WANTED_FLAGS = "Khgxed"
+_CLASS_ALIAS = "g$lshzxetd"  # what "A" stands for
+
+
+def _flags_with(current: str, wanted: str) -> str:
+    have = set(current.replace("A", _CLASS_ALIAS))
+    return current + "".join(flag for flag in wanted if flag not in have)
+
+
+class _Subscriber(asyncio.Protocol):
+    def __init__(self, capture: ChangeCapture) -> None:
+        self._capture = capture
+        self._reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        capture = self._capture
+        while True:
+            message = self._reader.gets()
+            if message is False:
+                return
+            if isinstance(message, list) and message:
+                capture._message(message)
+            elif isinstance(message, hiredis.ReplyError):
+                capture._lost(f"the server refused the subscription: {message}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._capture._lost(f"the notification connection was lost: {exc or 'closed'}")
+
+
+class ChangeCapture:
+    """The keys the application wrote under ``prefixes`` since ``start``."""
+
+    def __init__(self, client: aioredis.Redis, prefixes: Sequence[str]) -> None:
+        self.client = client
+        # a prefix under another one would deliver its events twice
+        self.prefixes = [
+            p
+            for p in dict.fromkeys(prefixes)
+            if not any(p != q and p.startswith(q) for q in prefixes)
+        ]
+        self.complete = False  # True while every write is being seen
+        self.problem: str | None = None  # why capture is (or became) incomplete
+        self.events_seen = 0
+        self.foreign_events = 0
+        self._foreign: set[bytes] = set()
+        self._expected: dict[bytes, int] = {}
+        self._deleted: set[bytes] = set()
+        self._watched: set[bytes] = set()
+        self._watched_hits: set[bytes] = set()
+        self._transport: asyncio.Transport | None = None
+        self._channel_heads: list[bytes] = []
+        self._marker_channel = b"redismigrate:capture:" + secrets.token_hex(8).encode()
+        self._marker_waiters: dict[bytes, asyncio.Future[None]] = {}
+        self._restore_flags: str | None = None
+        self._subscribed: asyncio.Future[None] | None = None
+        self._pending_subscriptions = 0
+
+    # ---- life cycle
+
+    async def start(self) -> ChangeCapture:
+        """Enable notifications and subscribe; on any refusal stay incomplete (no error)."""
+        try:
+            config = await self.client.config_get("notify-keyspace-events")
+            current = _text(next(iter(config.values()), b"")) if config else ""
+            wanted = _flags_with(current, _WANTED_FLAGS)
+            if wanted != current:
+                await self.client.config_set("notify-keyspace-events", wanted)
+                self._restore_flags = current
+        except rexc.RedisError as exc:
+            self.problem = f"keyspace notifications could not be enabled: {exc}"
+            return self
+        opened = await open_like(self.client, lambda: _Subscriber(self))
+        if opened is None:
+            self.problem = "no connection for keyspace notifications could be made"
+            await self._restore()
+            return self
+        transport, _, setup = opened
+        self._transport = transport
+        db = int(self.client.connection_pool.connection_kwargs.get("db") or 0)
+        head = f"__keyspace@{db}__:".encode()
+        patterns = [head + glob_escape(p).encode() + b"*" for p in self.prefixes]
+        self._channel_heads = [head]
+        loop = asyncio.get_running_loop()
+        self._subscribed = loop.create_future()
+        self._pending_subscriptions = len(patterns) + 1
+        transport.write(
+            b"".join(setup)
+            + pack(b"PSUBSCRIBE", *patterns)
+            + pack(b"SUBSCRIBE", self._marker_channel)
+        )
+        try:
+            await asyncio.wait_for(asyncio.shield(self._subscribed), SYNC_TIMEOUT_SECONDS)
+        except (asyncio.TimeoutError, rexc.RedisError) as exc:
+            self.problem = self.problem or f"subscribing to keyspace notifications failed: {exc}"
+            await self.stop()
+            return self
+        if self.problem is None:
+            self.complete = True
+        return self
+
+    async def stop(self) -> None:
+        """Unsubscribe and put the notification setting back as it was."""
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+            await asyncio.sleep(0)
+        self.complete = False
+        await self._restore()
+
+    async def _restore(self) -> None:
+        if self._restore_flags is None:
+            return
+        with contextlib.suppress(rexc.RedisError, OSError):
+            await self.client.config_set("notify-keyspace-events", self._restore_flags)
+        self._restore_flags = None
+
+    async def __aenter__(self) -> ChangeCapture:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # ---- what the migrator tells it
+
+    def expect(self, events: Iterable[tuple[bytes, int]]) -> None:
+        """The migrator is about to cause ``count`` events on each ``key``."""
+        expected = self._expected
+        for key, count in events:
+            expected[key] = expected.get(key, 0) + count
+
+    def unexpect(self, events: Iterable[tuple[bytes, int]]) -> None:
+        """Those writes did not happen after all (a transaction was aborted)."""
+        expected = self._expected
+        for key, count in events:
+            left = expected.get(key, 0) - count
+            if left > 0:
+                expected[key] = left
+            else:
+                expected.pop(key, None)
+
+    def watch(self, keys: Iterable[bytes]) -> None:
+        """Remember application writes to ``keys`` for good (the validation sample)."""
+        self._watched.update(keys)
+
+    def written_by_application(self, key: bytes) -> bool:
+        """The application wrote watched ``key`` at some point of the run."""
+        return key in self._watched_hits
+
+    def deleted(self, key: bytes) -> bool:
+        return key in self._deleted
+
+    async def sync(self) -> None:
+        """Return once every event that happened before this call has been read."""
+        if not self.complete:
+            return
+        token = secrets.token_hex(8).encode()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._marker_waiters[token] = future
+        try:
+            await execute(self.client, "PUBLISH", self._marker_channel, token)
+            await asyncio.wait_for(asyncio.shield(future), SYNC_TIMEOUT_SECONDS)
+        except (asyncio.TimeoutError, rexc.RedisError) as exc:
+            self._lost(f"notifications stopped arriving: {exc or 'timed out'}")
+        finally:
+            self._marker_waiters.pop(token, None)
+
+    def drain(self) -> set[bytes]:
+        """The keys the application wrote since the last drain (taken out)."""
+        found, self._foreign = self._foreign, set()
+        return found
+
+    # ---- the subscriber's side
+
+    def _message(self, message: list[Any]) -> None:
+        kind = message[0]
+        if kind == b"pmessage" and len(message) == 4:
+            channel, event = message[2], message[3]
+            for head in self._channel_heads:
+                if channel.startswith(head):
+                    self._event(channel[len(head) :], event)
+                    return
+        elif kind == b"message" and len(message) == 3:
+            waiter = self._marker_waiters.get(message[2])
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        elif kind in (b"psubscribe", b"subscribe"):
+            self._pending_subscriptions -= 1
+            subscribed = self._subscribed
+            if self._pending_subscriptions <= 0 and subscribed and not subscribed.done():
+                subscribed.set_result(None)
+
+    def _event(self, key: bytes, event: bytes) -> None:
+        self.events_seen += 1
+        left = self._expected.get(key)
+        if left is not None:
+            if left > 1:
+                self._expected[key] = left - 1
+            else:
+                del self._expected[key]
+            return
+        self.foreign_events += 1
+        self._foreign.add(key)
+        if event in (b"del", b"expired", b"evicted", b"rename_from"):
+            self._deleted.add(key)
+        else:
+            self._deleted.discard(key)
+        if key in self._watched:
+            self._watched_hits.add(key)
+
+    def _lost(self, why: str) -> None:
+        if self.problem is None:
+            self.problem = why
+        self.complete = False
+        if self._subscribed is not None and not self._subscribed.done():
+            self._subscribed.set_exception(rexc.ConnectionError(why))
+        for waiter in self._marker_waiters.values():
+            if not waiter.done():
+                waiter.set_exception(rexc.ConnectionError(why))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,295 @@
+"""Guarded writes: the migrator's writes to documents land only where nobody else wrote.
+
+Every write of the migrator to a document (a re-encoded vector, a restored original,
+a renamed field, a touch that makes an index see a document) is a compare-and-set: the
+keys are WATCHed, their current bytes read and compared with what the migrator expects
+(the bytes it backed up, or what it wrote itself), and only the matching writes are
+sent in one MULTI/EXEC. A write by anyone else between the WATCH and the EXEC aborts
+the transaction and the batch is read and decided again. So a write of the migrator
+never replaces a newer value of the application, and never creates a document that
+was deleted: a missing key never matches.
+
+A WATCHed transaction costs the server a read of each value on top of the write; a
+Lua script comparing the bytes costs several times more (each argument becomes a Lua
+string), which is why it is not used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import hiredis
+
+from redismigrate.aio.capture import ChangeCapture
+from redismigrate.aio.fastwire import TOUCH_FIELD, Caller, Wire, pack
+
+# a batch whose transaction keeps being aborted is split into single keys after this
+# many tries; a single key is given up (left to reconcile) after as many
+ATTEMPTS = 3
+
+Events = list[tuple[bytes, int]]
+Decision = tuple[list[bytes], Events]
+
+
+@dataclass
+class Outcome:
+    """What a batch of guarded writes did."""
+
+    written: int = 0  # documents written
+    values: int = 0  # field values written
+    already: int = 0  # documents that already held what was to be written
+    missing: int = 0  # documents (or fields) that are not there (deleted meanwhile)
+    skipped: list[bytes] = field(default_factory=list)  # held something else: not written
+
+    def add(self, other: Outcome) -> None:
+        self.written += other.written
+        self.values += other.values
+        self.already += other.already
+        self.missing += other.missing
+        self.skipped.extend(other.skipped)
+
+
+def _read_command(key: bytes, fields: Sequence[bytes]) -> bytes:
+    if len(fields) == 1:
+        return pack(b"HGET", key, fields[0])
+    return pack(b"HMGET", key, *fields)
+
+
+def _row(reply: Any, width: int) -> list[Any] | None:
+    """A reply of ``_read_command`` as one value per field; None: not a hash."""
+    if isinstance(reply, hiredis.ReplyError):
+        return None
+    if width == 1:
+        return [reply]
+    return list(reply)
+
+
+async def _transact(
+    conn: Caller,
+    keys: Sequence[bytes],
+    reads: list[bytes],
+    value_size: int,
+    decide: Callable[[list[Any]], tuple[Decision, Outcome]],
+    capture: ChangeCapture | None,
+) -> Outcome | None:
+    """One WATCH / read / decide / MULTI ... EXEC round; None when it was aborted."""
+    await conn.call(pack(b"WATCH", *keys), 1)
+    replies = await conn.call(b"".join(reads), len(reads), value_size, raise_errors=False)
+    (writes, events), outcome = decide(replies)
+    if not writes:
+        await conn.call(pack(b"UNWATCH"), 1)
+        return outcome
+    if capture is not None:
+        capture.expect(events)
+    sent = pack(b"MULTI") + b"".join(writes) + pack(b"EXEC")
+    executed = (await conn.call(sent, len(writes) + 2))[-1]
+    if executed is None:
+        if capture is not None:
+            capture.unexpect(events)
+        return None
+    for reply in executed:
+        if isinstance(reply, hiredis.ReplyError):
+            raise hiredis.ReplyError(str(reply))  # not expected: the keys were checked
+    return outcome
+
+
+async def _guarded(
+    wire: Wire,
+    keys: Sequence[bytes],
+    read: Callable[[bytes], bytes],
+    value_size: int,
+    decide_one: Callable[[bytes, Any, list[bytes], Events, Outcome], None],
+    capture: ChangeCapture | None,
+) -> Outcome:
+    """Run ``decide_one`` over ``keys`` in WATCHed transactions, retrying aborted ones."""
+
+    def decide_for(batch: Sequence[bytes]) -> Callable[[list[Any]], tuple[Decision, Outcome]]:
+        def decide(replies: list[Any]) -> tuple[Decision, Outcome]:
+            writes: list[bytes] = []
+            events: Events = []
+            outcome = Outcome()
+            for key, reply in zip(batch, replies, strict=True):
+                decide_one(key, reply, writes, events, outcome)
+            return (writes, events), outcome
+
+        return decide
+
+    total = Outcome()
+    if not keys:
+        return total
+    async with wire.connection() as conn:
+        for _ in range(ATTEMPTS):
+            done = await _transact(
+                conn, keys, [read(k) for k in keys], value_size, decide_for(keys), capture
+            )
+            if done is not None:
+                total.add(done)
+                return total
+        for key in keys:  # contended: one key at a time
+            for _ in range(ATTEMPTS):
+                done = await _transact(
+                    conn, [key], [read(key)], value_size, decide_for([key]), capture
+                )
+                if done is not None:
+                    total.add(done)
+                    break
+            else:
+                total.skipped.append(key)
+    return total
+
+
+async def reencode(
+    wire: Wire,
+    keys: Sequence[bytes],
+    fields: Sequence[bytes],
+    expected: Sequence[Sequence[Any]],
+    encoded: Sequence[Sequence[bytes | None]],
+    *,
+    touch: bool,
+    capture: ChangeCapture | None,
+    value_size: int = -1,
+) -> Outcome:
+    """Write ``encoded[f][i]`` to ``fields[f]`` of ``keys[i]`` where it still holds
+    ``expected[f][i]``; with ``touch``, make the index see the documents of ``keys``
+    that hold none of those vectors (guarded too: a deleted document stays deleted).
+
+    A document holding anything else is ``skipped`` (the application wrote it).
+    """
+    position = {key: i for i, key in enumerate(keys)}
+    width = len(fields)
+    vectorless = {
+        key for i, key in enumerate(keys) if all(column[i] is None for column in expected)
+    }
+
+    def read(key: bytes) -> bytes:
+        return pack(b"EXISTS", key) if key in vectorless else _read_command(key, fields)
+
+    def decide_one(
+        key: bytes, reply: Any, writes: list[bytes], events: Events, out: Outcome
+    ) -> None:
+        if key in vectorless:
+            if touch and reply == 1:
+                writes.append(pack(b"HSET", key, TOUCH_FIELD, b"1"))
+                writes.append(pack(b"HDEL", key, TOUCH_FIELD))
+                events.append((key, 2))
+            elif reply != 1:
+                out.missing += 1
+            return
+        i = position[key]
+        row = _row(reply, width)
+        if row is None:
+            out.skipped.append(key)
+            return
+        pending: list[tuple[bytes, bytes]] = []
+        for n, name in enumerate(fields):
+            was, becomes, now = expected[n][i], encoded[n][i], row[n]
+            if was is None or becomes is None or now == becomes:
+                continue  # nothing to write, or written already (a resumed batch)
+            if now != was:
+                out.skipped.append(key)  # the application wrote it (or deleted it)
+                return
+            pending.append((name, becomes))
+        if not pending:
+            out.already += 1
+            return
+        for name, value in pending:
+            writes.append(pack(b"HSET", key, name, value))
+        events.append((key, len(pending)))
+        out.written += 1
+        out.values += len(pending)
+
+    # the fast read path needs every reply to be a value of one size: not with EXISTS
+    fast = value_size if width == 1 and not vectorless else -1
+    return await _guarded(wire, keys, read, fast, decide_one, capture)
+
+
+async def touch(wire: Wire, keys: Sequence[bytes], *, capture: ChangeCapture | None) -> Outcome:
+    """Make the indexes see ``keys`` again (set and delete a scratch field) where they
+    exist; a key that does not exist is left alone."""
+
+    def decide_one(
+        key: bytes, reply: Any, writes: list[bytes], events: Events, out: Outcome
+    ) -> None:
+        if reply == 1:
+            writes.append(pack(b"HSET", key, TOUCH_FIELD, b"1"))
+            writes.append(pack(b"HDEL", key, TOUCH_FIELD))
+            events.append((key, 2))
+            out.written += 1
+        else:
+            out.missing += 1
+
+    return await _guarded(wire, keys, lambda k: pack(b"EXISTS", k), -1, decide_one, capture)
+
+
+async def restore(
+    wire: Wire,
+    keys: Sequence[bytes],
+    field_name: bytes,
+    originals: Sequence[bytes],
+    encoded: Sequence[bytes],
+    *,
+    capture: ChangeCapture | None,
+) -> Outcome:
+    """Put ``originals[i]`` back into ``field_name`` of ``keys[i]`` where it holds what
+    the migration wrote (``encoded[i]``). Already original: ``already``; gone:
+    ``missing``; anything else (written by the application since): ``skipped``."""
+    position = {key: i for i, key in enumerate(keys)}
+
+    def decide_one(
+        key: bytes, reply: Any, writes: list[bytes], events: Events, out: Outcome
+    ) -> None:
+        i = position[key]
+        if isinstance(reply, hiredis.ReplyError):
+            out.skipped.append(key)
+        elif reply is None:
+            out.missing += 1
+        elif reply == originals[i]:
+            out.already += 1
+        elif reply == encoded[i]:
+            writes.append(pack(b"HSET", key, field_name, originals[i]))
+            events.append((key, 1))
+            out.written += 1
+            out.values += 1
+        else:
+            out.skipped.append(key)
+
+    return await _guarded(
+        wire, keys, lambda k: pack(b"HGET", k, field_name), -1, decide_one, capture
+    )
+
+
+async def rename_fields(
+    wire: Wire,
+    keys: Sequence[bytes],
+    renames: Sequence[tuple[str, str]],
+    *,
+    capture: ChangeCapture | None,
+) -> Outcome:
+    """Move each hash field ``old`` to ``new`` in ``keys`` where ``old`` is present
+    (idempotent: a moved field is not there any more)."""
+    olds = [old.encode() for old, _ in renames]
+    news = [new.encode() for _, new in renames]
+
+    def decide_one(
+        key: bytes, reply: Any, writes: list[bytes], events: Events, out: Outcome
+    ) -> None:
+        row = _row(reply, len(olds))
+        if row is None:
+            out.skipped.append(key)
+            return
+        count = 0
+        for old, new, value in zip(olds, news, row, strict=True):
+            if value is not None:
+                writes.append(pack(b"HSET", key, new, value))
+                writes.append(pack(b"HDEL", key, old))
+                count += 2
+        if count:
+            events.append((key, count))
+            out.written += 1
+            out.values += count // 2
+        else:
+            out.already += 1
+
+    return await _guarded(wire, keys, lambda k: _read_command(k, olds), -1, decide_one, capture)

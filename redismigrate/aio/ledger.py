@@ -1,0 +1,94 @@
+"""The migration ledger: a Redis stream with a ``started`` and a ``finished`` event per run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+
+from redismigrate.aio.connection import execute
+from redismigrate.errors import BadInputError
+from redismigrate.ledger import (
+    LEDGER_KEY,
+    LEDGER_MAXLEN,
+    LedgerEntry,
+    LedgerEvent,
+    LockHolder,
+    decode_event,
+    lock_key,
+    merge_events,
+)
+
+_PAGE = 1000
+_FIELD = b"event"
+
+
+def permission_error(action: str, key: str, exc: BaseException) -> BadInputError:
+    """One line for an ACL refusal on one of redismigrate's own keys."""
+    return BadInputError(
+        f"the Redis user may not {action} {key!r} ({str(exc).strip()}); grant it read and "
+        "write on the keys ~redismigrate:* (strings and streams, plus EVAL/EVALSHA)"
+    )
+
+
+async def record(client: aioredis.Redis, event: LedgerEvent) -> None:
+    """Append ``event`` to the ledger (trimmed to about LEDGER_MAXLEN records)."""
+    try:
+        await client.xadd(
+            LEDGER_KEY, {_FIELD: event.encode()}, maxlen=LEDGER_MAXLEN, approximate=True
+        )
+    except rexc.NoPermissionError as exc:
+        raise permission_error("write the migration ledger", LEDGER_KEY, exc) from None
+
+
+async def read_events(client: aioredis.Redis) -> list[LedgerEvent]:
+    """Every readable event in the ledger, oldest first."""
+    events: list[LedgerEvent] = []
+    start = "-"
+    try:
+        while True:
+            page = await execute(client, "XRANGE", LEDGER_KEY, start, "+", "COUNT", _PAGE)
+            for _, fields in page or []:
+                values = _as_dict(fields)
+                raw = values.get(_FIELD) or values.get(_FIELD.decode())
+                event = decode_event(raw) if isinstance(raw, bytes | str) else None
+                if event is not None:
+                    events.append(event)
+            if not page or len(page) < _PAGE:
+                return events
+            last = page[-1][0]
+            start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+    except rexc.NoPermissionError as exc:
+        raise permission_error("read the migration ledger", LEDGER_KEY, exc) from None
+
+
+def _as_dict(fields: Any) -> dict[Any, Any]:
+    """A stream record's fields (RESP2 gives a flat list, RESP3 a map)."""
+    if isinstance(fields, dict):
+        return fields
+    items = list(fields or [])
+    return dict(zip(items[::2], items[1::2], strict=False))
+
+
+async def read_history(
+    client: aioredis.Redis, *, index_name: str | None = None, limit: int | None = None
+) -> list[LedgerEntry]:
+    """The runs in the ledger, newest first; only those on ``index_name`` when given."""
+    events = await read_events(client)
+    if index_name is not None:
+        events = [e for e in events if index_name in (e.index_name, e.target_index)]
+    open_runs = {e.run_id: e.index_name for e in events if e.event == "started"}
+    for event in events:
+        if event.event == "finished":
+            open_runs.pop(event.run_id, None)
+    running = []
+    for run_id, name in open_runs.items():
+        try:
+            holder = LockHolder.decode(await client.get(lock_key(name)))
+        except rexc.NoPermissionError:
+            holder = None
+        if holder is not None and holder.run_id == run_id and not holder.is_dead():
+            running.append(run_id)
+    entries = merge_events(events, running)[::-1]
+    return entries[:limit] if limit is not None else entries

@@ -1,0 +1,204 @@
+"""Run locks and the migration ledger, as data: who holds a lock, what each run did.
+
+Pure code, no I/O. A lock's value in Redis is a :class:`LockHolder` as JSON; the
+ledger is a stream of :class:`LedgerEvent` (one ``started`` and one ``finished`` per
+run, or a lone ``finished`` for a refused run); :func:`merge_events` folds them into
+one :class:`LedgerEntry` per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import uuid
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+from typing import Literal, TypeAlias
+
+import msgspec
+
+from redismigrate.plan import now_iso
+from redismigrate.schema import Model
+
+LOCK_PREFIX = "redismigrate:lock:"
+LEDGER_KEY = "redismigrate:ledger"
+LEDGER_MAXLEN = 10_000
+DIRECTORY_LOCK_FILE = ".redismigrate.lock"
+TAKEOVER = "took over the lock"  # how a takeover warning starts
+
+Result: TypeAlias = Literal["succeeded", "failed", "rolled_back", "refused"]
+Status: TypeAlias = Literal[
+    "succeeded", "failed", "rolled_back", "refused", "running", "unfinished"
+]
+
+
+def lock_key(index_name: str) -> str:
+    """The lock key of an index; the braces are a cluster hash tag."""
+    return f"{LOCK_PREFIX}{{{index_name}}}"
+
+
+@cache
+def machine_id() -> str | None:
+    """Identifies this host and PID namespace (where a pid means the same process), or None
+    where that cannot be told (not Linux)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    seed = f"{socket.gethostname()}\0{boot}\0{namespace}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:16]
+
+
+class LockHolder(Model, frozen=True, kw_only=True, tag_field="version", tag=1):
+    """Who holds a lock: stored as the lock's value, and in the backup directory's lock file."""
+
+    token: str
+    run_id: str
+    host: str
+    pid: int
+    started_at: str
+    command: str
+    machine: str | None = None
+
+    @classmethod
+    def here(cls, command: str, run_id: str | None = None) -> LockHolder:
+        return cls(
+            token=uuid.uuid4().hex,
+            run_id=run_id or uuid.uuid4().hex[:16],
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=now_iso(),
+            command=command,
+            machine=machine_id(),
+        )
+
+    def encode(self) -> bytes:
+        return msgspec.json.encode(self)
+
+    @classmethod
+    def decode(cls, raw: bytes | str | None) -> LockHolder | None:
+        """The holder in a lock value; None when empty or not ours."""
+        if not raw:
+            return None
+        try:
+            return msgspec.json.decode(raw, type=cls)
+        except msgspec.DecodeError:
+            return None
+
+    def describe(self) -> str:
+        return f"host {self.host} pid {self.pid} since {self.started_at} ({self.command})"
+
+    def on_this_machine(self) -> bool:
+        """True when this holder's pid can be checked here (same host, same pid namespace)."""
+        return self.machine is not None and self.machine == machine_id()
+
+    def is_dead(self) -> bool:
+        """True only when this holder provably no longer runs (its process is gone)."""
+        return self.on_this_machine() and self.pid != os.getpid() and not _pid_alive(self.pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def describe_holder(holder: LockHolder | None) -> str:
+    return holder.describe() if holder is not None else "an unknown holder"
+
+
+class LedgerEvent(Model, frozen=True, kw_only=True, tag_field="version", tag=1):
+    """One record in the ledger stream."""
+
+    event: Literal["started", "finished"]
+    run_id: str
+    command: str
+    index_name: str
+    at: str
+    host: str
+    pid: int
+    target_index: str | None = None
+    plan_hash: str | None = None
+    backup_dir: str | None = None
+    result: Result | None = None
+    error: str | None = None
+    took_over: str | None = None
+
+    def encode(self) -> bytes:
+        return msgspec.json.encode(self)
+
+
+class LedgerEntry(Model, frozen=True, kw_only=True, tag_field="version", tag=1):
+    """One run as ``history`` shows it. ``status`` is ``running`` while its lock is held,
+    ``unfinished`` when it started and never finished (it crashed or was killed)."""
+
+    run_id: str
+    command: str
+    index_name: str
+    status: Status
+    started_at: str
+    finished_at: str | None = None
+    host: str
+    pid: int
+    target_index: str | None = None
+    plan_hash: str | None = None
+    backup_dir: str | None = None
+    error: str | None = None
+    took_over: str | None = None
+
+
+def decode_event(raw: bytes | str) -> LedgerEvent | None:
+    """An event from the stream; None for a record this version cannot read."""
+    try:
+        return msgspec.json.decode(raw, type=LedgerEvent)
+    except msgspec.DecodeError:
+        return None
+
+
+def merge_events(events: Iterable[LedgerEvent], running: Iterable[str] = ()) -> list[LedgerEntry]:
+    """One entry per run, in the order the runs started (events in stream order).
+
+    ``running`` holds the run ids whose lock is still held.
+    """
+    live = set(running)
+    started: dict[str, LedgerEvent] = {}
+    finished: dict[str, LedgerEvent] = {}
+    order: list[str] = []
+    for event in events:
+        if event.run_id not in started and event.run_id not in finished:
+            order.append(event.run_id)
+        (started if event.event == "started" else finished)[event.run_id] = event
+    entries = []
+    for run_id in order:
+        first = started.get(run_id) or finished[run_id]
+        last = finished.get(run_id)
+        status: Status
+        if last is not None and last.result is not None:
+            status = last.result
+        else:
+            status = "running" if run_id in live else "unfinished"
+        entries.append(
+            LedgerEntry(
+                run_id=run_id,
+                command=first.command,
+                index_name=first.index_name,
+                status=status,
+                started_at=first.at,
+                finished_at=last.at if last is not None else None,
+                host=first.host,
+                pid=first.pid,
+                target_index=first.target_index,
+                plan_hash=first.plan_hash,
+                backup_dir=first.backup_dir,
+                error=last.error if last is not None else None,
+                took_over=first.took_over or (last.took_over if last is not None else None),
+            )
+        )
+    return entries
