@@ -83,8 +83,7 @@ class ChangeCapture:
         self._foreign: set[bytes] = set()
         self._expected: dict[bytes, int] = {}
         self._deleted: set[bytes] = set()
-        self._watched: set[bytes] = set()
-        self._watched_hits: set[bytes] = set()
+        self._ever: set[bytes] = set()  # every key the application wrote (its writes, not all keys)
         self._transport: asyncio.Transport | None = None
         self._channel_heads: list[bytes] = []
         self._marker_channel = b"redismigrate:capture:" + secrets.token_hex(8).encode()
@@ -176,13 +175,9 @@ class ChangeCapture:
             else:
                 expected.pop(key, None)
 
-    def watch(self, keys: Iterable[bytes]) -> None:
-        """Remember application writes to ``keys`` for good (the validation sample)."""
-        self._watched.update(keys)
-
     def written_by_application(self, key: bytes) -> bool:
-        """The application wrote watched ``key`` at some point of the run."""
-        return key in self._watched_hits
+        """The application wrote ``key`` at some point of the run."""
+        return key in self._ever
 
     def deleted(self, key: bytes) -> bool:
         return key in self._deleted
@@ -242,8 +237,7 @@ class ChangeCapture:
             self._deleted.add(key)
         else:
             self._deleted.discard(key)
-        if key in self._watched:
-            self._watched_hits.add(key)
+        self._ever.add(key)
 
     def _lost(self, why: str) -> None:
         if self.problem is None:
