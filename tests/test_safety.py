@@ -93,13 +93,14 @@ class Writer(threading.Thread):
         self.deleted: set[bytes] = set()
         self.next_new = first_new
         self.stop_now = threading.Event()
+        self.pause = 0.0
         self.updates = self.inserts = self.deletes = 0
         self.rng = np.random.default_rng(11)
         self.pick = random.Random(5)
 
     def run(self) -> None:
         keys = list(self.latest)
-        while not self.stop_now.is_set():
+        while not self.stop_now.wait(self.pause):
             roll = self.pick.random()
             if roll < 0.6:
                 key = self.pick.choice(keys)
@@ -209,9 +210,7 @@ async def test_prefix_that_extends_the_old_one_moves_every_key_once(
     values = load(sync_client, old, docs)
     sync_client.expire(f"{old}7", 10_000)
     plan = await make_plan(aclient, schema.name, {"index": {"prefix": new}})
-    report = await AsyncMigrationExecutor().apply(
-        plan, redis_client=aclient, backup_dir=tmp_path
-    )
+    report = await AsyncMigrationExecutor().apply(plan, redis_client=aclient, backup_dir=tmp_path)
     assert report.result == "succeeded", (report.error, report.validation)
     assert report.keys_renamed == docs
     moved = set(sync_client.scan_iter(match=f"{old}*", count=2000))
@@ -278,9 +277,7 @@ async def test_guarded_writes_never_replace_or_resurrect(
             wire, keys[:1], [b"v"], [[b"old"]], [[b"new"]], touch=False, capture=None
         )
         assert again.already == 1 and not again.skipped  # a redone batch is not a conflict
-        restored = await guarded.restore(
-            wire, keys, b"v", [b"old"] * 6, [b"new"] * 6, capture=None
-        )
+        restored = await guarded.restore(wire, keys, b"v", [b"old"] * 6, [b"new"] * 6, capture=None)
         assert restored.written == 3 and restored.missing == 2
         assert restored.skipped == [keys[1]]
         assert sync_client.hget(keys[1], "v") == b"app" and not sync_client.exists(keys[2])
@@ -315,3 +312,38 @@ async def test_change_capture_tells_the_applications_writes_from_the_migrators(
         await capture.stop()
     after = sync_client.config_get("notify-keyspace-events")["notify-keyspace-events"]
     assert after == before
+
+
+async def test_online_validation_counts_the_live_keyspace(
+    aclient: aioredis.Redis, sync_client: redis.Redis, redis_url: str, ns: str, tmp_path: Path
+) -> None:
+    prefix = f"{ns}:o:"
+    schema = schema_for(f"{ns}_o", prefix)
+    sync_client.execute_command(*ft_create_args(schema))
+    latest = load(sync_client, prefix, 5_000)
+    plan = await AsyncMigrationPlanner().create_plan(
+        schema.name,
+        redis_client=aclient,
+        schema_patch=SchemaPatch.from_dict(
+            {"changes": {"add_fields": [{"name": "brand", "type": "tag"}]}}
+        ),
+        mode="online",
+    )
+    writer = Writer(redis_url, prefix, latest, first_new=5_000)
+    writer.pause = 0.002
+    writer.start()
+    try:
+        report = await AsyncMigrationExecutor(poll_interval=0.2).apply(
+            plan, redis_client=aclient, backup_dir=tmp_path
+        )
+    finally:
+        writer.finish()
+    assert writer.deletes > 0 and writer.inserts > 0
+    assert report.result == "succeeded", (report.error, report.validation)
+    # the application deletes more after the switch: validation counts what is there
+    for key in list(latest)[:200]:
+        sync_client.delete(key)
+        latest.pop(key)
+    again = await AsyncMigrationExecutor().validate(plan, redis_client=aclient)
+    assert again.result == "succeeded", again.error
+    assert index_stats(sync_client, schema.name).num_docs == len(latest)

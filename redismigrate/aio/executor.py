@@ -34,12 +34,12 @@ from redismigrate.aio.indexes import (
     read_schema_and_stats,
 )
 from redismigrate.aio.keys import (
+    count_documents,
     enumerate_keys,
     glob_escape,
     is_cluster,
     moved_key,
     rename_json_fields,
-    scan_prefixes,
 )
 from redismigrate.aio.ledger import read_history
 from redismigrate.aio.lock import RunGuard
@@ -417,7 +417,14 @@ class AsyncMigrationExecutor:
         started_at = now_iso()
         started = time.perf_counter()
         async with connect(redis_url, redis_client) as client:
-            validation = await validate_live(client, plan, backup)
+            # the application may have written since the migration: counted as it is now
+            stats = plan.source.stats_snapshot
+            validation = await validate_live(
+                client,
+                plan,
+                backup,
+                documents_at_switch=stats.num_docs + stats.hash_indexing_failures,
+            )
         seconds = round(time.perf_counter() - started, 4)
         return MigrationReport(
             mode="validate",
@@ -548,12 +555,9 @@ class AsyncMigrationExecutor:
         target = run.plan.merged_target_schema
         if target.index.options.filter is not None:
             return None
-        total = 0
-        async for keys in scan_prefixes(
-            run.client, target.index.prefixes, run.plan.source.keyspace.storage_type, 1000
-        ):
-            total += len(keys)
-        return total
+        return await count_documents(
+            run.client, target.index.prefixes, run.plan.source.keyspace.storage_type
+        )
 
     async def _reconcile(self, run: _Run, *, touch: bool) -> None:
         """Bring what the application wrote during the run to the target's shape."""

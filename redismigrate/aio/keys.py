@@ -56,6 +56,16 @@ async def scan_prefixes(
         yield buffer
 
 
+async def count_documents(
+    client: aioredis.Redis, prefixes: Sequence[str], storage_type: str
+) -> int:
+    """How many keys of the storage's type live under ``prefixes`` now."""
+    total = 0
+    async for keys in scan_prefixes(client, prefixes, storage_type, SCAN_COUNT):
+        total += len(keys)
+    return total
+
+
 async def aggregate_keys(
     client: aioredis.Redis, index_name: str, batch_size: int
 ) -> AsyncIterator[list[bytes]]:
