@@ -47,3 +47,9 @@ class MigrationLocked(BadInputError):
 
 class LockLost(RedisMigrateError):
     """A run's lock expired or was taken over while it ran, so the run stopped."""
+
+
+class Interrupted(RedisMigrateError):
+    """The user interrupted a run (Ctrl+C); the message says how to finish it."""
+
+    exit_code = 130

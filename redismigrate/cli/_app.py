@@ -15,6 +15,7 @@ from redismigrate import __version__
 from redismigrate.aio.connection import connect
 from redismigrate.aio.indexes import server_capabilities
 from redismigrate.cli import _render
+from redismigrate.errors import Interrupted
 from redismigrate.ledger import TAKEOVER
 from redismigrate.sync import IndexInspector, MigrationPlanner
 from redismigrate.urls import check_url
@@ -482,13 +483,22 @@ def rollback(
     from redismigrate.sync import MigrationExecutor
 
     check_url(url)
-    result = MigrationExecutor().rollback(
-        backup_dir=backup_dir,
-        redis_url=url,
-        index_name=index,
-        recreate_index=recreate_index,
-        break_lock=break_lock,
-    )
+    try:
+        result = MigrationExecutor().rollback(
+            backup_dir=backup_dir,
+            redis_url=url,
+            index_name=index,
+            recreate_index=recreate_index,
+            break_lock=break_lock,
+        )
+    except KeyboardInterrupt:
+        again = f"redismigrate rollback --backup-dir {backup_dir} --url URL" + (
+            " --recreate-index" if recreate_index else ""
+        )
+        raise Interrupted(
+            "rollback interrupted part way; the backup is untouched and a rollback can be "
+            f"run again: finish it with `{again}`"
+        ) from None
     for warning in result.warnings:
         console.print(f"Warning: {warning}", markup=False, highlight=False)
     if result.summary:
