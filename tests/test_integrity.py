@@ -50,7 +50,7 @@ from redismigrate.plan import (
     seal_plan,
 )
 from redismigrate.render import ft_create_args
-from redismigrate.sync import IndexInspector
+from redismigrate.sync import IndexInspector, MigrationPlanner
 from tests.test_cli import assert_one_line_error
 from tests.test_executor import DOCS, load, make_schema, snapshot
 from tests.test_plan_rules import REDIS_8_0, plan, source
@@ -542,3 +542,32 @@ async def test_apply_api_refuses_an_edited_plan(
         )
     assert snapshot(sync_client, f"{ns}:q:", "hash") == before[0]
     assert index_state(sync_client, redis_url, schema.name) == before[1]
+
+
+def test_rollback_verifies_and_restores_a_renamed_re_encoded_vector_field(
+    sync_client: redis.Redis, redis_url: str, ns: str, tmp_path: Path
+) -> None:
+    """The header's document_field is the renamed hash field: the check before the rollback
+    agrees with what the apply wrote, and the rollback puts every byte back."""
+    schema = make_schema(f"{ns}_n", f"{ns}:n:", "hash")
+    sync_client.execute_command(*ft_create_args(schema))
+    load(sync_client, f"{ns}:n:", "hash")
+    before = snapshot(sync_client, f"{ns}:n:", "hash")
+    changes = {
+        "rename_fields": [{"old_name": "embedding", "new_name": "vec"}],
+        "update_fields": [{"name": "embedding", "attrs": {"datatype": "float16"}}],
+    }
+    made = MigrationPlanner().create_plan(
+        schema.name, redis_url=redis_url, schema_patch=SchemaPatch.from_dict({"changes": changes})
+    )
+    assert made.supported, made.diff_classification
+    assert expected_backup_fields(made)["embedding"].document_field == "vec"
+    path = tmp_path / "plan.yaml"
+    made.dump(path)
+    backup = tmp_path / "backup"
+    done = apply_cli(redis_url, path, backup)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert verify_backup_for_plan(backup, MigrationPlan.load(path)).keys == DOCS
+    rolled = rollback_cli(redis_url, backup, "--recreate-index")
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert snapshot(sync_client, f"{ns}:n:", "hash") == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -384,3 +385,57 @@ async def test_apply_takes_over_a_stale_lock_with_break_lock(
     undone = await executor.rollback(backup_dir=tmp_path, redis_client=aclient, break_lock=True)
     assert undone.vectors_restored == 300 and undone.warnings
     assert await aclient.get(key) is None
+
+
+async def test_an_apply_that_loses_its_lock_stops_and_resumes_later(
+    aclient: aioredis.Redis,
+    sync_client: redis.Redis,
+    ns: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("redismigrate.aio.lock.LOCK_TTL_SECONDS", 0.6)
+    index, prefix = f"{ns}_x", f"{ns}:x:"
+    sync_client.execute_command(*ft_create_args(make_schema(index, prefix, "hash")))
+    originals = load_many(sync_client, prefix, CONCURRENT_DOCS)
+    plan = MigrationPlanner().create_plan(
+        index,
+        redis_client=sync_client,
+        schema_patch=SchemaPatch.from_dict(FLOAT16),
+        mode="drop_recreate",
+    )
+    key = lock_key(index)
+    executor = AsyncMigrationExecutor()
+    outcome: list[BaseException | object] = []
+
+    async def run() -> None:
+        try:
+            outcome.append(
+                await executor.apply(
+                    plan, redis_client=aclient, backup_dir=tmp_path, batch_size=200
+                )
+            )
+        except LockLost as exc:
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run)
+        while await aclient.get(key) is None:
+            await anyio.sleep(0.01)
+        await anyio.sleep(0.3)
+        await aclient.set(key, foreign_holder().encode(), px=60_000)
+    (lost,) = outcome
+    assert isinstance(lost, LockLost), lost
+    assert "now held by host db-admin-7" in str(lost)
+    assert LockHolder.decode(await aclient.get(key)) == foreign_holder()  # left alone
+    await aclient.delete(key)
+    # the stopped run's open backup (and its data file's flock) goes with its frames
+    outcome.clear()
+    del lost
+    gc.collect()
+    report = await executor.apply(plan, redis_client=aclient, backup_dir=tmp_path, batch_size=200)
+    assert report.succeeded, report.error
+    assert_float16_once(sync_client, prefix, originals)
+    entries = await executor.history(redis_client=aclient, index_name=index)
+    assert [e.status for e in entries] == ["succeeded", "failed"]
+    assert "lost the lock" in (entries[1].error or "")

@@ -308,13 +308,13 @@ class RunGuard:
             self._group.cancel_scope.cancel()
         lost = self.lost or self._outer_lost()
         result: Result
-        if lost is not None:
+        if exc is None:  # the body finished, even if the lock was lost at its very end
+            result, error = self.result or "succeeded", str(lost) if lost else None
+        elif lost is not None:
             result, error = "failed", str(lost)
-        elif exc is not None:
+        else:
             interrupted = isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt)
             result, error = "failed", "interrupted" if interrupted else _one_line(exc)
-        else:
-            result, error = self.result or "succeeded", None
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + CLEANUP_SECONDS
             await self._release()
