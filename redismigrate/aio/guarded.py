@@ -53,8 +53,29 @@ class Outcome:
 
 def _read_command(key: bytes, fields: Sequence[bytes]) -> bytes:
     if len(fields) == 1:
-        return pack(b"HGET", key, fields[0])
+        field = fields[0]
+        return b"*3\r\n$4\r\nHGET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+            len(key),
+            key,
+            len(field),
+            field,
+        )
     return pack(b"HMGET", key, *fields)
+
+
+def _hset(key: bytes, field: bytes, value: bytes) -> bytes:
+    return b"*4\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+        len(key),
+        key,
+        len(field),
+        field,
+        len(value),
+        value,
+    )
+
+
+def _plain(value: Any) -> Any:
+    return value.tobytes() if isinstance(value, memoryview) else value
 
 
 def _row(reply: Any, width: int) -> list[Any] | None:
@@ -184,7 +205,8 @@ async def reencode(
             return
         pending: list[tuple[bytes, bytes]] = []
         for n, name in enumerate(fields):
-            was, becomes, now = expected[n][i], encoded[n][i], row[n]
+            # bytes, not memoryviews: comparing views goes element by element, slowly
+            was, becomes, now = _plain(expected[n][i]), encoded[n][i], _plain(row[n])
             if was is None or becomes is None or now == becomes:
                 continue  # nothing to write, or written already (a resumed batch)
             if now != was:
@@ -195,7 +217,7 @@ async def reencode(
             out.already += 1
             return
         for name, value in pending:
-            writes.append(pack(b"HSET", key, name, value))
+            writes.append(_hset(key, name, value))
         events.append((key, len(pending)))
         out.written += 1
         out.values += len(pending)
