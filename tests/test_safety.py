@@ -347,3 +347,64 @@ async def test_online_validation_counts_the_live_keyspace(
     again = await AsyncMigrationExecutor().validate(plan, redis_client=aclient)
     assert again.result == "succeeded", again.error
     assert index_stats(sync_client, schema.name).num_docs == len(latest)
+
+
+async def test_malformed_vectors_are_left_alone_and_counted_as_before(
+    aclient: aioredis.Redis, sync_client: redis.Redis, ns: str, tmp_path: Path
+) -> None:
+    prefix = f"{ns}:m:"
+    schema = schema_for(f"{ns}_m", prefix)
+    sync_client.execute_command(*ft_create_args(schema))
+    values = load(sync_client, prefix, 3_000)
+    sync_client.hset(f"{prefix}bad10", mapping={"title": "bad", "embedding": b"0123456789"})
+    sync_client.hset(f"{prefix}empty", mapping={"title": "bad", "embedding": b""})
+    time.sleep(0.2)
+    failures = index_stats(sync_client, schema.name).hash_indexing_failures
+    assert failures == 2
+    plan = await make_plan(aclient, schema.name, TO_FLOAT16)
+    report = await AsyncMigrationExecutor().apply(plan, redis_client=aclient, backup_dir=tmp_path)
+    assert report.result == "succeeded", (report.error, report.validation)
+    assert sync_client.hget(f"{prefix}bad10", "embedding") == b"0123456789"
+    assert sync_client.hget(f"{prefix}empty", "embedding") == b""
+    stats = index_stats(sync_client, schema.name)
+    assert stats.hash_indexing_failures == failures and stats.num_docs == len(values)
+    for key, value in list(values.items())[:200]:
+        want = np.frombuffer(value, np.float32).astype(np.float16).tobytes()
+        assert sync_client.hget(key, "embedding") == want
+
+
+async def test_any_error_after_the_drop_is_undone(
+    aclient: aioredis.Redis,
+    sync_client: redis.Redis,
+    ns: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    prefix, new = f"{ns}:u:", f"{ns}:u2:"
+    schema = schema_for(f"{ns}_u", prefix)
+    sync_client.execute_command(*ft_create_args(schema))
+    values = load(sync_client, prefix, 2_000)
+    before = {k: sync_client.hgetall(k) for k in values}
+    plan = await make_plan(
+        aclient,
+        schema.name,
+        {
+            "index": {"prefix": new},
+            "rename_fields": [{"old_name": "title", "new_name": "heading"}],
+            **TO_FLOAT16,
+        },
+    )
+
+    import redismigrate.aio.executor as executor_module
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("an unexpected bug in a late step")
+
+    monkeypatch.setattr(executor_module.AsyncMigrationExecutor, "_rebuild_if_failures_grew", broken)
+    report = await AsyncMigrationExecutor().apply(plan, redis_client=aclient, backup_dir=tmp_path)
+    assert report.result == "rolled_back", report.error
+    assert "unexpected bug" in (report.error or "")
+    after = {k: sync_client.hgetall(k) for k in values}
+    assert after == before
+    assert not list(sync_client.scan_iter(match=f"{new}*"))
+    assert index_stats(sync_client, schema.name).num_docs == len(values)

@@ -50,13 +50,26 @@ class _Subscriber(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self._reader.feed(data)
+        reader = self._reader
+        reader.feed(data)
         capture = self._capture
+        expected = capture._expected
+        skip = len(capture._channel_head)
         while True:
-            message = self._reader.gets()
+            message = reader.gets()
             if message is False:
                 return
-            if isinstance(message, list) and message:
+            if type(message) is list and len(message) == 4 and message[0] == b"pmessage":
+                # the migrator's own writes are most of the traffic: settled here, inline
+                key = message[2][skip:]
+                left = expected.get(key)
+                if left is None:
+                    capture._event(key, message[3])
+                elif left > 1:
+                    expected[key] = left - 1
+                else:
+                    del expected[key]
+            elif isinstance(message, list) and message:
                 capture._message(message)
             elif isinstance(message, hiredis.ReplyError):
                 capture._lost(f"the server refused the subscription: {message}")
@@ -78,14 +91,13 @@ class ChangeCapture:
         ]
         self.complete = False  # True while every write is being seen
         self.problem: str | None = None  # why capture is (or became) incomplete
-        self.events_seen = 0
         self.foreign_events = 0
         self._foreign: set[bytes] = set()
         self._expected: dict[bytes, int] = {}
         self._deleted: set[bytes] = set()
         self._ever: set[bytes] = set()  # every key the application wrote (its writes, not all keys)
         self._transport: asyncio.Transport | None = None
-        self._channel_heads: list[bytes] = []
+        self._channel_head = b""
         self._marker_channel = b"redismigrate:capture:" + secrets.token_hex(8).encode()
         self._marker_waiters: dict[bytes, asyncio.Future[None]] = {}
         self._restore_flags: str | None = None
@@ -116,7 +128,7 @@ class ChangeCapture:
         db = int(self.client.connection_pool.connection_kwargs.get("db") or 0)
         head = f"__keyspace@{db}__:".encode()
         patterns = [head + glob_escape(p).encode() + b"*" for p in self.prefixes]
-        self._channel_heads = [head]
+        self._channel_head = head
         loop = asyncio.get_running_loop()
         self._subscribed = loop.create_future()
         self._pending_subscriptions = len(patterns) + 1
@@ -175,6 +187,13 @@ class ChangeCapture:
             else:
                 expected.pop(key, None)
 
+    def suspect(self, keys: Iterable[bytes]) -> None:
+        """Treat ``keys`` as written by the application (one of them was, which one
+        cannot be told)."""
+        for key in keys:
+            self._foreign.add(key)
+            self._ever.add(key)
+
     def written_by_application(self, key: bytes) -> bool:
         """The application wrote ``key`` at some point of the run."""
         return key in self._ever
@@ -197,6 +216,25 @@ class ChangeCapture:
         finally:
             self._marker_waiters.pop(token, None)
 
+    def marker(self) -> tuple[bytes, bytes, asyncio.Future[None]]:
+        """A marker for the caller to PUBLISH on its own connection: ``(channel, token,
+        arrival)``; wait for it with ``arrived``."""
+        token = secrets.token_hex(8).encode()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._marker_waiters[token] = future
+        return self._marker_channel, token, future
+
+    async def arrived(self, token: bytes, arrival: asyncio.Future[None]) -> bool:
+        """True once the marker came back; False when capture broke meanwhile."""
+        try:
+            await asyncio.wait_for(asyncio.shield(arrival), SYNC_TIMEOUT_SECONDS)
+            return self.complete
+        except (asyncio.TimeoutError, rexc.RedisError) as exc:
+            self._lost(f"notifications stopped arriving: {exc or 'timed out'}")
+            return False
+        finally:
+            self._marker_waiters.pop(token, None)
+
     def drain(self) -> set[bytes]:
         """The keys the application wrote since the last drain (taken out)."""
         found, self._foreign = self._foreign, set()
@@ -206,13 +244,7 @@ class ChangeCapture:
 
     def _message(self, message: list[Any]) -> None:
         kind = message[0]
-        if kind == b"pmessage" and len(message) == 4:
-            channel, event = message[2], message[3]
-            for head in self._channel_heads:
-                if channel.startswith(head):
-                    self._event(channel[len(head) :], event)
-                    return
-        elif kind == b"message" and len(message) == 3:
+        if kind == b"message" and len(message) == 3:
             waiter = self._marker_waiters.get(message[2])
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -223,14 +255,7 @@ class ChangeCapture:
                 subscribed.set_result(None)
 
     def _event(self, key: bytes, event: bytes) -> None:
-        self.events_seen += 1
-        left = self._expected.get(key)
-        if left is not None:
-            if left > 1:
-                self._expected[key] = left - 1
-            else:
-                del self._expected[key]
-            return
+        """An event nobody expected: the application's."""
         self.foreign_events += 1
         self._foreign.add(key)
         if event in (b"del", b"expired", b"evicted", b"rename_from"):

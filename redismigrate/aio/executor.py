@@ -78,6 +78,7 @@ INDEX_READY_TIMEOUT = 3600.0
 # batches are re-read from the intact source, re-encoded batches are rewritten from
 # their original bytes (the same bytes again).
 CHECKPOINT_SECONDS = 1.0
+WRITERS = 8
 _CRASH_ENV = "REDISMIGRATE_CRASH_AT"
 
 
@@ -895,8 +896,8 @@ class AsyncMigrationExecutor:
 
         Each batch is encoded from its original bytes in the backup, so a batch redone
         after a crash is written with the same bytes: nothing is ever encoded twice.
-        Several workers share the header's data file (a batch counts as done once all
-        batches before it are); with shards, each worker owns one.
+        Every write is guarded (aio/guarded.py): a document the application changed
+        since its backup is skipped and left to the reconcile step.
         """
         started = time.perf_counter()
         assert run.backups is not None
@@ -942,6 +943,21 @@ class AsyncMigrationExecutor:
                 count=count,
             )
 
+        capture = run.capture
+        unwritten: Callable[[bytes], bool] | None = None
+        if capture is not None and capture.complete and not run.resumed:
+            # capture has seen every write since before the backup read these keys
+            old = change.old.encode() if change is not None else b""
+            new = change.new.encode() if change is not None else b""
+
+            def unwritten(key: bytes) -> bool:
+                assert capture is not None
+                if capture.written_by_application(key):
+                    return False
+                if change is not None and key.startswith(new):
+                    return not capture.written_by_application(old + key[len(new) :])
+                return True
+
         async def write(batch: _EncodedBatch) -> None:
             outcome = await guarded.reencode(
                 run.wire,
@@ -952,6 +968,7 @@ class AsyncMigrationExecutor:
                 touch=touch,
                 capture=run.capture,
                 value_size=value_size,
+                unwritten=unwritten,
             )
             run.skipped.update(outcome.skipped)
 
@@ -992,19 +1009,12 @@ class AsyncMigrationExecutor:
                 run.tick("reencode", run.reencoded, run.documents or None)
             _crash_point("during_reencode")
 
-        async def shard_worker(source: VectorBackup) -> None:
-            send, receive = anyio.create_memory_object_stream[_EncodedBatch](1)
-            async with anyio.create_task_group() as group:
-                group.start_soon(produce, source, source.header.quantize_completed_batches, send)
-                async with receive:
-                    async for batch in receive:
-                        await write(batch)
-                        await progress(source, batch.batch + 1, batch.count)
-
-        async def shared_file(source: VectorBackup) -> None:
+        async def from_file(source: VectorBackup, writers: int) -> None:
+            """``writers`` concurrent writers over one data file (the header's own, or a
+            shard): a batch counts as done once all batches before it are."""
             finished: set[int] = set()
             watermark = source.header.quantize_completed_batches
-            send, receive = anyio.create_memory_object_stream[_EncodedBatch](run.workers)
+            send, receive = anyio.create_memory_object_stream[_EncodedBatch](writers)
 
             async def worker(batches: Any) -> None:
                 nonlocal watermark
@@ -1019,18 +1029,22 @@ class AsyncMigrationExecutor:
 
             async with anyio.create_task_group() as group:
                 with receive:
-                    for _ in range(run.workers):
+                    for _ in range(writers):
                         group.start_soon(worker, receive.clone())
                 group.start_soon(produce, source, watermark, send)
 
         if changes:
             try:
                 async with anyio.create_task_group() as group:
+                    # a guarded write waits on several round trips: at least WRITERS
+                    # batches are in flight so those waits overlap, whatever --workers says
+                    writers = max(run.workers, WRITERS)
                     if run.backups.shards:
-                        for shard in run.backups.shards:
-                            group.start_soon(shard_worker, shard)
+                        shards = run.backups.shards
+                        for shard in shards:
+                            group.start_soon(from_file, shard, -(-writers // len(shards)))
                     else:
-                        group.start_soon(shared_file, run.backups.main)
+                        group.start_soon(from_file, run.backups.main, writers)
             except Exception as exc:
                 error = first_error(exc)
                 # keep what was written: a resume then redoes less

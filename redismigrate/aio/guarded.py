@@ -28,6 +28,9 @@ from redismigrate.aio.fastwire import TOUCH_FIELD, Caller, Wire, pack
 # a batch whose transaction keeps being aborted is split into single keys after this
 # many tries; a single key is given up (left to reconcile) after as many
 ATTEMPTS = 3
+# WATCH looks through the keys a connection already watches for each key it adds
+# (quadratic in their number): transactions stay small
+WATCH_GROUP = 50
 
 Events = list[tuple[bytes, int]]
 Decision = tuple[list[bytes], Events]
@@ -87,17 +90,53 @@ def _row(reply: Any, width: int) -> list[Any] | None:
     return list(reply)
 
 
+class _Unchanged:
+    """The reply given for a key that change capture vouches for: it still holds what
+    the migrator last saw (nothing but the migrator wrote it since)."""
+
+
+UNCHANGED = _Unchanged()
+
+
 async def _transact(
     conn: Caller,
     keys: Sequence[bytes],
-    reads: list[bytes],
+    read: Callable[[bytes], bytes],
     value_size: int,
     decide: Callable[[list[Any]], tuple[Decision, Outcome]],
     capture: ChangeCapture | None,
+    unwritten: Callable[[bytes], bool] | None,
 ) -> Outcome | None:
-    """One WATCH / read / decide / MULTI ... EXEC round; None when it was aborted."""
-    await conn.call(pack(b"WATCH", *keys), 1)
-    replies = await conn.call(b"".join(reads), len(reads), value_size, raise_errors=False)
+    """One WATCH / read / decide / MULTI ... EXEC round; None when it was aborted.
+
+    With ``unwritten`` and complete change capture, a marker is published right after
+    the WATCH on the same connection; once it has come back through the subscription,
+    every write made before the WATCH has been seen, so the keys ``unwritten`` vouches
+    for (the application never wrote them) need not be read: they hold what the
+    migrator saw, and any write after the WATCH aborts the EXEC.
+    """
+    watch = pack(b"WATCH", *keys)
+    unsure: Sequence[bytes] = keys
+    if unwritten is not None and capture is not None and capture.complete:
+        channel, token, delivered = capture.marker()
+        await conn.call(watch + pack(b"PUBLISH", channel, token), 2)
+        if await capture.arrived(token, delivered):
+            unsure = [k for k in keys if not unwritten(k)]
+    else:
+        await conn.call(watch, 1)
+    replies: list[Any]
+    if len(unsure) == len(keys):
+        replies = await conn.call(
+            b"".join([read(k) for k in keys]), len(keys), value_size, raise_errors=False
+        )
+    else:
+        found: dict[bytes, Any] = {}
+        if unsure:
+            read_back = await conn.call(
+                b"".join([read(k) for k in unsure]), len(unsure), value_size, raise_errors=False
+            )
+            found = dict(zip(unsure, read_back, strict=True))
+        replies = [found.get(k, UNCHANGED) for k in keys]
     (writes, events), outcome = decide(replies)
     if not writes:
         await conn.call(pack(b"UNWATCH"), 1)
@@ -108,7 +147,10 @@ async def _transact(
     executed = (await conn.call(sent, len(writes) + 2))[-1]
     if executed is None:
         if capture is not None:
+            # someone wrote one of these keys after the WATCH, and that write's event
+            # may have been taken for one of the writes announced above: all are suspect
             capture.unexpect(events)
+            capture.suspect(keys)
         return None
     for reply in executed:
         if isinstance(reply, hiredis.ReplyError):
@@ -123,6 +165,7 @@ async def _guarded(
     value_size: int,
     decide_one: Callable[[bytes, Any, list[bytes], Events, Outcome], None],
     capture: ChangeCapture | None,
+    unwritten: Callable[[bytes], bool] | None = None,
 ) -> Outcome:
     """Run ``decide_one`` over ``keys`` in WATCHed transactions, retrying aborted ones."""
 
@@ -138,26 +181,40 @@ async def _guarded(
         return decide
 
     total = Outcome()
-    if not keys:
-        return total
     async with wire.connection() as conn:
+        for start in range(0, len(keys), WATCH_GROUP):
+            group = keys[start : start + WATCH_GROUP]
+            total.add(
+                await _guarded_group(conn, group, read, value_size, decide_for, capture, unwritten)
+            )
+    return total
+
+
+async def _guarded_group(
+    conn: Caller,
+    keys: Sequence[bytes],
+    read: Callable[[bytes], bytes],
+    value_size: int,
+    decide_for: Callable[[Sequence[bytes]], Callable[[list[Any]], tuple[Decision, Outcome]]],
+    capture: ChangeCapture | None,
+    unwritten: Callable[[bytes], bool] | None,
+) -> Outcome:
+    total = Outcome()
+    for _ in range(ATTEMPTS):
+        done = await _transact(conn, keys, read, value_size, decide_for(keys), capture, unwritten)
+        if done is not None:
+            total.add(done)
+            return total
+    for key in keys:  # contended: one key at a time
         for _ in range(ATTEMPTS):
             done = await _transact(
-                conn, keys, [read(k) for k in keys], value_size, decide_for(keys), capture
+                conn, [key], read, value_size, decide_for([key]), capture, unwritten
             )
             if done is not None:
                 total.add(done)
-                return total
-        for key in keys:  # contended: one key at a time
-            for _ in range(ATTEMPTS):
-                done = await _transact(
-                    conn, [key], [read(key)], value_size, decide_for([key]), capture
-                )
-                if done is not None:
-                    total.add(done)
-                    break
-            else:
-                total.skipped.append(key)
+                break
+        else:
+            total.skipped.append(key)
     return total
 
 
@@ -171,6 +228,7 @@ async def reencode(
     touch: bool,
     capture: ChangeCapture | None,
     value_size: int = -1,
+    unwritten: Callable[[bytes], bool] | None = None,
 ) -> Outcome:
     """Write ``encoded[f][i]`` to ``fields[f]`` of ``keys[i]`` where it still holds
     ``expected[f][i]``; with ``touch``, make the index see the documents of ``keys``
@@ -191,6 +249,8 @@ async def reencode(
         key: bytes, reply: Any, writes: list[bytes], events: Events, out: Outcome
     ) -> None:
         if key in vectorless:
+            if reply is UNCHANGED:
+                reply = 1  # it existed when the backup read it, and nobody wrote it since
             if touch and reply == 1:
                 writes.append(pack(b"HSET", key, TOUCH_FIELD, b"1"))
                 writes.append(pack(b"HDEL", key, TOUCH_FIELD))
@@ -199,7 +259,15 @@ async def reencode(
                 out.missing += 1
             return
         i = position[key]
-        row = _row(reply, width)
+        if reply is UNCHANGED and width == 1:  # the common case, kept short
+            value = encoded[0][i]
+            if expected[0][i] is not None and value is not None:
+                writes.append(_hset(key, fields[0], value))
+                events.append((key, 1))
+                out.written += 1
+                out.values += 1
+            return
+        row = [column[i] for column in expected] if reply is UNCHANGED else _row(reply, width)
         if row is None:
             out.skipped.append(key)
             return
@@ -224,7 +292,7 @@ async def reencode(
 
     # the fast read path needs every reply to be a value of one size: not with EXISTS
     fast = value_size if width == 1 and not vectorless else -1
-    return await _guarded(wire, keys, read, fast, decide_one, capture)
+    return await _guarded(wire, keys, read, fast, decide_one, capture, unwritten)
 
 
 async def touch(wire: Wire, keys: Sequence[bytes], *, capture: ChangeCapture | None) -> Outcome:
