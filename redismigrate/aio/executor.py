@@ -920,18 +920,20 @@ class AsyncMigrationExecutor:
             for source_field, vc in changes.items():
                 originals = frame.vectors.get(source_field) or [None] * len(keys)
                 size = vc.dims * DATATYPE_BYTES[vc.source_datatype]
-                # a value of another size is no vector of this field: left as it is
-                # (the target counts it as an indexing failure, as the source did)
-                usable = [v if v is not None and len(v) == size else None for v in originals]
-                present = [v for v in usable if v is not None]
-                blobs = iter(
-                    reencode_bytes(present, vc.encoding, vc.dims)
-                    if present and vc.encoding is not None
-                    else []
-                )
-                expected.append(usable if vc.encoding is not None else [None] * len(keys))
+                if vc.encoding is None:
+                    expected.append([None] * len(keys))
+                    encoded.append([None] * len(keys))
+                    continue
+                present = [v for v in originals if v is not None and len(v) == size]
+                blobs = iter(reencode_bytes(present, vc.encoding, vc.dims) if present else [])
+                # a value of another size is no vector of this field: written back as it
+                # is (one write, so the target counts one indexing failure, as the source)
+                expected.append(list(originals))
                 encoded.append(
-                    [next(blobs) if v is not None and vc.encoding else None for v in usable]
+                    [
+                        None if v is None else next(blobs) if len(v) == size else bytes(v)
+                        for v in originals
+                    ]
                 )
                 count = max(count, len(present))
             return _EncodedBatch(

@@ -275,7 +275,7 @@ async def reencode(
         for n, name in enumerate(fields):
             # bytes, not memoryviews: comparing views goes element by element, slowly
             was, becomes, now = _plain(expected[n][i]), encoded[n][i], _plain(row[n])
-            if was is None or becomes is None or now == becomes:
+            if was is None or becomes is None or (now == becomes and was != becomes):
                 continue  # nothing to write, or written already (a resumed batch)
             if now != was:
                 out.skipped.append(key)  # the application wrote it (or deleted it)
