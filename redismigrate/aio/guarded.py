@@ -30,7 +30,7 @@ from redismigrate.aio.fastwire import TOUCH_FIELD, Caller, Wire, pack
 ATTEMPTS = 3
 # WATCH looks through the keys a connection already watches for each key it adds
 # (quadratic in their number): transactions stay small
-WATCH_GROUP = 50
+WATCH_GROUP = 100
 
 Events = list[tuple[bytes, int]]
 Decision = tuple[list[bytes], Events]
@@ -181,13 +181,68 @@ async def _guarded(
         return decide
 
     total = Outcome()
+    groups = [keys[start : start + WATCH_GROUP] for start in range(0, len(keys), WATCH_GROUP)]
     async with wire.connection() as conn:
-        for start in range(0, len(keys), WATCH_GROUP):
-            group = keys[start : start + WATCH_GROUP]
+        if unwritten is not None and capture is not None and capture.complete and groups:
+            groups = await _pipelined(
+                conn, groups, read, value_size, decide_for, capture, unwritten, total
+            )
+        for group in groups:
             total.add(
                 await _guarded_group(conn, group, read, value_size, decide_for, capture, unwritten)
             )
     return total
+
+
+async def _pipelined(
+    conn: Caller,
+    groups: list[Sequence[bytes]],
+    read: Callable[[bytes], bytes],
+    value_size: int,
+    decide_for: Callable[[Sequence[bytes]], Callable[[list[Any]], tuple[Decision, Outcome]]],
+    capture: ChangeCapture,
+    unwritten: Callable[[bytes], bool],
+    total: Outcome,
+) -> list[Sequence[bytes]]:
+    """The groups one after another with one round trip each: the EXEC of a group goes
+    out with the WATCH (and marker) of the next. Returns the groups whose transaction
+    was aborted, to be done again one by one."""
+    aborted: list[Sequence[bytes]] = []
+    channel, token, arrival = capture.marker()
+    await conn.call(pack(b"WATCH", *groups[0]) + pack(b"PUBLISH", channel, token), 2)
+    for position, group in enumerate(groups):
+        vouched = await capture.arrived(token, arrival)
+        unsure = [k for k in group if not (vouched and unwritten(k))]
+        replies: list[Any] = [UNCHANGED] * len(group)
+        if unsure:
+            read_back = await conn.call(
+                b"".join([read(k) for k in unsure]), len(unsure), value_size, raise_errors=False
+            )
+            found = dict(zip(unsure, read_back, strict=True))
+            replies = [found.get(k, UNCHANGED) for k in group]
+        (writes, events), outcome = decide_for(group)(replies)
+        tail, tail_count = b"", 0
+        if position + 1 < len(groups):
+            channel, token, arrival = capture.marker()
+            tail = pack(b"WATCH", *groups[position + 1]) + pack(b"PUBLISH", channel, token)
+            tail_count = 2
+        if not writes:
+            await conn.call(pack(b"UNWATCH") + tail, 1 + tail_count)
+            total.add(outcome)
+            continue
+        capture.expect(events)
+        sent = pack(b"MULTI") + b"".join(writes) + pack(b"EXEC") + tail
+        executed = (await conn.call(sent, len(writes) + 2 + tail_count))[len(writes) + 1]
+        if executed is None:
+            capture.unexpect(events)
+            capture.suspect(group)
+            aborted.append(group)
+            continue
+        for reply in executed:
+            if isinstance(reply, hiredis.ReplyError):
+                raise hiredis.ReplyError(str(reply))
+        total.add(outcome)
+    return aborted
 
 
 async def _guarded_group(
