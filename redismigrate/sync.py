@@ -26,7 +26,6 @@ from redismigrate.aio.executor import (
     CHECKPOINT_SECONDS,
     INDEX_READY_TIMEOUT,
     AsyncMigrationExecutor,
-    ProgressCallback,
     RollbackReport,
 )
 from redismigrate.aio.indexes import IndexDescription
@@ -37,6 +36,7 @@ from redismigrate.aio.planner import (
     VECTOR_SAMPLE_SIZE,
     AsyncMigrationPlanner,
 )
+from redismigrate.aio.steps.state import ProgressCallback
 from redismigrate.batch import BatchPlan, BatchReport
 from redismigrate.capabilities import ServerCapabilities
 from redismigrate.estimate import MigrationEstimate

@@ -11,10 +11,11 @@ import redis.asyncio as aioredis
 
 from redismigrate.aio.aliases import assign_aliases
 from redismigrate.aio.connection import connect
-from redismigrate.aio.executor import AsyncMigrationExecutor, ProgressCallback, check_backup_dir
+from redismigrate.aio.executor import AsyncMigrationExecutor, check_backup_dir
 from redismigrate.aio.indexes import known_aliases, list_indexes, server_capabilities
 from redismigrate.aio.lock import RunGuard
 from redismigrate.aio.planner import AsyncMigrationPlanner
+from redismigrate.aio.steps.state import ProgressCallback
 from redismigrate.batch import (
     BatchIndexEntry,
     BatchIndexReport,

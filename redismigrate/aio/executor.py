@@ -1,20 +1,21 @@
 """The async executor: apply a plan with nothing lost, resume after a crash, undo on failure.
 
-Steps (drop_recreate): check the live source, field renames, back up original vector
-bytes (while the source index still serves), drop the index definition, move keys to
-the new prefix, re-encode vectors from the backup, create the target, wait for it to
-be indexed, validate. A progress header in the backup directory says where a run is;
-running the same plan again resumes from there.
+The executor holds the order of the steps and the phase bookkeeping; each step that
+writes documents lives in ``aio/steps/`` with its undo beside it. drop_recreate:
+check the live source and start change capture; back up every key and original vector
+(steps/backup.py, while the source index still serves); check the new names are free;
+drop the index definition; move keys (steps/prefix.py) and rename fields
+(steps/fields.py) from the snapshot; re-encode vectors (steps/reencode.py); reconcile
+what the application wrote meanwhile (steps/reconcile.py); create the target, wait for
+it, point the aliases at it, validate. A progress header in the backup directory says
+where a run is; running the same plan again resumes from there.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
-from redismigrate.aio import aliases, guarded, online
+from redismigrate.aio import aliases, online
 from redismigrate.aio.capture import ChangeCapture
 from redismigrate.aio.connection import connect
 from redismigrate.aio.fastwire import Wire
@@ -36,24 +37,29 @@ from redismigrate.aio.indexes import (
 from redismigrate.aio.keys import (
     count_documents,
     enumerate_keys,
-    glob_escape,
     is_cluster,
     moved_key,
-    rename_json_fields,
 )
 from redismigrate.aio.ledger import read_history
 from redismigrate.aio.lock import RunGuard
+from redismigrate.aio.steps import backup as backup_step
+from redismigrate.aio.steps import fields as fields_step
 from redismigrate.aio.steps import prefix as prefix_step
+from redismigrate.aio.steps import reencode as reencode_step
 from redismigrate.aio.steps.reconcile import Reconciler
+from redismigrate.aio.steps.state import (
+    BackupSet,
+    ProgressCallback,
+    Run,
+    crash_point,
+)
 from redismigrate.aio.validate import validate_live
 from redismigrate.backup import (
-    BackupBatch,
     BackupField,
     BackupHeader,
     VectorBackup,
     backup_paths,
     new_manifest,
-    read_manifest,
     write_manifest,
 )
 from redismigrate.errors import BadInputError, ConnectionFailed, IndexNotFound, RedisMigrateError
@@ -62,24 +68,31 @@ from redismigrate.ftinfo import stats_from_ft_info
 from redismigrate.integrity import check_plan, check_plan_copy, verify_backup_for_plan
 from redismigrate.ledger import LedgerEntry
 from redismigrate.plan import MigrationPlan, Online, now_iso, plan_hash, schema_hash
-from redismigrate.quantize import reencode_bytes
 from redismigrate.report import (
     Benchmark,
-    ConcurrentWrites,
     MigrationReport,
     StepTiming,
     ValidationResult,
 )
-from redismigrate.schema import DATATYPE_BYTES, IndexSchema
+from redismigrate.schema import IndexSchema
 
-ProgressCallback = Callable[[str, int, int | None], None]
+__all__ = [
+    "AsyncMigrationExecutor",
+    "BackupSet",
+    "IndexNotReady",
+    "ProgressCallback",
+    "RollbackReport",
+    "UndoConflicts",
+    "check_backup_dir",
+    "plan_copy_path",
+    "resume_command",
+]
+
 INDEX_READY_TIMEOUT = 3600.0
 # How often progress is made durable. A crash redoes at most this much work: backup
 # batches are re-read from the intact source, re-encoded batches are rewritten from
 # their original bytes (the same bytes again).
 CHECKPOINT_SECONDS = 1.0
-WRITERS = 8
-_CRASH_ENV = "REDISMIGRATE_CRASH_AT"
 
 
 class IndexNotReady(RedisMigrateError):
@@ -90,21 +103,6 @@ class UndoConflicts(RedisMigrateError):
     """An undo put everything back except documents the application changed since."""
 
     exit_code = 1
-
-
-def _crash_point(name: str) -> None:
-    """Test hook: ``REDISMIGRATE_CRASH_AT=name[:n]`` SIGKILLs this process at that point."""
-    wanted = os.environ.get(_CRASH_ENV)
-    if not wanted:
-        return
-    point, _, count = wanted.partition(":")
-    if point != name:
-        return
-    remaining = int(count or "1") - 1
-    if remaining > 0:
-        os.environ[_CRASH_ENV] = f"{point}:{remaining}"
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def check_backup_dir(backup_dir: str | Path | None) -> Path:
@@ -123,63 +121,6 @@ def check_backup_dir(backup_dir: str | Path | None) -> Path:
     return path
 
 
-class BackupSet:
-    """A migration's progress header and its vector data: in the header's own data file,
-    or (multi-worker runs) in one shard per worker listed by a manifest."""
-
-    def __init__(self, main: VectorBackup, shards: list[VectorBackup]) -> None:
-        self.main = main
-        self.shards = shards
-
-    @property
-    def header(self) -> BackupHeader:
-        return self.main.header
-
-    @property
-    def data_sources(self) -> list[VectorBackup]:
-        return self.shards or [self.main]
-
-    @property
-    def keys_backed_up(self) -> int:
-        return sum(b.header.keys_backed_up for b in self.data_sources)
-
-    def iter_frames(self) -> Iterator[BackupBatch]:
-        for source in self.data_sources:
-            yield from source.iter_frames()
-
-    def iter_batches(self) -> Iterator[tuple[list[bytes], dict[bytes, dict[str, bytes]]]]:
-        for source in self.data_sources:
-            yield from source.iter_batches()
-
-    def files(self) -> list[Path]:
-        paths = [self.main.header_path, self.main.data_path]
-        for shard in self.shards:
-            paths += [shard.header_path, shard.data_path]
-        manifest = backup_paths(self.main.header_path.parent, self.header.index_name).manifest
-        return [p for p in [*paths, Path(manifest)] if p.exists()]
-
-    def close(self) -> None:
-        for backup in [self.main, *self.shards]:
-            backup.close()
-
-    @classmethod
-    def open(cls, backup_dir: Path, index_name: str) -> BackupSet | None:
-        main = VectorBackup.open(backup_dir, index_name)
-        if main is None:
-            return None
-        manifest_path = Path(backup_paths(backup_dir, index_name).manifest)
-        shards: list[VectorBackup] = []
-        if manifest_path.exists():
-            for shard in read_manifest(manifest_path).shards:
-                opened = VectorBackup.open(backup_dir, index_name, worker=shard.worker)
-                if opened is None:
-                    raise BadInputError(
-                        f"backup shard {shard.header!r} listed in {manifest_path} is missing"
-                    )
-                shards.append(opened)
-        return cls(main, shards)
-
-
 def _watched_prefixes(plan: MigrationPlan) -> list[str]:
     """Where the application's writes to the index's documents can land during a run."""
     prefixes = list(plan.source.keyspace.prefixes)
@@ -187,13 +128,6 @@ def _watched_prefixes(plan: MigrationPlan) -> list[str]:
     if change is not None:
         prefixes.append(change.new)
     return prefixes
-
-
-def first_error(exc: BaseException) -> BaseException:
-    """The first real error inside (nested) exception groups from a task group."""
-    while isinstance(getattr(exc, "exceptions", None), (list, tuple)) and exc.exceptions:  # type: ignore[attr-defined]
-        exc = exc.exceptions[0]  # type: ignore[attr-defined]
-    return exc
 
 
 def plan_copy_path(backup_dir: Path, index_name: str) -> Path:
@@ -205,74 +139,6 @@ def plan_copy_path(backup_dir: Path, index_name: str) -> Path:
 def resume_command(plan_path: str | None, backup_dir: Path) -> str:
     plan_arg = plan_path or "PLAN.yaml"
     return f"redismigrate apply --plan {plan_arg} --backup-dir {backup_dir} --url URL"
-
-
-class _EncodedBatch(msgspec.Struct, frozen=True):
-    """One backup frame ready to write: per field, the bytes each key must still hold
-    (its backed-up original) and what it gets instead (None: nothing to write)."""
-
-    batch: int
-    keys: list[bytes]  # names after the prefix move
-    fields: list[bytes]
-    expected: list[list[Any]]
-    encoded: list[list[bytes | None]]
-    count: int
-
-
-class _Run:
-    """State of one apply run: timings, counters, the backup, the progress callback."""
-
-    def __init__(
-        self,
-        plan: MigrationPlan,
-        client: aioredis.Redis,
-        backup_dir: Path,
-        batch_size: int,
-        workers: int,
-        progress: ProgressCallback | None,
-    ) -> None:
-        self.plan = plan
-        self.client = client
-        self.backup_dir = backup_dir
-        self.batch_size = batch_size
-        self.workers = workers
-        self.progress = progress
-        self.timings: list[StepTiming] = []
-        self.backup: VectorBackup | None = None  # the progress header
-        self.backups: BackupSet | None = None
-        self.wire = Wire(client)
-        self.started = time.perf_counter()
-        self.started_at = now_iso()
-        self.dropped_at: float | None = None
-        self.ready_at: float | None = None
-        self.resumed = False
-        self.keys_renamed = 0
-        self.fields_renamed = 0
-        self.reencoded = 0
-        self.documents = 0
-        self.size_before = plan.source.stats_snapshot.total_mb
-        self.capture: ChangeCapture | None = None
-        self.reconciler: Reconciler | None = None
-        self.skipped: set[bytes] = set()  # keys a guarded write left: the application's
-        self.concurrent: ConcurrentWrites | None = None
-
-    def tick(self, step: str, done: int, total: int | None = None) -> None:
-        if self.progress is not None:
-            self.progress(step, done, total)
-
-    def timed(self, step: str, started: float, items: int = 0) -> None:
-        self.timings.append(
-            StepTiming(step=step, seconds=round(time.perf_counter() - started, 4), items=items)
-        )
-
-    @property
-    def header(self) -> BackupHeader:
-        assert self.backup is not None
-        return self.backup.header
-
-    def set_phase(self, phase: str, **counters: Any) -> None:
-        assert self.backup is not None
-        self.backup.update(phase=phase, **counters)
 
 
 class AsyncMigrationExecutor:
@@ -336,7 +202,7 @@ class AsyncMigrationExecutor:
                 break_lock=break_lock,
             ) as guard,
         ):
-            run = _Run(plan, client, directory, batch_size, num_workers, progress_callback)
+            run = Run(plan, client, directory, batch_size, num_workers, progress_callback)
             run.wire.enabled = not await is_cluster(client)
             try:
                 if isinstance(plan.mode, Online):
@@ -349,7 +215,7 @@ class AsyncMigrationExecutor:
             finally:
                 await run.wire.close()
 
-    async def _apply_online(self, run: _Run, force: bool) -> MigrationReport:
+    async def _apply_online(self, run: Run, force: bool) -> MigrationReport:
         plan, client = run.plan, run.client
         assert isinstance(plan.mode, Online)
         shadow = plan.mode.shadow_index
@@ -444,7 +310,7 @@ class AsyncMigrationExecutor:
         )
 
     # ------------------------------------------------------------------ the steps
-    async def _apply(self, run: _Run, plan_path: str | None) -> MigrationReport:
+    async def _apply(self, run: Run, plan_path: str | None) -> MigrationReport:
         started = time.perf_counter()
         phase = await self._open_or_start(run)
         run.timed("check", started)
@@ -455,23 +321,23 @@ class AsyncMigrationExecutor:
         finally:
             await run.capture.stop()
 
-    async def _apply_steps(self, run: _Run, phase: str) -> MigrationReport:
+    async def _apply_steps(self, run: Run, phase: str) -> MigrationReport:
         plan, client = run.plan, run.client
         if phase == "dump":
-            await self._dump(run)
+            await backup_step.back_up(run, await self._enumerate(run), self.checkpoint_seconds)
             phase = "ready"
         if phase == "ready":
             await self._check_collisions(run)
-            _crash_point("before_drop")
+            crash_point("before_drop")
             started = time.perf_counter()
             run.dropped_at = time.perf_counter()
             if await self._live_schema(client, plan.source.index_name) is not None:
                 await drop_index(client, aliases.source_index(plan))  # not via an alias
-                _crash_point("dropped_unrecorded")
+                crash_point("dropped_unrecorded")
             # else: a killed run dropped it just before it could say so
             run.set_phase("index_dropped")
             run.timed("drop", started)
-            _crash_point("after_drop")
+            crash_point("after_drop")
             phase = "index_dropped"
         if run.dropped_at is None:
             run.dropped_at = time.perf_counter()
@@ -480,7 +346,7 @@ class AsyncMigrationExecutor:
             if phase == "index_dropped":
                 # renames run after the drop: no index answers with half-renamed documents
                 await self._key_renames(run)
-                await self._field_renames(run)
+                await fields_step.rename(run, self._snapshot(run))
                 run.set_phase("active")
             if rewrites:
                 # Build the target while re-encoding: created without the initial scan,
@@ -490,12 +356,14 @@ class AsyncMigrationExecutor:
                 if await self._live_schema(client, plan.target_index_name) is None:
                     await create_index(client, plan.merged_target_schema, skip_initial_scan=True)
                 run.timed("create", started)
-            await self._reencode(run, touch=rewrites)
+            await reencode_step.reencode(
+                run, touch=rewrites, checkpoint_seconds=self.checkpoint_seconds
+            )
             phase = "completed"
         if phase != "validated":
             await self._reconcile(run, touch=rewrites)
         if phase == "completed":
-            _crash_point("before_create")
+            crash_point("before_create")
             started = time.perf_counter()
             if await self._live_schema(client, plan.target_index_name) is None:
                 await create_index(client, plan.merged_target_schema)
@@ -527,7 +395,7 @@ class AsyncMigrationExecutor:
             )
         return await self._report(run, result, validation, error=error)
 
-    def _written_during_run(self, run: _Run) -> Callable[[bytes], bool] | None:
+    def _written_during_run(self, run: Run) -> Callable[[bytes], bool] | None:
         capture = run.capture
         quiet = capture is None or (capture.foreign_events == 0 and not run.skipped)
         if quiet and (run.concurrent is None or not run.concurrent.keys_written):
@@ -547,7 +415,7 @@ class AsyncMigrationExecutor:
 
         return written
 
-    async def _live_documents(self, run: _Run) -> int | None:
+    async def _live_documents(self, run: Run) -> int | None:
         """Documents under the target's prefixes now, when the application changed their
         number during the run (None: the snapshot's count holds)."""
         concurrent = run.concurrent
@@ -560,7 +428,7 @@ class AsyncMigrationExecutor:
             run.client, target.index.prefixes, run.plan.source.keyspace.storage_type
         )
 
-    async def _reconcile(self, run: _Run, *, touch: bool) -> None:
+    async def _reconcile(self, run: Run, *, touch: bool) -> None:
         """Bring what the application wrote during the run to the target's shape."""
         started = time.perf_counter()
         assert run.backups is not None
@@ -573,7 +441,7 @@ class AsyncMigrationExecutor:
         run.concurrent = await reconciler.run(sweep_reason=sweep if run.resumed else None)
         run.timed("reconcile", started, run.concurrent.keys_written)
 
-    async def _rebuild_if_failures_grew(self, run: _Run) -> None:
+    async def _rebuild_if_failures_grew(self, run: Run) -> None:
         """The target was built while writing; vectors the application wrote in the old
         encoding meanwhile failed to index before they were re-encoded, and the server
         never takes a failure back: build it again once, from what is stored now."""
@@ -590,7 +458,7 @@ class AsyncMigrationExecutor:
         await self._wait_indexed(run)
         run.timed("rebuild", started)
 
-    async def _open_or_start(self, run: _Run) -> str:
+    async def _open_or_start(self, run: Run) -> str:
         """Open the progress header of an earlier run, or check the source and start anew."""
         plan = run.plan
         wanted = plan_hash(plan)
@@ -647,7 +515,10 @@ class AsyncMigrationExecutor:
                 "plan was made; run `redismigrate plan` again"
             )
         await aliases.check_before_drop(run.client, plan)
-        await self._check_prefix_target_free(run)
+        if plan.rename_operations.change_prefix is not None:
+            await prefix_step.refuse_keys_under_new_prefix(
+                run.client, plan.rename_operations.change_prefix
+            )
         header = BackupHeader(
             format="redismigrate-vector-backup",
             index_name=plan.source.index_name,
@@ -692,7 +563,7 @@ class AsyncMigrationExecutor:
         return "dump"
 
     @staticmethod
-    def _adopt(run: _Run, existing: BackupSet) -> None:
+    def _adopt(run: Run, existing: BackupSet) -> None:
         run.backups, run.backup, run.resumed = existing, existing.main, True
         run.documents = existing.keys_backed_up
 
@@ -706,7 +577,7 @@ class AsyncMigrationExecutor:
         assert field is not None
         return field.path or field.name
 
-    def _discard(self, run: _Run, backup: BackupSet, *, stale: bool = False) -> None:
+    def _discard(self, run: Run, backup: BackupSet, *, stale: bool = False) -> None:
         suffix = ".stale-" if stale else ".restarted-"
         stamp = time.strftime("%Y%m%dT%H%M%S")
         files = backup.files()
@@ -732,18 +603,7 @@ class AsyncMigrationExecutor:
         except (rexc.RedisError, OSError):
             return None
 
-    async def _check_prefix_target_free(self, run: _Run) -> None:
-        change = run.plan.rename_operations.change_prefix
-        if change is None:
-            return
-        async for key in run.client.scan_iter(match=glob_escape(change.new) + "*", count=1000):
-            raise BadInputError(
-                f"keys already exist under the new prefix {change.new!r} (for example "
-                f"{key!r}); moving documents there could collide, and a rollback could not "
-                "tell them apart"
-            )
-
-    async def _enumerate(self, run: _Run) -> Any:
+    async def _enumerate(self, run: Run) -> Any:
         plan = run.plan
         stats = plan.source.stats_snapshot
         return enumerate_keys(
@@ -758,13 +618,13 @@ class AsyncMigrationExecutor:
             or plan.source.schema_snapshot.index.options.filter is None,
         )
 
-    def _snapshot(self, run: _Run) -> Iterator[list[bytes]]:
+    def _snapshot(self, run: Run) -> Iterator[list[bytes]]:
         """The keys the backup enumerated before the drop, batch by batch."""
         assert run.backups is not None
         for frame in run.backups.iter_frames():
             yield frame.keys
 
-    async def _check_collisions(self, run: _Run) -> None:
+    async def _check_collisions(self, run: Run) -> None:
         change = run.plan.rename_operations.change_prefix
         if change is None:
             return
@@ -772,106 +632,7 @@ class AsyncMigrationExecutor:
         taken = await prefix_step.find_collisions(run.client, batches, change)
         prefix_step.refuse_collisions(taken, change)
 
-    async def _field_renames(self, run: _Run) -> None:
-        renames = [(r.old_path, r.new_path) for r in run.plan.rename_operations.rename_fields]
-        if not renames:
-            return
-        started = time.perf_counter()
-        is_json = run.plan.source.keyspace.storage_type == "json"
-        change = run.plan.rename_operations.change_prefix
-        done = 0
-        for snapshot in self._snapshot(run):
-            keys = [
-                moved_key(k, change.old, change.new) if change is not None else k for k in snapshot
-            ]
-            if is_json:
-                run.fields_renamed += await rename_json_fields(run.client, keys, renames)
-            else:
-                outcome = await guarded.rename_fields(run.wire, keys, renames, capture=run.capture)
-                run.fields_renamed += outcome.written
-                run.skipped.update(outcome.skipped)
-            done += len(keys)
-            run.tick("field_renames", done, run.documents or None)
-        run.timed("field_renames", started, done)
-
-    async def _dump(self, run: _Run) -> None:
-        """Back up every original vector of the fields to re-encode, batch by batch.
-
-        One enumeration feeds the writers: with one worker the header's own data file,
-        with several one shard each (read with its own connection, written in parallel).
-        """
-        started = time.perf_counter()
-        assert run.backups is not None
-        fields = run.header.fields
-        total = run.plan.source.stats_snapshot.num_docs
-        done = 0
-        # every key is recorded (the snapshot later steps work from), with its vectors
-        names = list(fields)
-        # fields are renamed after the drop: the backup reads them by their old names
-        field_names = [self._source_path(run.plan, n).encode() for n in names]
-        sources = run.backups.data_sources
-        value_size = -1
-        if names:
-            first = fields[names[0]]
-            value_size = first.dims * DATATYPE_BYTES[first.source_datatype]
-
-        async def shard_writer(target: VectorBackup, inbox: Any) -> None:
-            # reading batch n+1 from Redis overlaps writing batch n to disk
-            frames, to_disk = anyio.create_memory_object_stream[
-                tuple[list[bytes], dict[str, list[bytes | None]]]
-            ](1)
-
-            async def read() -> None:
-                async with inbox, frames:
-                    async for keys in inbox:
-                        columns = (
-                            await run.wire.read_columns(keys, field_names, value_size)
-                            if field_names
-                            else []
-                        )
-                        vectors = dict(zip(names, columns, strict=True))
-                        await frames.send((keys, vectors))
-
-            async def write() -> None:
-                nonlocal done
-                committed = time.monotonic()
-                async with to_disk:
-                    async for keys, vectors in to_disk:
-                        await anyio.to_thread.run_sync(
-                            partial(target.append_batch, keys, vectors, durable=False)
-                        )
-                        if time.monotonic() - committed >= self.checkpoint_seconds:
-                            await anyio.to_thread.run_sync(target.commit)
-                            committed = time.monotonic()
-                        done += len(keys)
-                        run.tick("backup", done, total)
-                        _crash_point("during_backup")
-                await anyio.to_thread.run_sync(target.commit)
-
-            async with anyio.create_task_group() as group:
-                group.start_soon(read)
-                group.start_soon(write)
-
-        try:
-            async with anyio.create_task_group() as group:
-                outboxes = []
-                for target in sources:
-                    outbox, inbox = anyio.create_memory_object_stream[list[bytes]](1)
-                    outboxes.append(outbox)
-                    group.start_soon(shard_writer, target, inbox)
-                position = 0
-                async for keys in await self._enumerate(run):
-                    await outboxes[position % len(outboxes)].send(keys)
-                    position += 1
-                for outbox in outboxes:
-                    await outbox.aclose()
-        except Exception as exc:
-            raise first_error(exc) from None
-        run.documents = done or total
-        await anyio.to_thread.run_sync(partial(run.set_phase, "ready"))
-        run.timed("backup", started, done)
-
-    async def _key_renames(self, run: _Run) -> None:
+    async def _key_renames(self, run: Run) -> None:
         """Move exactly the keys of the snapshot, each once (RENAMENX: never overwrites)."""
         change = run.plan.rename_operations.change_prefix
         if change is None:
@@ -883,182 +644,6 @@ class AsyncMigrationExecutor:
             run.tick("key_renames", moved, run.documents or None)
         run.keys_renamed += moved
         run.timed("key_renames", started, moved)
-
-    @staticmethod
-    def _source_path(plan: MigrationPlan, source_field: str) -> str:
-        """The hash field holding ``source_field`` before any rename."""
-        field = plan.source.schema_snapshot.field(source_field)
-        assert field is not None
-        return field.path or field.name
-
-    async def _reencode(self, run: _Run, *, touch: bool = False) -> None:
-        """Write every backed-up vector re-encoded by the plan's rule.
-
-        Each batch is encoded from its original bytes in the backup, so a batch redone
-        after a crash is written with the same bytes: nothing is ever encoded twice.
-        Every write is guarded (aio/guarded.py): a document the application changed
-        since its backup is skipped and left to the reconcile step.
-        """
-        started = time.perf_counter()
-        assert run.backups is not None
-        changes = {vc.source_field: vc for vc in run.plan.vector_changes if vc.rewrite_documents}
-        change = run.plan.rename_operations.change_prefix
-        lock = anyio.Lock()
-
-        fields = run.header.fields
-        field_names = [fields[name].document_field.encode() for name in changes]
-
-        def encode(frame: BackupBatch) -> _EncodedBatch:
-            """The guarded writes of one frame (runs in a worker thread: numpy work)."""
-            keys = [
-                moved_key(k, change.old, change.new) if change is not None else k
-                for k in frame.keys
-            ]
-            expected: list[list[Any]] = []
-            encoded: list[list[bytes | None]] = []
-            count = 0
-            for source_field, vc in changes.items():
-                originals = frame.vectors.get(source_field) or [None] * len(keys)
-                size = vc.dims * DATATYPE_BYTES[vc.source_datatype]
-                if vc.encoding is None:
-                    expected.append([None] * len(keys))
-                    encoded.append([None] * len(keys))
-                    continue
-                present = [v for v in originals if v is not None and len(v) == size]
-                blobs = iter(reencode_bytes(present, vc.encoding, vc.dims) if present else [])
-                # a value of another size is no vector of this field: written back as it
-                # is (one write, so the target counts one indexing failure, as the source)
-                expected.append(list(originals))
-                encoded.append(
-                    [
-                        None if v is None else next(blobs) if len(v) == size else bytes(v)
-                        for v in originals
-                    ]
-                )
-                count = max(count, len(present))
-            return _EncodedBatch(
-                batch=frame.batch,
-                keys=keys,
-                fields=field_names,
-                expected=expected,
-                encoded=encoded,
-                count=count,
-            )
-
-        capture = run.capture
-        unwritten: Callable[[bytes], bool] | None = None
-        if capture is not None and capture.complete and not run.resumed:
-            # capture has seen every write since before the backup read these keys
-            old = change.old.encode() if change is not None else b""
-            new = change.new.encode() if change is not None else b""
-
-            def unwritten(key: bytes) -> bool:
-                assert capture is not None
-                if capture.written_by_application(key):
-                    return False
-                if change is not None and key.startswith(new):
-                    return not capture.written_by_application(old + key[len(new) :])
-                return True
-
-        async def write(batch: _EncodedBatch) -> None:
-            outcome = await guarded.reencode(
-                run.wire,
-                batch.keys,
-                batch.fields,
-                batch.expected,
-                batch.encoded,
-                touch=touch,
-                capture=run.capture,
-                value_size=value_size,
-                unwritten=unwritten,
-            )
-            run.skipped.update(outcome.skipped)
-
-        first = next(iter(changes.values()), None)
-        value_size = first.dims * DATATYPE_BYTES[first.source_datatype] if first else -1
-
-        async def produce(source: VectorBackup, start: int, out: Any) -> None:
-            """Read and encode frames in a thread, ahead of the writers."""
-            frames = source.iter_frames(start)
-            async with out:
-                while True:
-                    frame = await anyio.to_thread.run_sync(next, frames, None)
-                    if frame is None:
-                        return
-                    await out.send(await anyio.to_thread.run_sync(encode, frame))
-
-        # per source: [watermark, keys since the last checkpoint, time of that checkpoint]
-        unsaved: dict[int, list[Any]] = {}
-
-        def checkpoint(source: VectorBackup) -> None:
-            state = unsaved.get(id(source))
-            if state is None or (state[0] == source.header.quantize_completed_batches):
-                return
-            source.update(
-                quantize_completed_batches=state[0],
-                keys_reencoded=source.header.keys_reencoded + state[1],
-            )
-            state[1], state[2] = 0, time.monotonic()
-
-        async def progress(source: VectorBackup, watermark: int, count: int) -> None:
-            async with lock:
-                run.reencoded += count
-                state = unsaved.setdefault(id(source), [watermark, 0, time.monotonic()])
-                state[0] = watermark
-                state[1] += count
-                if time.monotonic() - state[2] >= self.checkpoint_seconds:
-                    await anyio.to_thread.run_sync(checkpoint, source)
-                run.tick("reencode", run.reencoded, run.documents or None)
-            _crash_point("during_reencode")
-
-        async def from_file(source: VectorBackup, writers: int) -> None:
-            """``writers`` concurrent writers over one data file (the header's own, or a
-            shard): a batch counts as done once all batches before it are."""
-            finished: set[int] = set()
-            watermark = source.header.quantize_completed_batches
-            send, receive = anyio.create_memory_object_stream[_EncodedBatch](writers)
-
-            async def worker(batches: Any) -> None:
-                nonlocal watermark
-                async with batches:
-                    async for batch in batches:
-                        await write(batch)
-                        finished.add(batch.batch)
-                        while watermark in finished:
-                            finished.discard(watermark)
-                            watermark += 1
-                        await progress(source, watermark, batch.count)
-
-            async with anyio.create_task_group() as group:
-                with receive:
-                    for _ in range(writers):
-                        group.start_soon(worker, receive.clone())
-                group.start_soon(produce, source, watermark, send)
-
-        if changes:
-            try:
-                async with anyio.create_task_group() as group:
-                    # a guarded write waits on several round trips: at least WRITERS
-                    # batches are in flight so those waits overlap, whatever --workers says
-                    writers = max(run.workers, WRITERS)
-                    if run.backups.shards:
-                        shards = run.backups.shards
-                        for shard in shards:
-                            group.start_soon(from_file, shard, -(-writers // len(shards)))
-                    else:
-                        group.start_soon(from_file, run.backups.main, writers)
-            except Exception as exc:
-                error = first_error(exc)
-                # keep what was written: a resume then redoes less
-                with contextlib.suppress(RedisMigrateError, OSError):
-                    for source in run.backups.data_sources:
-                        checkpoint(source)
-                raise error from None
-            for source in run.backups.data_sources:
-                await anyio.to_thread.run_sync(checkpoint, source)
-        if run.header.phase != "completed":
-            run.set_phase("completed")
-        run.timed("reencode", started, run.reencoded)
 
     async def _until_indexed(
         self,
@@ -1083,7 +668,7 @@ class AsyncMigrationExecutor:
                 )
             await anyio.sleep(self.poll_interval)
 
-    async def _wait_indexed(self, run: _Run) -> None:
+    async def _wait_indexed(self, run: Run) -> None:
         started = time.perf_counter()
         expected = run.plan.source.stats_snapshot.num_docs or None
         total = await self._until_indexed(
@@ -1097,7 +682,7 @@ class AsyncMigrationExecutor:
     # ------------------------------------------------------------------ outcome
     async def _report(
         self,
-        run: _Run,
+        run: Run,
         result: str,
         validation: ValidationResult | None,
         *,
@@ -1148,7 +733,7 @@ class AsyncMigrationExecutor:
         )
 
     async def _failed(
-        self, run: _Run, exc: BaseException, auto_rollback: bool, plan_path: str | None
+        self, run: Run, exc: BaseException, auto_rollback: bool, plan_path: str | None
     ) -> MigrationReport:
         message = str(exc) or type(exc).__name__
         phase = run.backup.header.phase if run.backup is not None else "dump"
@@ -1237,7 +822,6 @@ class AsyncMigrationExecutor:
         batch is read back afterwards to check the restore.
         """
         change = plan.rename_operations.change_prefix
-        storage = plan.source.keyspace.storage_type
         renames = [(r.new_path, r.old_path) for r in plan.rename_operations.rename_fields]
         fields = backup.header.fields
         changes = {vc.source_field: vc for vc in plan.vector_changes if vc.rewrite_documents}
@@ -1257,42 +841,14 @@ class AsyncMigrationExecutor:
                         else k
                         for k in frame.keys
                     ]
-            for source_field, column in frame.vectors.items():
-                vc = changes.get(source_field)
-                if vc is None or vc.encoding is None or source_field not in fields:
-                    continue
-                size = vc.dims * DATATYPE_BYTES[vc.source_datatype]
-                present = [
-                    (name, bytes(v))
-                    for name, v in zip(names, column, strict=True)
-                    if v is not None and len(v) == size
-                ]
-                if not present:
-                    continue
-                originals = [v for _, v in present]
-                encoded = await anyio.to_thread.run_sync(
-                    reencode_bytes, originals, vc.encoding, vc.dims
-                )
-                field_name = fields[source_field].document_field.encode()
-                outcome = await guarded.restore(
-                    wire,
-                    [name for name, _ in present],
-                    field_name,
-                    originals,
-                    encoded,
-                    capture=None,
-                )
-                restored += outcome.written
-                conflicts.extend(outcome.skipped)
-                if frame.batch == 0:
-                    skipped = set(outcome.skipped)
-                    check += [(n, field_name, v) for n, v in present if n not in skipped]
-            if renames:
-                if storage == "json":
-                    await rename_json_fields(client, names, renames)
-                else:
-                    outcome = await guarded.rename_fields(wire, names, renames, capture=None)
-                    conflicts.extend(outcome.skipped)
+            outcome, restored_here = await reencode_step.restore(
+                wire, names, frame, fields, changes
+            )
+            restored += outcome.written
+            conflicts.extend(outcome.skipped)
+            if frame.batch == 0:
+                check += restored_here
+            conflicts.extend(await fields_step.rename_back(client, wire, plan, names))
         if check:
             pipe = client.pipeline(transaction=False)
             for name, field_name, _ in check:
@@ -1426,17 +982,3 @@ def _only_backup_in(directory: Path) -> str:
             f"{str(directory)!r} holds {len(names)} backups ({found}); name one with --index"
         )
     return names[0]
-
-
-async def restore_vectors(client: aioredis.Redis, backup: BackupSet) -> int:
-    """Write every original vector byte in ``backup`` back (to the keys' current names)."""
-    fields = backup.header.fields
-    restored = 0
-    for keys, originals in backup.iter_batches():
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            for field_name, original in originals.get(key, {}).items():
-                pipe.hset(key, fields[field_name].document_field, original)
-                restored += 1
-        await pipe.execute()
-    return restored

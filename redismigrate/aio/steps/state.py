@@ -1,0 +1,176 @@
+"""The state one apply run carries through its steps: the backup set, counters, timings,
+progress, and the test hook that kills the process at a named point."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from redismigrate.aio.capture import ChangeCapture
+from redismigrate.aio.fastwire import Wire
+from redismigrate.backup import (
+    BackupBatch,
+    BackupHeader,
+    VectorBackup,
+    backup_paths,
+    read_manifest,
+)
+from redismigrate.errors import BadInputError
+from redismigrate.plan import MigrationPlan, now_iso
+from redismigrate.report import ConcurrentWrites, StepTiming
+
+ProgressCallback = Callable[[str, int, int | None], None]
+CRASH_ENV = "REDISMIGRATE_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Test hook: ``REDISMIGRATE_CRASH_AT=name[:n]`` SIGKILLs this process at that point."""
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted:
+        return
+    point, _, count = wanted.partition(":")
+    if point != name:
+        return
+    remaining = int(count or "1") - 1
+    if remaining > 0:
+        os.environ[CRASH_ENV] = f"{point}:{remaining}"
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class BackupSet:
+    """A migration's progress header and its vector data: in the header's own data file,
+    or (multi-worker runs) in one shard per worker listed by a manifest."""
+
+    def __init__(self, main: VectorBackup, shards: list[VectorBackup]) -> None:
+        self.main = main
+        self.shards = shards
+
+    @property
+    def header(self) -> BackupHeader:
+        return self.main.header
+
+    @property
+    def data_sources(self) -> list[VectorBackup]:
+        return self.shards or [self.main]
+
+    @property
+    def keys_backed_up(self) -> int:
+        return sum(b.header.keys_backed_up for b in self.data_sources)
+
+    def iter_frames(self) -> Iterator[BackupBatch]:
+        for source in self.data_sources:
+            yield from source.iter_frames()
+
+    def iter_batches(self) -> Iterator[tuple[list[bytes], dict[bytes, dict[str, bytes]]]]:
+        for source in self.data_sources:
+            yield from source.iter_batches()
+
+    def files(self) -> list[Path]:
+        paths = [self.main.header_path, self.main.data_path]
+        for shard in self.shards:
+            paths += [shard.header_path, shard.data_path]
+        manifest = backup_paths(self.main.header_path.parent, self.header.index_name).manifest
+        return [p for p in [*paths, Path(manifest)] if p.exists()]
+
+    def close(self) -> None:
+        for backup in [self.main, *self.shards]:
+            backup.close()
+
+    @classmethod
+    def open(cls, backup_dir: Path, index_name: str) -> BackupSet | None:
+        main = VectorBackup.open(backup_dir, index_name)
+        if main is None:
+            return None
+        manifest_path = Path(backup_paths(backup_dir, index_name).manifest)
+        shards: list[VectorBackup] = []
+        if manifest_path.exists():
+            for shard in read_manifest(manifest_path).shards:
+                opened = VectorBackup.open(backup_dir, index_name, worker=shard.worker)
+                if opened is None:
+                    raise BadInputError(
+                        f"backup shard {shard.header!r} listed in {manifest_path} is missing"
+                    )
+                shards.append(opened)
+        return cls(main, shards)
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups from a task group."""
+    while isinstance(getattr(exc, "exceptions", None), (list, tuple)) and exc.exceptions:  # type: ignore[attr-defined]
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return exc
+
+
+class EncodedBatch(msgspec.Struct, frozen=True):
+    """One backup frame ready to write: per field, the bytes each key must still hold
+    (its backed-up original) and what it gets instead (None: nothing to write)."""
+
+    batch: int
+    keys: list[bytes]  # names after the prefix move
+    fields: list[bytes]
+    expected: list[list[Any]]
+    encoded: list[list[bytes | None]]
+    count: int
+
+
+class Run:
+    """State of one apply run: timings, counters, the backup, the progress callback."""
+
+    def __init__(
+        self,
+        plan: MigrationPlan,
+        client: aioredis.Redis,
+        backup_dir: Path,
+        batch_size: int,
+        workers: int,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.plan = plan
+        self.client = client
+        self.backup_dir = backup_dir
+        self.batch_size = batch_size
+        self.workers = workers
+        self.progress = progress
+        self.timings: list[StepTiming] = []
+        self.backup: VectorBackup | None = None  # the progress header
+        self.backups: BackupSet | None = None
+        self.wire = Wire(client)
+        self.started = time.perf_counter()
+        self.started_at = now_iso()
+        self.dropped_at: float | None = None
+        self.ready_at: float | None = None
+        self.resumed = False
+        self.keys_renamed = 0
+        self.fields_renamed = 0
+        self.reencoded = 0
+        self.documents = 0
+        self.size_before = plan.source.stats_snapshot.total_mb
+        self.capture: ChangeCapture | None = None
+        self.skipped: set[bytes] = set()  # keys a guarded write left: the application's
+        self.concurrent: ConcurrentWrites | None = None
+
+    def tick(self, step: str, done: int, total: int | None = None) -> None:
+        if self.progress is not None:
+            self.progress(step, done, total)
+
+    def timed(self, step: str, started: float, items: int = 0) -> None:
+        self.timings.append(
+            StepTiming(step=step, seconds=round(time.perf_counter() - started, 4), items=items)
+        )
+
+    @property
+    def header(self) -> BackupHeader:
+        assert self.backup is not None
+        return self.backup.header
+
+    def set_phase(self, phase: str, **counters: Any) -> None:
+        assert self.backup is not None
+        self.backup.update(phase=phase, **counters)
