@@ -859,13 +859,16 @@ class VectorBackup:
 
     # closing ------------------------------------------------------------------
     def close(self) -> None:
-        """Commit appended frames (when nothing failed), then release the data file."""
-        if not self._closed and self._pending_batches and self._broken is None:
-            self.commit()
-        self._closed = True
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            writer.close()  # releases the lock
+        """Commit appended frames (when nothing failed), then release the data file
+        (released also when that commit fails)."""
+        try:
+            if not self._closed and self._pending_batches and self._broken is None:
+                self.commit()
+        finally:
+            self._closed = True
+            if self._writer is not None:
+                writer, self._writer = self._writer, None
+                writer.close()  # releases the lock
 
     def __enter__(self) -> VectorBackup:
         return self

@@ -145,6 +145,8 @@ class ChangeCapture:
             return self
         if self.problem is None:
             self.complete = True
+        else:
+            await self.stop()
         return self
 
     async def stop(self) -> None:
@@ -211,6 +213,8 @@ class ChangeCapture:
         try:
             await execute(self.client, "PUBLISH", self._marker_channel, token)
             await asyncio.wait_for(asyncio.shield(future), SYNC_TIMEOUT_SECONDS)
+            if not self.complete:
+                return
         except (asyncio.TimeoutError, rexc.RedisError) as exc:
             self._lost(f"notifications stopped arriving: {exc or 'timed out'}")
         finally:
@@ -268,11 +272,12 @@ class ChangeCapture:
         if self.problem is None:
             self.problem = why
         self.complete = False
+        # waiters are woken, not failed: they look at ``complete`` (nobody may be waiting)
         if self._subscribed is not None and not self._subscribed.done():
-            self._subscribed.set_exception(rexc.ConnectionError(why))
+            self._subscribed.set_result(None)
         for waiter in self._marker_waiters.values():
             if not waiter.done():
-                waiter.set_exception(rexc.ConnectionError(why))
+                waiter.set_result(None)
 
 
 def _text(value: Any) -> str:

@@ -13,6 +13,7 @@ where a run is; running the same plan again resumes from there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -130,6 +131,12 @@ def _watched_prefixes(plan: MigrationPlan) -> list[str]:
     return prefixes
 
 
+def _close_backups(run: Run) -> None:
+    if run.backups is not None:
+        with contextlib.suppress(RedisMigrateError, OSError):
+            run.backups.close()
+
+
 def plan_copy_path(backup_dir: Path, index_name: str) -> Path:
     """The copy of the plan kept beside its backup (rollback reads it)."""
     header = Path(backup_paths(backup_dir, index_name).header)
@@ -211,9 +218,12 @@ class AsyncMigrationExecutor:
             except BadInputError:
                 raise
             except Exception as exc:  # whatever failed after the drop is undone
+                _close_backups(run)  # before an undo renames its files
                 return guard.done(await self._failed(run, exc, auto_rollback, plan_path))
             finally:
-                await run.wire.close()
+                _close_backups(run)  # a stopped run must not keep its files locked
+                with anyio.CancelScope(shield=True):  # cleanup, also when cancelled
+                    await run.wire.close()
 
     async def _apply_online(self, run: Run, force: bool) -> MigrationReport:
         plan, client = run.plan, run.client
@@ -319,7 +329,8 @@ class AsyncMigrationExecutor:
         try:
             return await self._apply_steps(run, phase)
         finally:
-            await run.capture.stop()
+            with anyio.CancelScope(shield=True):  # the setting is put back, whatever happened
+                await run.capture.stop()
 
     async def _apply_steps(self, run: Run, phase: str) -> MigrationReport:
         plan, client = run.plan, run.client
