@@ -408,3 +408,45 @@ async def test_any_error_after_the_drop_is_undone(
     assert after == before
     assert not list(sync_client.scan_iter(match=f"{new}*"))
     assert index_stats(sync_client, schema.name).num_docs == len(values)
+
+
+async def test_ctrl_c_during_rollback_says_how_to_finish_and_it_finishes(
+    aclient: aioredis.Redis, sync_client: redis.Redis, redis_url: str, ns: str, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    prefix = f"{ns}:i:"
+    schema = schema_for(f"{ns}_i", prefix)
+    sync_client.execute_command(*ft_create_args(schema))
+    values = load(sync_client, prefix, 40_000)
+    plan = await make_plan(aclient, schema.name, TO_FLOAT16)
+    report = await AsyncMigrationExecutor().apply(plan, redis_client=aclient, backup_dir=tmp_path)
+    assert report.result == "succeeded", report.error
+    command = [
+        sys.executable, "-m", "redismigrate", "rollback", "--backup-dir", str(tmp_path),
+        "--url", redis_url, "--recreate-index",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ}
+    )
+    lock = f"redismigrate:lock:{{{schema.name}}}"
+    deadline = time.monotonic() + 20
+    while sync_client.get(lock) is None and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    lines = stderr.decode().strip().splitlines()
+    assert process.returncode == 130, lines
+    assert len(lines) == 1 and "finish it with `redismigrate rollback --backup-dir" in lines[0]
+    assert "Traceback" not in stderr.decode()
+    again = subprocess.run(command, capture_output=True, timeout=120)
+    assert again.returncode == 0, again.stderr.decode()
+    pipe = sync_client.pipeline(transaction=False)
+    for key in sorted(values):
+        pipe.hget(key, "embedding")
+    assert pipe.execute() == [values[k] for k in sorted(values)]
+    assert index_stats(sync_client, schema.name).num_docs == len(values)
