@@ -198,6 +198,8 @@ async def test_application_writes_during_apply_are_never_lost(
     stats = index_stats(sync_client, schema.name)
     assert stats.hash_indexing_failures == failures_before
     assert stats.num_docs == len(latest)
+    runs = await AsyncMigrationExecutor().history(redis_client=aclient, index_name=schema.name)
+    assert [(r.command, r.status) for r in runs] == [("apply", "succeeded")]
 
 
 async def test_prefix_that_extends_the_old_one_moves_every_key_once(
@@ -229,6 +231,11 @@ async def test_prefix_that_extends_the_old_one_moves_every_key_once(
         pipe.hget(key, "embedding")
     assert pipe.execute() == [values[k] for k in sorted(values)]
     assert index_stats(sync_client, schema.name).num_docs == docs
+    runs = await AsyncMigrationExecutor().history(redis_client=aclient, index_name=schema.name)
+    assert [(r.command, r.status) for r in runs] == [
+        ("rollback", "succeeded"),
+        ("apply", "succeeded"),
+    ]
 
 
 async def test_original_key_under_the_new_prefix_is_refused_before_anything(
@@ -408,6 +415,8 @@ async def test_any_error_after_the_drop_is_undone(
     assert after == before
     assert not list(sync_client.scan_iter(match=f"{new}*"))
     assert index_stats(sync_client, schema.name).num_docs == len(values)
+    runs = await AsyncMigrationExecutor().history(redis_client=aclient, index_name=schema.name)
+    assert [(r.command, r.status) for r in runs] == [("apply", "rolled_back")]
 
 
 async def test_ctrl_c_during_rollback_says_how_to_finish_and_it_finishes(
