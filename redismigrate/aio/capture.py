@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import secrets
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -99,6 +100,7 @@ class ChangeCapture:
         self._transport: asyncio.Transport | None = None
         self._channel_head = b""
         self._marker_channel = b"redismigrate:capture:" + secrets.token_hex(8).encode()
+        self._markers = itertools.count()  # tokens: unique on this capture's own channel
         self._marker_waiters: dict[bytes, asyncio.Future[None]] = {}
         self._restore_flags: str | None = None
         self._subscribed: asyncio.Future[None] | None = None
@@ -207,7 +209,7 @@ class ChangeCapture:
         """Return once every event that happened before this call has been read."""
         if not self.complete:
             return
-        token = secrets.token_hex(8).encode()
+        token = b"%d" % next(self._markers)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._marker_waiters[token] = future
         try:
@@ -223,7 +225,7 @@ class ChangeCapture:
     def marker(self) -> tuple[bytes, bytes, asyncio.Future[None]]:
         """A marker for the caller to PUBLISH on its own connection: ``(channel, token,
         arrival)``; wait for it with ``arrived``."""
-        token = secrets.token_hex(8).encode()
+        token = b"%d" % next(self._markers)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._marker_waiters[token] = future
         return self._marker_channel, token, future

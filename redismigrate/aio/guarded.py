@@ -293,9 +293,12 @@ async def reencode(
     """
     position = {key: i for i, key in enumerate(keys)}
     width = len(fields)
-    vectorless = {
-        key for i, key in enumerate(keys) if all(column[i] is None for column in expected)
-    }
+    if width == 1:
+        vectorless = {key for key, value in zip(keys, expected[0], strict=True) if value is None}
+    else:
+        vectorless = {
+            key for i, key in enumerate(keys) if all(column[i] is None for column in expected)
+        }
 
     def read(key: bytes) -> bytes:
         return pack(b"EXISTS", key) if key in vectorless else _read_command(key, fields)
