@@ -166,11 +166,20 @@ async def _guarded(
     decide_one: Callable[[bytes, Any, list[bytes], Events, Outcome], None],
     capture: ChangeCapture | None,
     unwritten: Callable[[bytes], bool] | None = None,
+    vouched: Callable[[Sequence[bytes]], tuple[Decision, Outcome] | None] | None = None,
 ) -> Outcome:
-    """Run ``decide_one`` over ``keys`` in WATCHed transactions, retrying aborted ones."""
+    """Run ``decide_one`` over ``keys`` in WATCHed transactions, retrying aborted ones.
+
+    ``vouched``, when given, decides a whole group that change capture vouched for in
+    one go (the common case, kept fast); None from it: decide key by key.
+    """
 
     def decide_for(batch: Sequence[bytes]) -> Callable[[list[Any]], tuple[Decision, Outcome]]:
         def decide(replies: list[Any]) -> tuple[Decision, Outcome]:
+            if vouched is not None and all(reply is UNCHANGED for reply in replies):
+                whole = vouched(batch)
+                if whole is not None:
+                    return whole
             writes: list[bytes] = []
             events: Events = []
             outcome = Outcome()
@@ -348,9 +357,18 @@ async def reencode(
         out.written += 1
         out.values += len(pending)
 
+    def vouched(group: Sequence[bytes]) -> tuple[Decision, Outcome] | None:
+        if width != 1 or not vectorless.isdisjoint(group):
+            return None
+        name, new = fields[0], encoded[0]
+        pairs = [(key, new[position[key]]) for key in group]
+        writes = [_hset(key, name, value) for key, value in pairs if value is not None]
+        events: Events = [(key, 1) for key, value in pairs if value is not None]
+        return (writes, events), Outcome(written=len(writes), values=len(writes))
+
     # the fast read path needs every reply to be a value of one size: not with EXISTS
     fast = value_size if width == 1 and not vectorless else -1
-    return await _guarded(wire, keys, read, fast, decide_one, capture, unwritten)
+    return await _guarded(wire, keys, read, fast, decide_one, capture, unwritten, vouched)
 
 
 async def touch(wire: Wire, keys: Sequence[bytes], *, capture: ChangeCapture | None) -> Outcome:
