@@ -4,6 +4,7 @@ writes alone. Every document is counted and compared byte for byte."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -459,3 +460,31 @@ async def test_ctrl_c_during_rollback_says_how_to_finish_and_it_finishes(
         pipe.hget(key, "embedding")
     assert pipe.execute() == [values[k] for k in sorted(values)]
     assert index_stats(sync_client, schema.name).num_docs == len(values)
+
+
+async def test_notification_setting_is_put_back_by_the_last_run_even_after_a_crash(
+    aclient: aioredis.Redis, sync_client: redis.Redis, ns: str
+) -> None:
+    from redismigrate.aio.capture import ORIGINAL_KEY
+
+    def flags() -> str:
+        return str(sync_client.config_get("notify-keyspace-events")["notify-keyspace-events"])
+
+    user_setting = flags()
+    first = await ChangeCapture(aclient, [f"{ns}:a:"]).start()
+    second = await ChangeCapture(aclient, [f"{ns}:b:"]).start()
+    assert first.complete and second.complete
+    await first.stop()  # the other run still needs the notifications
+    assert "h" in flags() and "K" in flags()
+    await second.stop()
+    assert flags() == user_setting and sync_client.get(ORIGINAL_KEY) is None
+
+    # a run that was killed left the setting changed: the next run puts it back
+    crashed = await ChangeCapture(aclient, [f"{ns}:c:"]).start()
+    assert crashed._transport is not None
+    crashed._transport.close()  # gone without stopping
+    await asyncio.sleep(0.05)
+    assert "h" in flags() and sync_client.get(ORIGINAL_KEY) is not None
+    later = await ChangeCapture(aclient, [f"{ns}:d:"]).start()
+    await later.stop()
+    assert flags() == user_setting and sync_client.get(ORIGINAL_KEY) is None

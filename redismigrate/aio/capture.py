@@ -30,6 +30,9 @@ from redismigrate.aio.fastwire import open_like, pack
 from redismigrate.aio.keys import glob_escape
 
 SYNC_TIMEOUT_SECONDS = 30.0
+# the user's notify-keyspace-events from before the first run that changed it
+ORIGINAL_KEY = "redismigrate:notify-keyspace-events:original"
+MARKER_PREFIX = b"redismigrate:capture:"
 # hash writes, generic (del, rename, expire), expired, evicted; module events (JSON)
 _WANTED_FLAGS = "Khgxed"
 _CLASS_ALIAS = "g$lshzxetd"  # what "A" stands for
@@ -99,7 +102,7 @@ class ChangeCapture:
         self._ever: set[bytes] = set()  # every key the application wrote (its writes, not all keys)
         self._transport: asyncio.Transport | None = None
         self._channel_head = b""
-        self._marker_channel = b"redismigrate:capture:" + secrets.token_hex(8).encode()
+        self._marker_channel = MARKER_PREFIX + secrets.token_hex(8).encode()
         self._markers = itertools.count()  # tokens: unique on this capture's own channel
         self._marker_waiters: dict[bytes, asyncio.Future[None]] = {}
         self._restore_flags: str | None = None
@@ -109,14 +112,21 @@ class ChangeCapture:
     # ---- life cycle
 
     async def start(self) -> ChangeCapture:
-        """Enable notifications and subscribe; on any refusal stay incomplete (no error)."""
+        """Enable notifications and subscribe; on any refusal stay incomplete (no error).
+
+        The setting found before the first run enabled it is kept in Redis
+        (``ORIGINAL_KEY``), so runs going on at once, or a run after a crashed one,
+        put back the setting the user had, once the last of them stops.
+        """
         try:
-            config = await self.client.config_get("notify-keyspace-events")
-            current = _text(next(iter(config.values()), b"")) if config else ""
+            current = await self._flags()
             wanted = _flags_with(current, _WANTED_FLAGS)
+            saved = await self.client.get(ORIGINAL_KEY)
             if wanted != current:
+                if saved is None:
+                    await self.client.set(ORIGINAL_KEY, current, nx=True)
                 await self.client.config_set("notify-keyspace-events", wanted)
-                self._restore_flags = current
+            self._restore_flags = "" if (saved is not None or wanted != current) else None
         except rexc.RedisError as exc:
             self.problem = f"keyspace notifications could not be enabled: {exc}"
             return self
@@ -146,10 +156,24 @@ class ChangeCapture:
             await self.stop()
             return self
         if self.problem is None:
+            # another run may have put the setting back between our read and our
+            # subscription; subscribed now, we are seen by any run that stops later
+            try:
+                current = await self._flags()
+                wanted = _flags_with(current, _WANTED_FLAGS)
+                if wanted != current:
+                    await self.client.config_set("notify-keyspace-events", wanted)
+            except rexc.RedisError as exc:
+                self.problem = f"keyspace notifications could not be enabled: {exc}"
+        if self.problem is None:
             self.complete = True
         else:
             await self.stop()
         return self
+
+    async def _flags(self) -> str:
+        config = await self.client.config_get("notify-keyspace-events")
+        return _text(next(iter(config.values()), b"")) if config else ""
 
     async def stop(self) -> None:
         """Unsubscribe and put the notification setting back as it was."""
@@ -161,11 +185,18 @@ class ChangeCapture:
         await self._restore()
 
     async def _restore(self) -> None:
+        """Put the user's setting back, unless another run's capture is still live."""
         if self._restore_flags is None:
             return
-        with contextlib.suppress(rexc.RedisError, OSError):
-            await self.client.config_set("notify-keyspace-events", self._restore_flags)
         self._restore_flags = None
+        with contextlib.suppress(rexc.RedisError, OSError):
+            live = await execute(self.client, "PUBSUB", "CHANNELS", MARKER_PREFIX + b"*")
+            if any(channel != self._marker_channel for channel in live or []):
+                return  # the last capture to stop puts it back
+            original = await self.client.get(ORIGINAL_KEY)
+            if original is not None:
+                await self.client.config_set("notify-keyspace-events", _text(original))
+                await self.client.delete(ORIGINAL_KEY)
 
     async def __aenter__(self) -> ChangeCapture:
         return await self.start()
