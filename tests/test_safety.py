@@ -488,3 +488,64 @@ async def test_notification_setting_is_put_back_by_the_last_run_even_after_a_cra
     later = await ChangeCapture(aclient, [f"{ns}:d:"]).start()
     await later.stop()
     assert flags() == user_setting and sync_client.get(ORIGINAL_KEY) is None
+
+
+async def test_a_killed_apply_resumed_while_the_application_writes_loses_nothing(
+    aclient: aioredis.Redis, sync_client: redis.Redis, redis_url: str, ns: str, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    docs = 20_000
+    prefix = f"{ns}:k:"
+    schema = schema_for(f"{ns}_k", prefix)
+    sync_client.execute_command(*ft_create_args(schema))
+    latest = load(sync_client, prefix, docs)
+    plan = await make_plan(aclient, schema.name, TO_FLOAT16)
+    plan_path = tmp_path / "plan.yaml"
+    plan.dump(plan_path)
+    backup = tmp_path / "backup"
+    writer = Writer(redis_url, prefix, latest, first_new=docs)
+    writer.pause = 0.001
+    writer.start()
+    try:
+        command = [
+            sys.executable, "-m", "redismigrate", "apply", "--plan", str(plan_path),
+            "--url", redis_url, "--backup-dir", str(backup),
+        ]  # fmt: skip
+        killed = subprocess.run(
+            command,
+            capture_output=True,
+            env={**os.environ, "REDISMIGRATE_CRASH_AT": "during_reencode:5"},
+            timeout=120,
+        )
+        assert killed.returncode == -9, killed.stderr.decode()
+
+        def progress(step: str, done: int, total: int | None) -> None:
+            if step == "reconcile" and writer.is_alive():
+                writer.finish()
+
+        report = await AsyncMigrationExecutor().apply(
+            plan, redis_client=aclient, backup_dir=backup, progress_callback=progress
+        )
+    finally:
+        writer.finish()
+    assert report.result == "succeeded", (report.error, report.validation)
+    assert report.resumed
+    assert report.concurrent_writes is not None
+    assert report.concurrent_writes.capture.startswith("sweep")
+    assert writer.updates > 20 and writer.deletes > 5 and writer.inserts > 5
+    live = set(sync_client.scan_iter(match=f"{prefix}*", count=2000))
+    assert live == set(latest), "a deleted document came back or a live one is missing"
+    pipe = sync_client.pipeline(transaction=False)
+    ordered = sorted(live)
+    for key in ordered:
+        pipe.hget(key, "embedding")
+    wrong = [
+        key
+        for key, value in zip(ordered, pipe.execute(), strict=True)
+        if value != np.frombuffer(latest[key], np.float32).astype(np.float16).tobytes()
+    ]
+    assert not wrong, f"{len(wrong)} documents do not hold float16 of their latest value"
+    assert index_stats(sync_client, schema.name).hash_indexing_failures == 0
