@@ -11,6 +11,7 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "lint", "typecheck"]
 
 PACKAGE = "redismigrate"
+BENCH_BASELINE = "eebc680"
 
 
 @nox.session
@@ -50,5 +51,9 @@ def bench(session: nox.Session) -> None:
     RedisVL is installed here only, never as a dependency of the package.
     """
     session.install("-e", ".[dev]", "redisvl==0.28.0")
-    args = session.posargs or ["--docs", "100000", "--dims", "768", "--rounds", "3"]
+    # the baseline is the code from before the safety work (issue #12): run in the same
+    # rounds at default settings, it shows what the guarantees cost on this machine today
+    args = session.posargs or [
+        "--docs", "100000", "--dims", "768", "--rounds", "3", "--baseline", BENCH_BASELINE,
+    ]  # fmt: skip
     session.run("python", "benchmarks/compare.py", *args)

@@ -74,6 +74,10 @@ HNSW_EF_RUNTIME = 1000
 APPLY_TIMEOUT = 20 * 60.0
 INDEX_TIMEOUT = 20 * 60.0
 TOOLS = ("redismigrate", "redisvl")
+# our own package at an earlier commit (--baseline), run in the same rounds at default
+# settings: what a change cost or won, measured side by side on the same machine
+BASELINE = "baseline"
+BASELINE_TARGET = 1.10
 STEPS = ("check", "enumerate", "backup", "drop", "reencode", "create", "indexing", "validate")
 FLOORS = (
     "redis-py pipelines",
@@ -181,10 +185,43 @@ def snapshot_package(scratch: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def snapshot_baseline(scratch: Path, ref: str) -> str:
+    """Extract the redismigrate package of git ``ref`` into ``scratch``; its commit."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", f"{ref}^{{commit}}"],
+            cwd=root, capture_output=True, text=True, check=True, timeout=60,
+        ).stdout.strip()  # fmt: skip
+        target = scratch / "baseline"
+        target.mkdir()
+        archive = subprocess.run(
+            ["git", "archive", commit, "redismigrate"],
+            cwd=root, capture_output=True, check=True, timeout=60,
+        ).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True, timeout=60)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        sys.exit(f"--baseline {ref}: cannot extract it from git ({exc})")
+    _SNAPSHOT["baseline"] = str(target)
+    _SNAPSHOT["baseline_commit"] = commit
+    probe = subprocess.run(
+        [sys.executable, "-c", "import redismigrate; print(redismigrate.__file__)"],
+        env=tool_env(BASELINE),
+        cwd=scratch,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if not probe.stdout.strip().startswith(str(target)):
+        sys.exit(f"the baseline copy is not what runs: {probe.stdout}{probe.stderr}")
+    return commit
+
+
 def tool_env(tool: str) -> dict[str, str]:
     env = dict(os.environ)
-    if tool == "redismigrate" and "path" in _SNAPSHOT:
-        env["PYTHONPATH"] = os.pathsep.join([_SNAPSHOT["path"], env.get("PYTHONPATH", "")])
+    path = _SNAPSHOT.get("baseline" if tool == BASELINE else "path")
+    if tool in (BASELINE, "redismigrate") and path:
+        env["PYTHONPATH"] = os.pathsep.join([path, env.get("PYTHONPATH", "")])
     return env
 
 
@@ -409,6 +446,7 @@ class Measured:
     peak_rss_mb: float
     output: str
     timed_out: bool = False
+    client_cpu_seconds: float = 0.0
 
 
 # A forked child starts out with its parent's resident pages and Linux keeps counting them
@@ -424,7 +462,8 @@ pid = os.posix_spawn(command[0], command, os.environ)
 _, status, usage = os.wait4(pid, 0)
 wall = time.perf_counter() - started
 with open(out, "w") as f:
-    json.dump({"status": status, "wall": wall, "maxrss_kb": usage.ru_maxrss}, f)
+    json.dump({"status": status, "wall": wall, "maxrss_kb": usage.ru_maxrss,
+               "cpu": usage.ru_utime + usage.ru_stime}, f)
 """
 
 
@@ -468,6 +507,7 @@ def run_measured(
         returncode=os.waitstatus_to_exitcode(child["status"]),
         wall=child["wall"],
         peak_rss_mb=child["maxrss_kb"] / 1024,  # KiB on Linux
+        client_cpu_seconds=child.get("cpu", 0.0),
         output=output,
         timed_out=timed_out.is_set(),
     )
@@ -487,7 +527,10 @@ class Config:
 
     @property
     def label(self) -> str:
-        return f"{self.tool} w={self.workers}" + (" async" if self.mode == "async" else "")
+        tool = self.tool
+        if tool == BASELINE:
+            tool = f"redismigrate@{_SNAPSHOT.get('baseline_commit', 'baseline')}"
+        return f"{tool} w={self.workers}" + (" async" if self.mode == "async" else "")
 
 
 def rvl_command() -> str:
@@ -500,7 +543,7 @@ def rvl_command() -> str:
 
 def plan_command(tool: str, url: str, patch: Path, plan: Path) -> list[str]:
     common = ["--index", INDEX, "--schema-patch", str(patch), "--url", url]
-    if tool == "redismigrate":
+    if tool != "redisvl":
         return [sys.executable, "-m", "redismigrate", "plan", *common, "--plan-out", str(plan)]
     return [rvl_command(), "migrate", "plan", *common, "--plan-out", str(plan)]
 
@@ -512,7 +555,7 @@ def apply_command(config: Config, url: str, plan: Path, work: Path, batch_size: 
         "--report-out", str(work / "report.yaml"),
         *(["--async"] if config.mode == "async" else []),
     ]  # fmt: skip
-    if config.tool == "redismigrate":
+    if config.tool != "redisvl":
         return [sys.executable, "-m", "redismigrate", "apply", *flags]
     return [rvl_command(), "migrate", "apply", *flags, "--benchmark-out", str(work / "bench.yaml")]
 
@@ -532,7 +575,7 @@ _RVL_TIMINGS = {
 
 def read_report(tool: str, work: Path, output: str) -> dict[str, Any]:
     """A tool's own figures: total, downtime and seconds per step."""
-    if tool == "redismigrate":
+    if tool != "redisvl":
         report = MigrationReport.load(work / "report.yaml")
         steps: dict[str, float] = {}
         for t in report.timings:
@@ -603,6 +646,7 @@ def migrate_once(
             server_cpu_seconds=round(cpu_after[1] - cpu_before[1], 3),
             apply_wall_seconds=round(applied.wall, 3),
             peak_rss_mb=round(applied.peak_rss_mb, 1),
+            client_cpu_seconds=round(applied.client_cpu_seconds, 3),
             exit_code=applied.returncode,
         )
         if applied.returncode != 0 or applied.timed_out:
@@ -823,17 +867,50 @@ def summarize(runs: list[dict[str, Any]], configs: list[Config]) -> dict[str, di
     return table
 
 
-def per_round_ratios(runs: list[dict[str, Any]], field: str) -> list[float]:
+def per_round_ratios(
+    runs: list[dict[str, Any]],
+    field: str,
+    ours: str = "redismigrate",
+    peer: str = "redisvl",
+    workers: int | None = None,
+) -> list[float]:
     """Within each round: our best ``field`` over the peer's best (machine noise that
-    slows one round slows both tools' runs in it alike)."""
+    slows one round slows both tools' runs in it alike); ``workers``: only runs with
+    that many workers."""
     out: list[float] = []
     for number in sorted({r.get("round") for r in runs if r.get("round") is not None}):
         best: dict[str, float] = {}
         for r in runs:
+            if workers is not None and (r.get("workers") != workers or r.get("mode") != "sync"):
+                continue
             if r.get("round") == number and r.get("ok") and r.get(field) is not None:
                 best[r["tool"]] = min(best.get(r["tool"], float("inf")), r[field])
-        if len(best) == 2 and best["redisvl"]:
-            out.append(round(best["redismigrate"] / best["redisvl"], 3))
+        if ours in best and best.get(peer):
+            out.append(round(best[ours] / best[peer], 3))
+    return out
+
+
+def baseline_headline(
+    table: dict[str, dict[str, Any]], runs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Ours against our own earlier commit, both at default settings (1 worker)."""
+    rows = {v["tool"]: v for v in table.values() if v["workers"] == 1 and v["mode"] == "sync"}
+    ours, base = rows.get("redismigrate"), rows.get(BASELINE)
+    if not ours or not base:
+        return {}
+    out: dict[str, Any] = {"commit": _SNAPSHOT.get("baseline_commit")}
+    for field in ("total_seconds", "downtime_seconds"):
+        rounds = per_round_ratios(runs, field, "redismigrate", BASELINE, workers=1)
+        value = ratio(ours[field], base[field])
+        out[field] = {
+            "ours": ours[field],
+            "baseline": base[field],
+            "ratio of medians": value,
+            "per round": rounds,
+            "median of per-round ratios": median(rounds),
+            "target": BASELINE_TARGET,
+            "met": value is not None and value <= BASELINE_TARGET,
+        }
     return out
 
 
@@ -928,6 +1005,15 @@ def headline(
     for item in out["ratios"].values():
         item["met"] = item["value"] is not None and item["value"] <= item["target"]
     return out
+
+
+def add_baseline(
+    head: dict[str, Any], table: dict[str, dict[str, Any]], runs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    found = baseline_headline(table, runs)
+    if found:
+        head["baseline"] = found
+    return head
 
 
 def fmt(value: Any, digits: int = 2) -> str:
@@ -1096,6 +1182,30 @@ def render(result: dict[str, Any]) -> str:
         lines += ["", *[f"- {k}: {fmt(v, 3)}" for k, v in head["also"].items()]]
     elif head.get("note"):
         lines += ["", head["note"]]
+    if head.get("baseline"):
+        base = head["baseline"]
+        lines += [
+            "",
+            f"Against redismigrate at {base['commit']} in the same rounds (1 worker, the "
+            "default; ratios of ours to it):",
+            "",
+        ]
+        lines += markdown_table(
+            ["figure", "ours s", "baseline s", "ratio of medians", "per round", "target", "met"],
+            (
+                [
+                    name.replace("_seconds", ""),
+                    v["ours"],
+                    v["baseline"],
+                    fmt(v["ratio of medians"], 3),
+                    ", ".join(fmt(x, 3) for x in v["per round"]),
+                    f"<= {v['target']}",
+                    "yes" if v["met"] else "no",
+                ]
+                for name, v in base.items()
+                if isinstance(v, dict)
+            ),
+        )
     lines += footer(result)
     return "\n".join(lines) + "\n"
 
@@ -1165,18 +1275,32 @@ def progress(record: dict[str, Any]) -> None:
               f"{record.get('error', '')[:500]}", flush=True)  # fmt: skip
 
 
+def all_configs(
+    workers: Sequence[int], modes: Sequence[str], tools: Sequence[str], baseline: bool
+) -> list[Config]:
+    """Every configuration run; the baseline only at default settings (1 worker, sync)."""
+    configs = [Config(t, w, m) for w in workers for m in modes for t in tools]
+    if baseline:
+        configs.append(Config(BASELINE, 1, "sync"))
+        configs.sort(key=lambda c: (c.workers, c.mode))
+    return configs
+
+
 def compare(
     args: argparse.Namespace, client: redis.Redis, url: str, scratch: Path
 ) -> dict[str, Any]:
     data = Dataset(args.docs, args.dims, args.storage, args.algorithm)
-    configs = [Config(t, w, m) for w in args.workers for m in args.modes for t in args.tools]
+    configs = all_configs(args.workers, args.modes, args.tools, args.baseline is not None)
     runs: list[dict[str, Any]] = []
     floors: list[dict[str, float]] = []
+    groups: dict[tuple[int, str], list[Config]] = {}
+    for config in configs:
+        groups.setdefault((config.workers, config.mode), []).append(config)
     for round_no in range(args.rounds):
         print(f"round {round_no + 1}/{args.rounds}", flush=True)
-        for pair in range(0, len(configs), 2):
-            both = configs[pair : pair + 2]
-            for config in both if round_no % 2 == 0 else both[::-1]:  # who goes first alternates
+        for group in groups.values():
+            turn = round_no % len(group)  # who goes first rotates
+            for config in group[turn:] + group[:turn]:
                 record = migrate_once(config, client, url, data, args.batch_size, scratch)
                 record["round"] = round_no + 1
                 runs.append(record)
@@ -1198,12 +1322,15 @@ def compare(
             "workers": args.workers,
             "modes": args.modes,
             "tools": args.tools,
+            "baseline": _SNAPSHOT.get("baseline_commit"),
             "batch_size": args.batch_size,
         },
         "runs": runs,
         "floor": {"runs": floors, "median": floor_median} if floors else None,
         "summary": table,
-        "headline": headline(table, floor_median, builds_while_writing(runs), runs),
+        "headline": add_baseline(
+            headline(table, floor_median, builds_while_writing(runs), runs), table, runs
+        ),
     }
 
 
@@ -1242,13 +1369,19 @@ def rerender(path: Path, write_docs: bool) -> None:
     result = json.loads(path.read_text())
     if "summary" in result:
         c = result["config"]
-        configs = [
-            Config(t, w, m) for w in c["workers"] for m in c["modes"] for t in c.get("tools", TOOLS)
-        ]
+        if c.get("baseline"):
+            _SNAPSHOT["baseline_commit"] = c["baseline"]
+        configs = all_configs(
+            c["workers"], c["modes"], c.get("tools", TOOLS), bool(c.get("baseline"))
+        )
         result["summary"] = summarize(result["runs"], configs)
         floors = result["floor"]["median"] if result.get("floor") else {}
-        result["headline"] = headline(
-            result["summary"], floors, builds_while_writing(result["runs"]), result["runs"]
+        result["headline"] = add_baseline(
+            headline(
+                result["summary"], floors, builds_while_writing(result["runs"]), result["runs"]
+            ),
+            result["summary"],
+            result["runs"],
         )
     text = render(result)
     print(text)
@@ -1275,6 +1408,12 @@ def main() -> None:
         type=lambda s: s.split(","),
         default=list(TOOLS),
         help="which tools to run (default both; one alone gives no ratios)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="REF",
+        help="also run redismigrate at this git commit (1 worker) in the same rounds",
     )
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--memory-growth", action="store_true", help="peak RSS at 100K and 1M docs")
@@ -1306,6 +1445,8 @@ def main() -> None:
         client = redis.Redis(host=server.info.host, port=server.info.port, protocol=2)
         result: dict[str, Any] = {"machine": machine(client)}
         result["machine"]["redismigrate_source_sha256"] = snapshot_package(Path(scratch))
+        if args.baseline is not None:
+            snapshot_baseline(Path(scratch), args.baseline)
         if args.memory_growth:
             result.update(memory_growth(args, client, url, Path(scratch)))
         else:
