@@ -1,0 +1,190 @@
+"""The preflight: what must hold before a run writes anything. Pure code.
+
+Facts about the server, the user's permissions, the disk and the data are gathered by
+the async layer (aio/preflight.py); the rules here turn them into a checklist with one
+line per check: ``pass``, ``warn`` (the run goes ahead, the line says what to watch) or
+``block`` (the run is refused before its first write, with exit code 5, or 2 for a bad
+parameter of the target schema).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from redismigrate.errors import RedisMigrateError
+from redismigrate.schema import Model
+
+PREFLIGHT_FORMAT_VERSION = 1
+Status = Literal["pass", "warn", "block"]
+# the checks, in the order they are shown
+CHECKS = ("topology", "permissions", "parameters", "memory", "eviction", "disk", "data")
+# memory a run may use: at most this share of the headroom under maxmemory
+MEMORY_MARGIN = 0.8
+# free disk a backup needs: its estimated size times this, plus a fixed reserve
+DISK_MARGIN = 1.2
+DISK_RESERVE_BYTES = 64 << 20
+EVICTING_POLICIES = (
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+)
+
+
+class PreflightBlocked(RedisMigrateError):
+    """A preflight check refused the run before anything was written."""
+
+    exit_code = 5
+
+
+class PreflightCheck(Model, frozen=True, kw_only=True):
+    """One line of the checklist."""
+
+    check: str
+    status: Status
+    detail: str
+
+
+class Preflight(Model, frozen=True, kw_only=True):
+    """Every check of one run, in ``CHECKS`` order."""
+
+    version: int = PREFLIGHT_FORMAT_VERSION
+    checks: list[PreflightCheck] = msgspec.field(default_factory=list)
+
+    @property
+    def blocked(self) -> list[PreflightCheck]:
+        return [c for c in self.checks if c.status == "block"]
+
+    @property
+    def warnings(self) -> list[PreflightCheck]:
+        return [c for c in self.checks if c.status == "warn"]
+
+    def raise_if_blocked(self) -> None:
+        """PreflightBlocked naming every blocking check, in one line."""
+        blocked = self.blocked
+        if blocked:
+            reasons = "; ".join(f"{c.check}: {c.detail}" for c in blocked)
+            raise PreflightBlocked(f"preflight refused the run, nothing was changed: {reasons}")
+
+
+def ordered(checks: list[PreflightCheck]) -> Preflight:
+    """The checks sorted into the order they are shown."""
+    rank = {name: i for i, name in enumerate(CHECKS)}
+    return Preflight(checks=sorted(checks, key=lambda c: rank.get(c.check, len(CHECKS))))
+
+
+def human_bytes(count: float) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(value) < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"  # pragma: no cover
+
+
+def memory_check(
+    *, growth_bytes: int, used_bytes: int, maxmemory: int, writes_documents: bool
+) -> PreflightCheck:
+    """Whether the growth the plan computes fits under maxmemory with a margin."""
+    if maxmemory <= 0:
+        return PreflightCheck(
+            check="memory",
+            status="pass" if growth_bytes <= 0 or not writes_documents else "warn",
+            detail=(
+                "no maxmemory limit"
+                + (
+                    f"; the run needs about {human_bytes(growth_bytes)} more"
+                    if growth_bytes > 0
+                    else ""
+                )
+            ),
+        )
+    headroom = maxmemory - used_bytes
+    if growth_bytes <= 0:
+        return PreflightCheck(
+            check="memory",
+            status="pass",
+            detail=f"the run frees memory; {human_bytes(headroom)} free under maxmemory",
+        )
+    allowed = int(headroom * MEMORY_MARGIN)
+    text = (
+        f"the run needs about {human_bytes(growth_bytes)} more; "
+        f"{human_bytes(max(headroom, 0))} free under maxmemory {human_bytes(maxmemory)}"
+    )
+    if growth_bytes > allowed:
+        return PreflightCheck(
+            check="memory",
+            status="block",
+            detail=f"{text} (at most {int(MEMORY_MARGIN * 100)}% of it may be used): "
+            "raise maxmemory or free memory first",
+        )
+    return PreflightCheck(check="memory", status="pass", detail=text)
+
+
+def eviction_check(*, policy: str, writes_documents: bool, allow_eviction: bool) -> PreflightCheck:
+    """An evicting maxmemory-policy blocks a run that writes documents."""
+    if policy not in EVICTING_POLICIES:
+        return PreflightCheck(
+            check="eviction", status="pass", detail=f"maxmemory-policy {policy} evicts nothing"
+        )
+    if not writes_documents:
+        return PreflightCheck(
+            check="eviction",
+            status="pass",
+            detail=f"maxmemory-policy {policy}, but the run writes no documents",
+        )
+    if allow_eviction:
+        return PreflightCheck(
+            check="eviction",
+            status="warn",
+            detail=f"maxmemory-policy {policy} may evict documents during the run "
+            "(--allow-eviction); any eviction stops the run and undoes it",
+        )
+    return PreflightCheck(
+        check="eviction",
+        status="block",
+        detail=f"maxmemory-policy {policy} may evict a document while it is being "
+        "migrated; set maxmemory-policy noeviction for the run, or pass --allow-eviction",
+    )
+
+
+def disk_check(*, needed_bytes: int, free_bytes: int | None, path: str) -> PreflightCheck:
+    """Free space where the backup goes, for its size plus a margin."""
+    if free_bytes is None:
+        return PreflightCheck(
+            check="disk", status="warn", detail=f"cannot tell the free space at {path}"
+        )
+    wanted = int(needed_bytes * DISK_MARGIN) + DISK_RESERVE_BYTES
+    text = (
+        f"the backup needs about {human_bytes(needed_bytes)}; "
+        f"{human_bytes(free_bytes)} free at {path}"
+    )
+    if free_bytes < wanted:
+        return PreflightCheck(
+            check="disk",
+            status="block",
+            detail=f"{text} (wanted {human_bytes(wanted)} with the margin)",
+        )
+    return PreflightCheck(check="disk", status="pass", detail=text)
+
+
+def data_check(*, malformed: int, sample: list[str], vector_fields: int) -> PreflightCheck:
+    """Documents whose vector has the wrong byte length or is not a vector."""
+    if vector_fields == 0:
+        return PreflightCheck(check="data", status="pass", detail="no vector field is re-encoded")
+    if malformed == 0:
+        return PreflightCheck(
+            check="data", status="pass", detail="every vector has the byte length of its field"
+        )
+    shown = ", ".join(sample)
+    return PreflightCheck(
+        check="data",
+        status="warn",
+        detail=f"{malformed} document(s) hold a vector of the wrong byte length "
+        f"(e.g. {shown}); they are left as they are and listed in the report",
+    )
