@@ -35,7 +35,7 @@ from typing import IO, Any, Literal, TypeAlias
 import msgspec
 
 from redismigrate.errors import RedisMigrateError
-from redismigrate.files import write_document
+from redismigrate.files import open_private, write_document
 from redismigrate.schema import VECTOR_DATATYPES, Model
 
 if sys.platform != "win32":
@@ -228,6 +228,49 @@ def backup_size_on_disk(backup_dir: str | os.PathLike[str], index_name: str) -> 
             except FileNotFoundError:
                 continue
     return total
+
+
+RESTARTED_SUFFIX = ".restarted-"
+STALE_SUFFIX = ".stale-"
+
+
+def set_aside(
+    backup_dir: str | os.PathLike[str],
+    index_name: str,
+    files: Sequence[Path],
+    suffix: str,
+) -> list[Path]:
+    """Move the files of a backup out of the way: ``<name><suffix><time>-<random>``, one
+    unique tag for the whole set, so no earlier copy is ever overwritten.
+
+    A backup restarted from scratch (``RESTARTED_SUFFIX``) keeps only its newest copy: the
+    earlier ``.restarted-`` copies of ``index_name``'s backup are deleted first, so retries
+    never fill the disk. Returns the new paths.
+    """
+    paths = backup_paths(backup_dir, index_name)
+    base = paths.prefix.name
+    if suffix == RESTARTED_SUFFIX:
+        copy = re.compile(
+            re.escape(base)
+            + r"(\.w\d+)?("
+            + "|".join(map(re.escape, (HEADER_SUFFIX, DATA_SUFFIX, MANIFEST_SUFFIX)))
+            + ")"
+            + re.escape(RESTARTED_SUFFIX)
+            + r".+"
+        )
+        directory = Path(backup_dir)
+        for entry in directory.iterdir() if directory.is_dir() else ():
+            if copy.fullmatch(entry.name) and entry not in files:
+                entry.unlink(missing_ok=True)
+    tag = f"{datetime.now().strftime('%Y%m%dT%H%M%S')}-{os.urandom(3).hex()}"
+    moved: list[Path] = []
+    for path in files:
+        target = path.with_name(f"{path.name}{suffix}{tag}")
+        path.rename(target)
+        moved.append(target)
+    if files:
+        _fsync_dir(Path(files[0]).parent)
+    return moved
 
 
 # --------------------------------------------------------------------------- helpers
@@ -516,7 +559,7 @@ class VectorBackup:
             header, created_at=header.created_at or now, updated_at=now
         )
         # the data file first, so a header never exists without it
-        with open(paths.data, "wb") as handle:
+        with open_private(paths.data, "wb") as handle:
             handle.flush()
             os.fsync(handle.fileno())
         _fsync_dir(directory)
@@ -792,11 +835,11 @@ class VectorBackup:
         """Open the data file for writing under an exclusive lock; the header must not
         have changed on disk since this object read it (another writer)."""
         try:
-            handle = open(self._data_path, "r+b")  # noqa: SIM115 (kept open until close())
+            handle = open_private(self._data_path, "r+b")  # kept open until close()
         except FileNotFoundError:
             if self._header.data_bytes:
                 raise _missing_data(self._data_path, self._header) from None
-            handle = open(self._data_path, "w+b")  # noqa: SIM115
+            handle = open_private(self._data_path, "w+b")
             _fsync_dir(self._data_path.parent)
         try:
             if sys.platform != "win32":

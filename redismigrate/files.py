@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import IO, Any, ClassVar, TypeVar, cast
 
 import msgspec
 import yaml
@@ -78,8 +79,35 @@ def yaml_text(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
+PRIVATE_FILE_MODE = 0o600
+_OPEN_FLAGS = {
+    "wb": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    "w+b": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+    "r+b": os.O_RDWR,
+}
+
+
+def open_private(path: str | Path, mode: str) -> IO[bytes]:
+    """Open ``path`` in binary ``mode`` (``wb``, ``w+b`` or ``r+b``) as a file only its owner
+    may read or write: created 0600 whatever the umask, and an existing file made 0600."""
+    flags = _OPEN_FLAGS[mode] | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags, PRIVATE_FILE_MODE)
+    try:
+        if hasattr(os, "fchmod"):
+            with contextlib.suppress(OSError):  # an existing file someone else owns
+                os.fchmod(fd, PRIVATE_FILE_MODE)
+        return cast(IO[bytes], os.fdopen(fd, mode))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def write_document(path: str | Path, data: Any) -> None:
-    """Write ``data`` as JSON (``.json``) or YAML, atomically: a reader never sees half a file."""
+    """Write ``data`` as JSON (``.json``) or YAML, atomically: a reader never sees half a file.
+
+    The file is created 0600 (a temporary file renamed into place), like every file
+    redismigrate writes: plans and reports can name keys, backups hold the data.
+    """
     target = Path(path)
     text = json.dumps(data, indent=2) + "\n" if target.suffix == ".json" else yaml_text(data)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))

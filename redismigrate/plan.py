@@ -20,6 +20,7 @@ from redismigrate.capabilities import ServerCapabilities
 from redismigrate.errors import SchemaError
 from redismigrate.files import ReviewableFile, convert_document
 from redismigrate.ftinfo import IndexStats
+from redismigrate.limits import index_problems
 from redismigrate.patch import FieldRename, SchemaChanges, SchemaPatch, parse_field
 from redismigrate.quantize import Encoding, ReEncodingRefused, calibrate, uint8_policy
 from redismigrate.schema import (
@@ -705,6 +706,9 @@ def _apply_index_changes(
         except msgspec.ValidationError as exc:
             raise SchemaError(f"schema patch: changes.index.options: {exc}") from None
         index = msgspec.structs.replace(index, options=options)
+        problems = index_problems(index)
+        if problems:
+            raise SchemaError("schema patch: changes.index.options: " + "; ".join(problems))
     return index
 
 

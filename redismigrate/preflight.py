@@ -14,7 +14,8 @@ from typing import Literal
 import msgspec
 
 from redismigrate.errors import RedisMigrateError
-from redismigrate.schema import Model
+from redismigrate.limits import schema_problems
+from redismigrate.schema import IndexSchema, Model
 
 PREFLIGHT_FORMAT_VERSION = 1
 Status = Literal["pass", "warn", "block"]
@@ -64,12 +65,19 @@ class Preflight(Model, frozen=True, kw_only=True):
     def warnings(self) -> list[PreflightCheck]:
         return [c for c in self.checks if c.status == "warn"]
 
+    def to_dict(self) -> dict[str, object]:
+        data: dict[str, object] = msgspec.to_builtins(self)
+        return {"version": self.version, **data}
+
     def raise_if_blocked(self) -> None:
         """PreflightBlocked naming every blocking check, in one line."""
         blocked = self.blocked
         if blocked:
             reasons = "; ".join(f"{c.check}: {c.detail}" for c in blocked)
-            raise PreflightBlocked(f"preflight refused the run, nothing was changed: {reasons}")
+            error = PreflightBlocked(f"preflight refused the run, nothing was changed: {reasons}")
+            if any(c.check == "parameters" for c in blocked):
+                error.exit_code = 2  # a bad value in the plan: bad input, as at plan time
+            raise error
 
 
 def ordered(checks: list[PreflightCheck]) -> Preflight:
@@ -173,18 +181,43 @@ def disk_check(*, needed_bytes: int, free_bytes: int | None, path: str) -> Prefl
     return PreflightCheck(check="disk", status="pass", detail=text)
 
 
-def data_check(*, malformed: int, sample: list[str], vector_fields: int) -> PreflightCheck:
-    """Documents whose vector has the wrong byte length or is not a vector."""
+def data_check(
+    *, malformed: int, missing: int, sample: list[str], vector_fields: int
+) -> PreflightCheck:
+    """Documents whose vector has the wrong byte length, or none."""
     if vector_fields == 0:
         return PreflightCheck(check="data", status="pass", detail="no vector field is re-encoded")
-    if malformed == 0:
+    if malformed == 0 and missing == 0:
         return PreflightCheck(
             check="data", status="pass", detail="every vector has the byte length of its field"
         )
-    shown = ", ".join(sample)
+    parts = []
+    if malformed:
+        shown = ", ".join(repr(k) for k in sample)
+        parts.append(
+            f"{malformed:,} document(s) hold a vector of the wrong byte length (e.g. {shown})"
+        )
+    if missing:
+        parts.append(f"{missing:,} vector value(s) are missing or empty")
     return PreflightCheck(
         check="data",
         status="warn",
-        detail=f"{malformed} document(s) hold a vector of the wrong byte length "
-        f"(e.g. {shown}); they are left as they are and listed in the report",
+        detail="; ".join(parts) + ": they are left as they are and listed in the report",
     )
+
+
+def parameters_check(schema: IndexSchema) -> PreflightCheck:
+    """Every attribute of the target schema in the range the server takes (limits.py).
+
+    A block here is a bad parameter (exit 2 where the caller reports it as such): a
+    plan edited by hand or made by an older version, whose ``FT.CREATE`` would be
+    refused after the old index was dropped.
+    """
+    problems = schema_problems(schema)
+    if not problems:
+        return PreflightCheck(
+            check="parameters",
+            status="pass",
+            detail="every attribute of the target schema is in range",
+        )
+    return PreflightCheck(check="parameters", status="block", detail="; ".join(problems))

@@ -8,9 +8,11 @@ import msgspec
 
 from redismigrate.files import ReviewableFile, convert_document
 from redismigrate.plan import VectorChange
+from redismigrate.preflight import PreflightCheck
 from redismigrate.schema import Model
 
 REPORT_FORMAT_VERSION = 1
+MALFORMED_KEYS_LISTED = 100
 Result = Literal["succeeded", "failed", "rolled_back"]
 STEPS = (
     "check",
@@ -108,6 +110,10 @@ class MigrationReport(Model, ReviewableFile, frozen=True, kw_only=True):
     undone: bool = False
     next_steps: list[str] = []
     concurrent_writes: ConcurrentWrites | None = None
+    # documents whose vector had another byte length than its field's: left as they were
+    malformed_vectors: int = 0
+    malformed_vector_keys: list[str] = []  # the first MALFORMED_KEYS_LISTED of them
+    preflight: list[PreflightCheck] = []
 
     @property
     def succeeded(self) -> bool:

@@ -365,6 +365,12 @@ def validate_schema(schema: IndexSchema, *, source: str = "schema") -> None:
             raise SchemaError(
                 f"{source}: field {field.name!r} cannot be both no_index and index_missing"
             )
+    # the ranges the server takes (limits.py imports this module, hence the late import)
+    from redismigrate.limits import range_problems
+
+    problems = range_problems(schema)
+    if problems:
+        raise SchemaError(f"{source}: " + "; ".join(problems))
 
 
 def _validate_vector(field: VectorField, source: str) -> None:

@@ -36,6 +36,7 @@ from redismigrate.aio.planner import (
     VECTOR_SAMPLE_SIZE,
     AsyncMigrationPlanner,
 )
+from redismigrate.aio.preflight import Command
 from redismigrate.aio.steps.state import ProgressCallback
 from redismigrate.batch import BatchPlan, BatchReport
 from redismigrate.capabilities import ServerCapabilities
@@ -43,6 +44,7 @@ from redismigrate.estimate import MigrationEstimate
 from redismigrate.ledger import LedgerEntry
 from redismigrate.patch import SchemaPatch
 from redismigrate.plan import MigrationPlan
+from redismigrate.preflight import Preflight
 from redismigrate.report import MigrationReport
 from redismigrate.schema import IndexSchema
 
@@ -212,6 +214,31 @@ class MigrationPlanner:
             quality_sample_size=quality_sample_size,
         )
 
+    def preflight(
+        self,
+        plan: MigrationPlan,
+        *,
+        redis_url: str | None = None,
+        redis_client: redis.Redis | None = None,
+        command: Command = "apply",
+        backup_dir: str | Path | None = None,
+        allow_eviction: bool = False,
+        scan_data: bool = True,
+    ) -> Preflight:
+        """The checks ``command`` (apply or rollback) would run for ``plan`` now, as a
+        checklist; writes nothing. ``scan_data`` also counts malformed vectors (reads
+        every key's vector length)."""
+        return _portal.run_sync(
+            self._async.preflight,
+            plan=plan,
+            redis_url=redis_url,
+            redis_client=_portal.to_async_client(redis_client),
+            command=command,
+            backup_dir=backup_dir,
+            allow_eviction=allow_eviction,
+            scan_data=scan_data,
+        )
+
 
 class MigrationExecutor:
     """Applies, validates and rolls back migration plans."""
@@ -248,6 +275,7 @@ class MigrationExecutor:
         plan_path: str | None = None,
         force: bool = False,
         break_lock: bool = False,
+        allow_eviction: bool = False,
     ) -> MigrationReport:
         """Apply ``plan``; resume where an earlier run with the same plan stopped.
 
@@ -261,6 +289,11 @@ class MigrationExecutor:
         The run holds the index's lock and the backup directory's for its whole life:
         MigrationLocked (naming the holder) while another run holds either;
         ``break_lock`` takes over another run's index lock (the report says so).
+
+        The preflight runs first (topology, permissions, parameters, memory, eviction
+        policy, disk): PreflightBlocked, before anything is written, when a check blocks.
+        An evicting maxmemory-policy blocks unless ``allow_eviction``; any eviction
+        during the run stops it and undoes it.
         """
         return _portal.run_sync(
             self._async.apply,
@@ -275,6 +308,7 @@ class MigrationExecutor:
             plan_path=plan_path,
             force=force,
             break_lock=break_lock,
+            allow_eviction=allow_eviction,
         )
 
     def validate(
@@ -303,11 +337,13 @@ class MigrationExecutor:
         index_name: str | None = None,
         recreate_index: bool = False,
         break_lock: bool = False,
+        allow_eviction: bool = False,
     ) -> RollbackReport:
         """Restore every original vector byte from a backup, move keys and fields back and
         drop the target index definition; with ``recreate_index`` also recreate the source
         index from the plan's snapshot. Holds the same locks as apply (``break_lock``
-        takes over another run's index lock)."""
+        takes over another run's index lock). The preflight runs first, as for apply
+        (PreflightBlocked before anything is changed)."""
         return _portal.run_sync(
             self._async.rollback,
             backup_dir=backup_dir,
@@ -316,6 +352,7 @@ class MigrationExecutor:
             index_name=index_name,
             recreate_index=recreate_index,
             break_lock=break_lock,
+            allow_eviction=allow_eviction,
         )
 
     def history(
@@ -414,13 +451,16 @@ class BatchMigrationExecutor:
         progress_callback: BatchProgressCallback | None = None,
         step_callback: ProgressCallback | None = None,
         break_lock: bool = False,
+        allow_eviction: bool = False,
     ) -> BatchReport:
         """Run every applicable index of ``batch_plan`` in order; write state after each.
 
         ``batch_plan_path`` is the file the plan was loaded from (the state file points
         at it, so batch-resume can find it). Lossy re-encoding needs ``accept_data_loss``.
         The batch holds the lock of every applicable index and of the backup directory
-        for its whole run (``break_lock`` takes over other runs' index locks).
+        for its whole run (``break_lock`` takes over other runs' index locks). Every
+        index's preflight runs before the first is touched: PreflightBlocked when any
+        check of any index blocks (``allow_eviction``: as for apply).
         """
         return _portal.run_sync(
             self._async.apply,
@@ -436,6 +476,7 @@ class BatchMigrationExecutor:
             progress_callback=progress_callback,
             step_callback=step_callback,
             break_lock=break_lock,
+            allow_eviction=allow_eviction,
         )
 
     def resume(
@@ -451,6 +492,7 @@ class BatchMigrationExecutor:
         progress_callback: BatchProgressCallback | None = None,
         step_callback: ProgressCallback | None = None,
         break_lock: bool = False,
+        allow_eviction: bool = False,
     ) -> BatchReport:
         """Go on with a batch from its state file: pending and interrupted indexes, and with
         ``retry_failed`` the failed ones. Uses the backup directory the state records.
@@ -467,4 +509,5 @@ class BatchMigrationExecutor:
             progress_callback=progress_callback,
             step_callback=step_callback,
             break_lock=break_lock,
+            allow_eviction=allow_eviction,
         )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
@@ -15,6 +16,7 @@ from redismigrate.aio.executor import AsyncMigrationExecutor, check_backup_dir
 from redismigrate.aio.indexes import known_aliases, list_indexes, server_capabilities
 from redismigrate.aio.lock import RunGuard
 from redismigrate.aio.planner import AsyncMigrationPlanner
+from redismigrate.aio.preflight import preflight
 from redismigrate.aio.steps.state import ProgressCallback
 from redismigrate.batch import (
     BatchIndexEntry,
@@ -35,6 +37,7 @@ from redismigrate.errors import BadInputError, RedisMigrateError
 from redismigrate.files import read_text_file, write_document
 from redismigrate.patch import SchemaPatch
 from redismigrate.plan import MigrationPlan, now_iso
+from redismigrate.preflight import PreflightBlocked
 
 BatchProgressCallback = Callable[[str, int, int, str], None]
 FAILURE_POLICIES = ("fail_fast", "continue_on_error")
@@ -200,6 +203,25 @@ def _selection_names(
     return indexes
 
 
+@asynccontextmanager
+async def _preflighted(
+    client: aioredis.Redis,
+    plans: dict[str, MigrationPlan],
+    backup_dir: Path,
+    allow_eviction: bool,
+) -> AsyncIterator[None]:
+    """Every index's preflight, before the batch takes a lock or touches anything."""
+    for name, plan in plans.items():
+        checked = await preflight(
+            client, plan, "apply", backup_dir=backup_dir, allow_eviction=allow_eviction
+        )
+        try:
+            checked.raise_if_blocked()
+        except PreflightBlocked as exc:
+            raise PreflightBlocked(f"index {name!r}: {exc}") from None
+    yield
+
+
 class AsyncBatchMigrationExecutor:
     """Applies a batch plan index by index, with a state file to resume from."""
 
@@ -221,13 +243,16 @@ class AsyncBatchMigrationExecutor:
         progress_callback: BatchProgressCallback | None = None,
         step_callback: ProgressCallback | None = None,
         break_lock: bool = False,
+        allow_eviction: bool = False,
     ) -> BatchReport:
         """Run every applicable index of ``batch_plan`` in order; write state after each.
 
         ``batch_plan_path`` is the file the plan was loaded from (the state file points
         at it, so batch-resume can find it). Lossy re-encoding needs ``accept_data_loss``.
         The batch holds the lock of every applicable index and of the backup directory
-        for its whole run (``break_lock`` takes over other runs' index locks).
+        for its whole run (``break_lock`` takes over other runs' index locks). Every
+        index's preflight runs before the first is touched: PreflightBlocked when any
+        check of any index blocks (``allow_eviction``: as for apply).
         """
         state_file = Path(state_path)
         if state_file.exists():
@@ -240,6 +265,7 @@ class AsyncBatchMigrationExecutor:
         plans = check_plan_files(batch_plan)
         async with (
             connect(redis_url, redis_client) as client,
+            _preflighted(client, plans, directory, allow_eviction),
             RunGuard(
                 client,
                 command="batch-apply",
@@ -270,7 +296,7 @@ class AsyncBatchMigrationExecutor:
             write_document(state_file, state.to_dict())
             return await self._run(
                 batch_plan, state, state_file, None, client, False, batch_size,
-                progress_callback, step_callback,
+                progress_callback, step_callback, allow_eviction,
             )  # fmt: skip
 
     async def resume(
@@ -286,6 +312,7 @@ class AsyncBatchMigrationExecutor:
         progress_callback: BatchProgressCallback | None = None,
         step_callback: ProgressCallback | None = None,
         break_lock: bool = False,
+        allow_eviction: bool = False,
     ) -> BatchReport:
         """Go on with a batch from its state file: pending and interrupted indexes, and with
         ``retry_failed`` the failed ones. Uses the backup directory the state records.
@@ -310,6 +337,7 @@ class AsyncBatchMigrationExecutor:
         plans = check_plan_files(batch_plan)
         async with (
             connect(redis_url, redis_client) as client,
+            _preflighted(client, plans, Path(state.backup_dir), allow_eviction),
             RunGuard(
                 client,
                 command="batch-resume",
@@ -325,7 +353,7 @@ class AsyncBatchMigrationExecutor:
             state = BatchState.load(state_file)  # as the run that held the locks left it
             return await self._run(
                 batch_plan, state, state_file, None, client, retry_failed, batch_size,
-                progress_callback, step_callback,
+                progress_callback, step_callback, allow_eviction,
             )  # fmt: skip
 
     @staticmethod
@@ -348,6 +376,7 @@ class AsyncBatchMigrationExecutor:
         batch_size: int,
         progress: BatchProgressCallback | None,
         steps: ProgressCallback | None,
+        allow_eviction: bool = False,
     ) -> BatchReport:
         started = time.perf_counter()
         plans = check_plan_files(batch_plan)
@@ -380,6 +409,7 @@ class AsyncBatchMigrationExecutor:
                         batch_size=batch_size,
                         progress_callback=steps,
                         plan_path=next(e.plan_path for e in batch_plan.indexes if e.name == name),
+                        allow_eviction=allow_eviction,
                     )
                     report.dump(report_path)
                     ok = report.succeeded

@@ -12,6 +12,7 @@ import redis.exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from redismigrate.aio.topology import cluster_error
 from redismigrate.errors import BadInputError, ConnectionFailed
 from redismigrate.urls import check_url, redact_text, redact_url, url_password
 
@@ -25,11 +26,25 @@ def _describe(exc: BaseException, url: str | None) -> str:
 
 
 @contextmanager
-def translate_errors(url: str | None) -> Iterator[None]:
-    """Turn redis-py connection and auth failures into one-line ConnectionFailed errors."""
-    shown = redact_url(url) if url else "the Redis server"
+def translate_cluster_replies() -> Iterator[None]:
+    """Turn a Redis Cluster's reply (MOVED, ASK, CLUSTERDOWN, ...) into one line saying so."""
     try:
         yield
+    except rexc.ResponseError as exc:
+        found = cluster_error(exc)
+        if found is None:
+            raise
+        raise found from None
+
+
+@contextmanager
+def translate_errors(url: str | None) -> Iterator[None]:
+    """Turn redis-py connection and auth failures into one-line ConnectionFailed errors,
+    and a Redis Cluster's MOVED or ASK reply into one line that names it."""
+    shown = redact_url(url) if url else "the Redis server"
+    try:
+        with translate_cluster_replies():
+            yield
     except rexc.AuthenticationError as exc:
         raise ConnectionFailed(f"{shown} refused the credentials: {_describe(exc, url)}") from None
     except rexc.InvalidResponse:
@@ -79,7 +94,8 @@ async def connect(
         with translate_errors(None):
             with anyio.fail_after(CONNECT_TIMEOUT_SECONDS):
                 await redis_client.ping()
-        yield redis_client
+        with translate_cluster_replies():
+            yield redis_client
         return
     assert redis_url is not None
     client = client_from_url(redis_url, max_connections=max_connections)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from redismigrate.aio.keys import (
 )
 from redismigrate.aio.ledger import read_history
 from redismigrate.aio.lock import RunGuard
+from redismigrate.aio.preflight import check_evictions, preflight, watch_evictions
 from redismigrate.aio.steps import backup as backup_step
 from redismigrate.aio.steps import fields as fields_step
 from redismigrate.aio.steps import prefix as prefix_step
@@ -56,17 +57,22 @@ from redismigrate.aio.steps.state import (
 )
 from redismigrate.aio.validate import validate_live
 from redismigrate.backup import (
+    RESTARTED_SUFFIX,
+    STALE_SUFFIX,
     BackupField,
     BackupHeader,
     VectorBackup,
     backup_paths,
+    backup_size_on_disk,
     new_manifest,
+    set_aside,
     write_manifest,
 )
 from redismigrate.errors import BadInputError, ConnectionFailed, IndexNotFound, RedisMigrateError
 from redismigrate.files import write_document
 from redismigrate.ftinfo import stats_from_ft_info
 from redismigrate.integrity import check_plan, check_plan_copy, verify_backup_for_plan
+from redismigrate.keytext import key_text
 from redismigrate.ledger import LedgerEntry
 from redismigrate.plan import MigrationPlan, Online, now_iso, plan_hash, schema_hash
 from redismigrate.report import (
@@ -176,6 +182,7 @@ class AsyncMigrationExecutor:
         plan_path: str | None = None,
         force: bool = False,
         break_lock: bool = False,
+        allow_eviction: bool = False,
     ) -> MigrationReport:
         """Apply ``plan``; resume where an earlier run with the same plan stopped.
 
@@ -189,6 +196,11 @@ class AsyncMigrationExecutor:
         The run holds the index's lock and the backup directory's for its whole life:
         MigrationLocked (naming the holder) while another run holds either;
         ``break_lock`` takes over another run's index lock (the report says so).
+
+        The preflight runs first (topology, permissions, parameters, memory, eviction
+        policy, disk): PreflightBlocked, before anything is written, when a check blocks.
+        An evicting maxmemory-policy blocks unless ``allow_eviction``; any eviction
+        during the run stops it and undoes it.
         """
         check_plan(plan, source=plan_path)  # edited after review: refused, nothing touched
         if not plan.supported:
@@ -197,9 +209,20 @@ class AsyncMigrationExecutor:
         if batch_size < 1 or num_workers < 1:
             raise BadInputError("batch size and workers must be at least 1")
         directory = check_backup_dir(backup_dir)
-        async with (
-            connect(redis_url, redis_client, max_connections=max(32, num_workers * 4)) as client,
-            RunGuard(
+        async with connect(
+            redis_url, redis_client, max_connections=max(32, num_workers * 4)
+        ) as client:
+            checked = await preflight(
+                client,
+                plan,
+                "apply",
+                backup_dir=directory,
+                allow_eviction=allow_eviction,
+                backup_on_disk=backup_size_on_disk(directory, plan.source.index_name),
+                force=force,
+            )
+            checked.raise_if_blocked()
+            async with RunGuard(
                 client,
                 command="apply",
                 index_name=plan.source.index_name,
@@ -207,23 +230,36 @@ class AsyncMigrationExecutor:
                 backup_dir=directory,
                 plan_hash=plan_hash(plan),
                 break_lock=break_lock,
-            ) as guard,
-        ):
-            run = Run(plan, client, directory, batch_size, num_workers, progress_callback)
-            run.wire.enabled = not await is_cluster(client)
-            try:
-                if isinstance(plan.mode, Online):
-                    return guard.done(await self._apply_online(run, force))
-                return guard.done(await self._apply(run, plan_path))
-            except BadInputError:
-                raise
-            except Exception as exc:  # whatever failed after the drop is undone
-                _close_backups(run)  # before an undo renames its files
-                return guard.done(await self._failed(run, exc, auto_rollback, plan_path))
-            finally:
-                _close_backups(run)  # a stopped run must not keep its files locked
-                with anyio.CancelScope(shield=True):  # cleanup, also when cancelled
-                    await run.wire.close()
+            ) as guard:
+                run = Run(plan, client, directory, batch_size, num_workers, progress_callback)
+                run.preflight = checked
+                run.wire.enabled = not await is_cluster(client)
+                report: MigrationReport | None = None
+                async with anyio.create_task_group() as watchers:
+                    watchers.start_soon(watch_evictions, run)
+                    try:
+                        report = await self._apply_body(run, force, auto_rollback, plan_path)
+                    finally:
+                        watchers.cancel_scope.cancel()
+                assert report is not None
+                return guard.done(report)
+
+    async def _apply_body(
+        self, run: Run, force: bool, auto_rollback: bool, plan_path: str | None
+    ) -> MigrationReport:
+        try:
+            if isinstance(run.plan.mode, Online):
+                return await self._apply_online(run, force)
+            return await self._apply(run, plan_path)
+        except BadInputError:
+            raise
+        except Exception as exc:  # whatever failed after the drop is undone
+            _close_backups(run)  # before an undo renames its files
+            return await self._failed(run, exc, auto_rollback, plan_path)
+        finally:
+            _close_backups(run)  # a stopped run must not keep its files locked
+            with anyio.CancelScope(shield=True):  # cleanup, also when cancelled
+                await run.wire.close()
 
     async def _apply_online(self, run: Run, force: bool) -> MigrationReport:
         plan, client = run.plan, run.client
@@ -339,6 +375,7 @@ class AsyncMigrationExecutor:
             phase = "ready"
         if phase == "ready":
             await self._check_collisions(run)
+            await check_evictions(run)
             crash_point("before_drop")
             started = time.perf_counter()
             run.dropped_at = time.perf_counter()
@@ -383,6 +420,7 @@ class AsyncMigrationExecutor:
             phase = "target_created"
         await self._wait_indexed(run)
         await self._rebuild_if_failures_grew(run)
+        await check_evictions(run)
         await aliases.point_at_target(client, plan)  # the drop removed them from the source
         started = time.perf_counter()
         validation = await validate_live(
@@ -393,6 +431,7 @@ class AsyncMigrationExecutor:
             live_documents=await self._live_documents(run),
         )
         run.timed("validate", started)
+        await check_evictions(run)
         if validation.passed and run.header.phase != "validated":
             run.set_phase("validated")
         result = "succeeded" if validation.passed else "failed"
@@ -589,12 +628,10 @@ class AsyncMigrationExecutor:
         return field.path or field.name
 
     def _discard(self, run: Run, backup: BackupSet, *, stale: bool = False) -> None:
-        suffix = ".stale-" if stale else ".restarted-"
-        stamp = time.strftime("%Y%m%dT%H%M%S")
         files = backup.files()
         backup.close()
-        for path in files:
-            path.rename(f"{path}{suffix}{stamp}")
+        suffix = STALE_SUFFIX if stale else RESTARTED_SUFFIX  # one restarted copy at most
+        set_aside(run.backup_dir, run.plan.source.index_name, files, suffix)
 
     async def _live_schema(self, client: aioredis.Redis, name: str) -> IndexSchema | None:
         try:
@@ -736,16 +773,26 @@ class AsyncMigrationExecutor:
                 index_size_before_mb=round(run.size_before, 4),
                 index_size_after_mb=round(after.total_mb, 4) if after is not None else 0.0,
             ),
-            warnings=plan.warnings,
+            warnings=[
+                *plan.warnings,
+                *(f"preflight {c.check}: {c.detail}" for c in run.preflight.warnings),
+            ]
+            if run.preflight is not None
+            else plan.warnings,
             error=error,
             undone=undone,
             next_steps=next_steps or [],
             concurrent_writes=run.concurrent,
+            malformed_vectors=run.malformed,
+            malformed_vector_keys=run.malformed_keys,
+            preflight=run.preflight.checks if run.preflight is not None else [],
         )
 
     async def _failed(
         self, run: Run, exc: BaseException, auto_rollback: bool, plan_path: str | None
     ) -> MigrationReport:
+        if run.halt is not None:  # what stopped the run, not how its tasks ended
+            exc = run.halt
         message = str(exc) or type(exc).__name__
         phase = run.backup.header.phase if run.backup is not None else "dump"
         after_drop = phase not in ("dump", "ready")
@@ -880,7 +927,7 @@ class AsyncMigrationExecutor:
                     f"original bytes (for example {wrong[0]!r})"
                 )
         if conflicts:
-            shown = ", ".join(repr(k.decode("utf-8", "backslashreplace")) for k in conflicts[:5])
+            shown = ", ".join(repr(key_text(k)) for k in conflicts[:5])
             raise UndoConflicts(
                 f"{len(conflicts)} document(s) were changed by the application after the "
                 f"migration wrote them and were left as the application left them ({shown}); "
@@ -897,11 +944,13 @@ class AsyncMigrationExecutor:
         index_name: str | None = None,
         recreate_index: bool = False,
         break_lock: bool = False,
+        allow_eviction: bool = False,
     ) -> RollbackReport:
         """Restore every original vector byte from a backup, move keys and fields back and
         drop the target index definition; with ``recreate_index`` also recreate the source
         index from the plan's snapshot. Holds the same locks as apply (``break_lock``
-        takes over another run's index lock)."""
+        takes over another run's index lock). The preflight runs first, as for apply
+        (PreflightBlocked before anything is changed)."""
         directory = Path(backup_dir)
         if not directory.is_dir():
             raise BadInputError(f"backup directory {str(directory)!r} does not exist")
@@ -912,6 +961,7 @@ class AsyncMigrationExecutor:
             check_plan_copy(plan, copy)  # before anything is changed
             async with (
                 connect(redis_url, redis_client) as client,
+                _preflighted(client, plan, allow_eviction),
                 RunGuard(
                     client,
                     command="rollback",
@@ -940,6 +990,7 @@ class AsyncMigrationExecutor:
         verify_backup_for_plan(directory, plan)  # before the lock, the drop, any restore
         async with (
             connect(redis_url, redis_client) as client,
+            _preflighted(client, plan, allow_eviction),
             RunGuard(
                 client,
                 command="rollback",
@@ -980,6 +1031,16 @@ class RollbackReport(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: str
     summary: str = ""
     warnings: list[str] = []
+
+
+@contextlib.asynccontextmanager
+async def _preflighted(
+    client: aioredis.Redis, plan: MigrationPlan, allow_eviction: bool
+) -> AsyncIterator[None]:
+    """A rollback's preflight, before it takes a lock or changes anything."""
+    checked = await preflight(client, plan, "rollback", allow_eviction=allow_eviction)
+    checked.raise_if_blocked()
+    yield
 
 
 def _only_backup_in(directory: Path) -> str:

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 from redismigrate.aio.connection import execute
+from redismigrate.aio.topology import cluster_error
 from redismigrate.capabilities import ServerCapabilities, parse_module_version
 from redismigrate.errors import IndexNotFound, SearchModuleMissing, ServerReplyError
 from redismigrate.ftinfo import (
@@ -111,6 +112,9 @@ async def ft_info(client: aioredis.Redis, index_name: str) -> Any:
         return await execute(client, "FT.INFO", index_name)
     except rexc.ResponseError as exc:
         message = str(exc)
+        redirected = cluster_error(exc)  # MOVED: the index name's slot is on another node
+        if redirected is not None:
+            raise redirected from None
         if _UNKNOWN_COMMAND.search(message):
             raise search_module_missing() from None
         if _UNKNOWN_INDEX.search(message):

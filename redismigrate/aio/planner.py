@@ -20,11 +20,14 @@ from redismigrate.aio.indexes import (
     read_schema_and_stats,
     server_capabilities,
 )
+from redismigrate.aio.preflight import Command, malformed_vectors, preflight
 from redismigrate.errors import BadInputError
 from redismigrate.estimate import MigrationEstimate, build_estimate
-from redismigrate.ftinfo import pairs_to_dict, schema_from_ft_info, text
+from redismigrate.ftinfo import pairs_to_dict, schema_from_ft_info
+from redismigrate.keytext import key_text
 from redismigrate.patch import SchemaPatch, diff_schemas
-from redismigrate.plan import MigrationPlan, OtherIndex, build_plan
+from redismigrate.plan import MigrationPlan, OtherIndex, build_plan, seal_plan
+from redismigrate.preflight import Preflight
 from redismigrate.quantize import Encoding, decode_stored
 from redismigrate.schema import DATATYPE_BYTES, IndexSchema, VectorField, default_json_path
 
@@ -34,8 +37,9 @@ QUALITY_SAMPLE_SIZE = 2000
 MIN_QUALITY_SAMPLE = 1000
 
 
-async def sample_keys(client: aioredis.Redis, index_name: str, count: int) -> list[str]:
-    """Up to ``count`` document keys of the index (read-only FT.SEARCH, no content)."""
+async def sample_keys(client: aioredis.Redis, index_name: str, count: int) -> list[bytes]:
+    """Up to ``count`` document keys of the index, as bytes (a key need not be UTF-8;
+    ``keytext.key_text`` shows one); read-only FT.SEARCH, no content."""
     if count <= 0:
         return []
     reply = await execute(
@@ -43,15 +47,21 @@ async def sample_keys(client: aioredis.Redis, index_name: str, count: int) -> li
     )
     if isinstance(reply, dict):
         results = pairs_to_dict(reply).get("results", [])
-        return [text(pairs_to_dict(r)["id"]) for r in results]
-    return [text(k) for k in list(reply)[1:]]
+        return [_key_bytes(pairs_to_dict(r)["id"]) for r in results]
+    return [_key_bytes(k) for k in list(reply)[1:]]
+
+
+def _key_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8", "surrogateescape")
 
 
 async def sample_vectors(
     client: aioredis.Redis,
     schema: IndexSchema,
     field: VectorField,
-    keys: Sequence[str],
+    keys: Sequence[bytes] | Sequence[str],
 ) -> np.ndarray:
     """The stored vectors of ``field`` in ``keys`` as a float array (n, dims); read-only."""
     dims, datatype = field.attrs.dims, field.attrs.datatype
@@ -227,6 +237,30 @@ class AsyncMigrationPlanner:
             aof_enabled=aof_enabled,
         )
 
+    async def preflight(
+        self,
+        plan: MigrationPlan,
+        *,
+        redis_url: str | None = None,
+        redis_client: aioredis.Redis | None = None,
+        command: Command = "apply",
+        backup_dir: str | Path | None = None,
+        allow_eviction: bool = False,
+        scan_data: bool = True,
+    ) -> Preflight:
+        """The checks ``command`` (apply or rollback) would run for ``plan`` now, as a
+        checklist; writes nothing. ``scan_data`` also counts malformed vectors (reads
+        every key's vector length)."""
+        async with connect(redis_url, redis_client) as client:
+            return await preflight(
+                client,
+                plan,
+                command,
+                backup_dir=Path(backup_dir) if backup_dir is not None else None,
+                allow_eviction=allow_eviction,
+                scan_data=scan_data,
+            )
+
     async def _plan(
         self,
         client: aioredis.Redis,
@@ -262,10 +296,10 @@ class AsyncMigrationPlanner:
                     samples[field.name] = await sample_vectors(
                         client, source, field, sample_keys_for_vectors
                     )
-        return build_plan(
+        plan = build_plan(
             source_schema=source,
             source_stats=described.stats,
-            key_sample=keys,
+            key_sample=[key_text(k) for k in keys],
             capabilities=capabilities,
             patch=patch,
             other_indexes=others,
@@ -277,6 +311,12 @@ class AsyncMigrationPlanner:
             aliases=user_aliases,
             aliases_listed=aliases_listed,
         )
+        data = await malformed_vectors(client, plan)
+        if data.status != "pass":  # counted over every key: the plan says so
+            plan = seal_plan(
+                msgspec.structs.replace(plan, warnings=[*plan.warnings, f"data: {data.detail}"])
+            )
+        return plan
 
 
 def _fields_needing_samples(source: IndexSchema, patch: SchemaPatch) -> set[str]:

@@ -13,6 +13,7 @@ from redismigrate.aio.indexes import read_schema_and_stats
 from redismigrate.aio.keys import count_documents, moved_key
 from redismigrate.aio.planner import renamed
 from redismigrate.errors import IndexNotFound
+from redismigrate.keytext import key_names, key_text
 from redismigrate.plan import MigrationPlan
 from redismigrate.quantize import reencode_bytes
 from redismigrate.report import ValidationResult
@@ -105,23 +106,26 @@ async def validate_live(
             f"indexing failures grew from {source_stats.hash_indexing_failures} to "
             f"{live.stats.hash_indexing_failures}"
         )
+    # the plan holds each sampled key as key_text(); one that is not UTF-8 reads back as
+    # up to two candidate names, and it is there if either is
     sample = [
-        target_key(plan, k.encode())
-        for k in plan.source.keyspace.key_sample
-        if written_during_run is None or not written_during_run(k.encode())
+        [target_key(plan, name) for name in names]
+        for names in map(key_names, plan.source.keyspace.key_sample)
+        if written_during_run is None or not any(map(written_during_run, names))
     ]
-    missing: list[str] = []
+    gone: list[list[bytes]] = []
     if sample:
         pipe = client.pipeline(transaction=False)
-        for key in sample:
-            pipe.exists(key)
-        for key, found in zip(sample, await pipe.execute(), strict=True):
+        for names in sample:
+            pipe.exists(*names)
+        for names, found in zip(sample, await pipe.execute(), strict=True):
             if not found:
-                missing.append(key.decode("utf-8", "backslashreplace"))
-    if missing and documents_at_switch is not None:
+                gone.append(names)
+    if gone and documents_at_switch is not None:
         # online: the application may delete documents at any time; a sampled key that is
         # gone is an error only if the index still has it
-        missing = [k for k in missing if await _indexed(client, target.name, k)]
+        gone = [names for names in gone if await _indexed(client, target.name, names)]
+    missing = [key_text(names[0]) for names in gone]
     if missing:
         errors.append(f"{len(missing)} sampled key(s) are missing")
     checked, mismatched = await _check_vectors(client, plan, backup, written_during_run)
@@ -143,9 +147,11 @@ async def validate_live(
     )
 
 
-async def _indexed(client: aioredis.Redis, index_name: str, key: str) -> bool:
-    """Whether ``index_name`` still holds the document of ``key`` (FT.SEARCH by key)."""
-    reply = await execute(client, "FT.SEARCH", index_name, "*", "INKEYS", "1", key, "NOCONTENT")
+async def _indexed(client: aioredis.Redis, index_name: str, keys: list[bytes]) -> bool:
+    """Whether ``index_name`` still holds the document of one of ``keys`` (FT.SEARCH)."""
+    reply = await execute(
+        client, "FT.SEARCH", index_name, "*", "INKEYS", str(len(keys)), *keys, "NOCONTENT"
+    )
     count = reply[0] if isinstance(reply, list) else reply.get(b"total_results", 0)
     return bool(count)
 
@@ -190,6 +196,6 @@ async def _check_vectors(
             for (key, _), want, got in zip(present, expected, stored, strict=True):
                 checked += 1
                 if want != got:
-                    mismatched.append(key.decode("utf-8", "backslashreplace"))
+                    mismatched.append(key_text(key))
         break  # the first frame is the sample
     return checked, mismatched

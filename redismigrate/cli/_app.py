@@ -9,12 +9,12 @@ from typing import Annotated, Any
 import anyio
 import msgspec
 import typer
-from rich.console import Console
 
 from redismigrate import __version__
 from redismigrate.aio.connection import connect
 from redismigrate.aio.indexes import server_capabilities
 from redismigrate.cli import _render
+from redismigrate.cli._pipe import PipeSafeConsole
 from redismigrate.errors import Interrupted
 from redismigrate.ledger import TAKEOVER
 from redismigrate.sync import IndexInspector, MigrationPlanner
@@ -37,7 +37,7 @@ app.add_typer(index_app, name="index")
 app.add_typer(server_app, name="server")
 
 # soft_wrap: long lines stay whole in logs and pipes; tables still fit the terminal
-console = Console(soft_wrap=True)
+console = PipeSafeConsole(soft_wrap=True)
 
 UrlOption = Annotated[
     str,
@@ -54,6 +54,14 @@ BreakLockOption = Annotated[
     typer.Option(
         "--break-lock",
         help="Take over the index lock another run holds (only when that run is dead).",
+    ),
+]
+AllowEvictionOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-eviction",
+        help="Run although maxmemory-policy evicts keys (any eviction still stops the run "
+        "and undoes it).",
     ),
 ]
 AliasOption = Annotated[
@@ -269,6 +277,10 @@ def plan(
     )
     result.dump(plan_out)
     _render.print_plan_summary(console, result, plan_out)
+    if result.supported:
+        # what apply will check again, now: its data line is in the plan's warnings
+        checks = MigrationPlanner().preflight(result, redis_url=url, scan_data=False)
+        _render.print_preflight(console, checks)
     if not result.supported:
         raise typer.Exit(3)
 
@@ -291,18 +303,26 @@ def estimate(
     ] = False,
     url: UrlOption = "redis://localhost:6379",
     as_json: JsonOption = False,
+    backup_dir: Annotated[
+        Path | None,
+        typer.Option("--backup-dir", help="Also check the free disk where the backup will go."),
+    ] = None,
 ) -> None:
-    """Disk, memory and a search-quality forecast for a plan. Reads only; writes nothing."""
+    """Disk, memory and a search-quality forecast for a plan, and the preflight checklist
+    apply will run. Reads only; writes nothing."""
     from redismigrate.plan import MigrationPlan
 
     check_url(url)
     loaded = MigrationPlan.load(plan)
 
-    result = MigrationPlanner().estimate(loaded, redis_url=url, aof_enabled=aof_enabled)
+    planner = MigrationPlanner()
+    result = planner.estimate(loaded, redis_url=url, aof_enabled=aof_enabled)
+    checks = planner.preflight(loaded, redis_url=url, backup_dir=backup_dir)
     if as_json:
-        _print_json(result.to_dict())
+        _print_json({**result.to_dict(), "preflight": checks.to_dict()})
     else:
         _render.print_estimate(console, result)
+        _render.print_preflight(console, checks)
 
 
 @app.command("wizard")
@@ -365,6 +385,7 @@ def apply(
         typer.Option("--force", help="Online: start even if the shadow index may not fit."),
     ] = False,
     break_lock: BreakLockOption = False,
+    allow_eviction: AllowEvictionOption = False,
 ) -> None:
     """Apply a plan. Exit 0 only when the migration succeeded and validated."""
     from redismigrate.aio.executor import AsyncMigrationExecutor, check_backup_dir
@@ -399,6 +420,7 @@ def apply(
         "plan_path": str(plan),
         "force": force,
         "break_lock": break_lock,
+        "allow_eviction": allow_eviction,
     }
     try:
         with StepProgress(console) as progress:
@@ -478,6 +500,7 @@ def rollback(
         bool, typer.Option("--recreate-index", help="Also recreate the source index.")
     ] = False,
     break_lock: BreakLockOption = False,
+    allow_eviction: AllowEvictionOption = False,
 ) -> None:
     """Restore every original vector byte, move keys and fields back, drop the target index."""
     from redismigrate.sync import MigrationExecutor
@@ -490,6 +513,7 @@ def rollback(
             index_name=index,
             recreate_index=recreate_index,
             break_lock=break_lock,
+            allow_eviction=allow_eviction,
         )
     except KeyboardInterrupt:
         again = f"redismigrate rollback --backup-dir {backup_dir} --url URL" + (
@@ -569,6 +593,7 @@ def batch_apply(
     ),
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Keys per batch.")] = 500,
     break_lock: BreakLockOption = False,
+    allow_eviction: AllowEvictionOption = False,
 ) -> None:
     """Apply a batch plan index by index. Exit 0 only when every index succeeded."""
     from redismigrate.aio.batch import load_batch_plan
@@ -590,6 +615,7 @@ def batch_apply(
             progress_callback=_batch_progress,
             step_callback=steps,
             break_lock=break_lock,
+            allow_eviction=allow_eviction,
         )
     _render.print_batch_report(console, report, state)
     if report.status != "completed":
@@ -611,6 +637,7 @@ def batch_resume(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Keys per batch.")] = 500,
     break_lock: BreakLockOption = False,
+    allow_eviction: AllowEvictionOption = False,
 ) -> None:
     """Go on with an interrupted batch from its state file."""
     from redismigrate.cli._progress import StepProgress
@@ -628,6 +655,7 @@ def batch_resume(
             progress_callback=_batch_progress,
             step_callback=steps,
             break_lock=break_lock,
+            allow_eviction=allow_eviction,
         )
     _render.print_batch_report(console, report, state)
     if report.status != "completed":

@@ -10,6 +10,7 @@ from redismigrate.batch import BatchPlan, BatchReport, BatchState
 from redismigrate.estimate import MigrationEstimate
 from redismigrate.ftinfo import IndexStats
 from redismigrate.plan import MigrationPlan
+from redismigrate.preflight import Preflight, PreflightCheck
 from redismigrate.report import MigrationReport
 from redismigrate.schema import IndexSchema, VectorField, non_default_builtins, type_name
 
@@ -141,8 +142,36 @@ def print_estimate(console: Console, estimate: MigrationEstimate) -> None:
         console.print(f"  Note: {note}", markup=False, highlight=False)
 
 
+_MARKS = {
+    "pass": "[green]pass[/green]",
+    "warn": "[yellow]warn[/yellow]",
+    "block": "[red]BLOCK[/red]",
+}
+
+
+def print_preflight(console: Console, checks: Preflight | list[PreflightCheck]) -> None:
+    """The preflight checklist: one line per check."""
+    lines = checks.checks if isinstance(checks, Preflight) else checks
+    if not lines:
+        return
+    console.print("Preflight:")
+    for check in lines:
+        console.print(f"  {_MARKS[check.status]}  {check.check}: ", end="")
+        console.print(check.detail, markup=False, highlight=False)
+
+
 def print_report(console: Console, report: MigrationReport) -> None:
+    print_preflight(console, [c for c in report.preflight if c.status != "pass"])
     console.print(f"Result: {report.result}")
+    if report.malformed_vectors:
+        shown = ", ".join(repr(k) for k in report.malformed_vector_keys[:5])
+        console.print(
+            f"Left as they were: {report.malformed_vectors:,} document(s) whose vector has "
+            f"another byte length than its field's (e.g. {shown}; all listed in the report "
+            "under malformed_vector_keys)",
+            markup=False,
+            highlight=False,
+        )
     if report.error:
         console.print(f"Error: {report.error}", markup=False, highlight=False)
     if report.timings:

@@ -6,6 +6,7 @@ piping them in. An impossible answer is refused with the reason and asked again.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -14,6 +15,7 @@ from rich.console import Console
 
 from redismigrate.capabilities import ServerCapabilities
 from redismigrate.errors import BadInputError
+from redismigrate.limits import VECTOR_LIMITS, Limit, tag_separator_problem
 from redismigrate.patch import (
     FieldRename,
     FieldUpdate,
@@ -316,7 +318,9 @@ class Wizard:
             ):
                 param: int | None = getattr(a, key) if a.algorithm == "hnsw" else None
                 shown = param if param is not None else "default"
-                value = self.ask_until(f"{label} [current: {shown}]:", _positive_int_or_blank)
+                value = self.ask_until(
+                    f"{label} [current: {shown}]:", _whole_in_or_blank(VECTOR_LIMITS["hnsw"][key])
+                )
                 if value is not None and value != param:
                     changes[key] = value
 
@@ -400,17 +404,26 @@ def _positive_float_or_blank(answer: str) -> float | None:
         value = float(answer)
     except ValueError:
         raise Refused(f"{answer!r} is not a number") from None
+    if not math.isfinite(value):
+        raise Refused("it must be a finite number")
     if value <= 0:
         raise Refused("it must be greater than 0")
     return value
 
 
-def _positive_int_or_blank(answer: str) -> int | None:
-    if not answer:
-        return None
-    if not answer.isdigit() or int(answer) <= 0:
-        raise Refused(f"{answer!r} is not a whole number greater than 0")
-    return int(answer)
+def _whole_in_or_blank(limit: Limit) -> Callable[[str], int | None]:
+    """A check taking a blank answer or a whole number in ``limit``'s range."""
+
+    def check(answer: str) -> int | None:
+        if not answer:
+            return None
+        if not answer.isdigit() or not limit.range.admits(int(answer)):
+            raise Refused(
+                f"{answer!r} is out of range; {limit.label} takes {limit.range.describe()}"
+            )
+        return int(answer)
+
+    return check
 
 
 def _separator_or_blank(answer: str) -> str | None:
@@ -418,4 +431,7 @@ def _separator_or_blank(answer: str) -> str | None:
         return None
     if len(answer) != 1:
         raise Refused("a separator is one character")
+    problem = tag_separator_problem(answer)
+    if problem is not None:
+        raise Refused(problem)
     return answer

@@ -17,13 +17,14 @@ import redis.exceptions as rexc
 from redismigrate.aio.capture import ChangeCapture
 from redismigrate.aio.keys import KeyCollision, glob_escape, moved_key
 from redismigrate.errors import BadInputError
+from redismigrate.keytext import key_text
 from redismigrate.plan import PrefixChange
 
 SHOWN_KEYS = 5
 
 
 def _shown(keys: Sequence[bytes]) -> str:
-    names = ", ".join(repr(k.decode("utf-8", "backslashreplace")) for k in keys[:SHOWN_KEYS])
+    names = ", ".join(repr(key_text(k)) for k in keys[:SHOWN_KEYS])
     more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
     return names + more
 

@@ -24,6 +24,7 @@ from redismigrate.aio.fastwire import Wire
 from redismigrate.aio.keys import rename_json_fields, scan_prefixes
 from redismigrate.aio.steps import prefix as prefix_step
 from redismigrate.backup import BackupField
+from redismigrate.keytext import key_text
 from redismigrate.plan import MigrationPlan, VectorChange
 from redismigrate.quantize import reencode_bytes
 from redismigrate.report import ConcurrentWrites
@@ -47,7 +48,7 @@ class _Tally:
     def refuse(self, key: bytes, why: str) -> None:
         self.unreconciled_count += 1
         if len(self.unreconciled) < LISTED_KEYS:
-            self.unreconciled.append(f"{key.decode('utf-8', 'backslashreplace')}: {why}")
+            self.unreconciled.append(f"{key_text(key)}: {why}")
 
 
 class Reconciler:

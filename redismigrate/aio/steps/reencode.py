@@ -55,6 +55,7 @@ async def reencode(run: Run, *, touch: bool, checkpoint_seconds: float) -> None:
         expected: list[list[Any]] = []
         encoded: list[list[bytes | None]] = []
         count = 0
+        malformed: set[int] = set()
         for source_field, vc in changes.items():
             originals = frame.vectors.get(source_field) or [None] * len(keys)
             size = vc.dims * DATATYPE_BYTES[vc.source_datatype]
@@ -63,6 +64,10 @@ async def reencode(run: Run, *, touch: bool, checkpoint_seconds: float) -> None:
                 encoded.append([None] * len(keys))
                 continue
             present = [v for v in originals if v is not None and len(v) == size]
+            if len(present) < len(originals):
+                malformed.update(
+                    i for i, v in enumerate(originals) if v is not None and len(v) != size
+                )
             blobs = iter(reencode_bytes(present, vc.encoding, vc.dims) if present else [])
             # a value of another size is no vector of this field: written back as it
             # is (one write, so the target counts one indexing failure, as the source)
@@ -81,6 +86,7 @@ async def reencode(run: Run, *, touch: bool, checkpoint_seconds: float) -> None:
             expected=expected,
             encoded=encoded,
             count=count,
+            malformed=[keys[i] for i in sorted(malformed)],
         )
 
     capture = run.capture
@@ -111,6 +117,8 @@ async def reencode(run: Run, *, touch: bool, checkpoint_seconds: float) -> None:
             unwritten=unwritten,
         )
         run.skipped.update(outcome.skipped)
+        if batch.malformed:
+            run.note_malformed(batch.malformed)
 
     first = next(iter(changes.values()), None)
     value_size = first.dims * DATATYPE_BYTES[first.source_datatype] if first else -1

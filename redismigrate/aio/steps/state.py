@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 import redis.asyncio as aioredis
 
@@ -22,9 +23,10 @@ from redismigrate.backup import (
     backup_paths,
     read_manifest,
 )
-from redismigrate.errors import BadInputError
+from redismigrate.errors import BadInputError, RedisMigrateError
 from redismigrate.plan import MigrationPlan, now_iso
-from redismigrate.report import ConcurrentWrites, StepTiming
+from redismigrate.preflight import Preflight
+from redismigrate.report import MALFORMED_KEYS_LISTED, ConcurrentWrites, StepTiming
 
 ProgressCallback = Callable[[str, int, int | None], None]
 CRASH_ENV = "REDISMIGRATE_CRASH_AT"
@@ -103,10 +105,24 @@ class BackupSet:
 
 
 def first_error(exc: BaseException) -> BaseException:
-    """The first real error inside (nested) exception groups from a task group."""
-    while isinstance(getattr(exc, "exceptions", None), (list, tuple)) and exc.exceptions:  # type: ignore[attr-defined]
-        exc = exc.exceptions[0]  # type: ignore[attr-defined]
-    return exc
+    """The first real error inside (nested) exception groups from a task group: not the
+    closed-stream errors the other tasks of a pipeline meet once one of them failed."""
+    leaves: list[BaseException] = []
+
+    def walk(node: BaseException) -> None:
+        inner = getattr(node, "exceptions", None)
+        if isinstance(inner, (list, tuple)) and inner:
+            for child in inner:
+                walk(child)
+        else:
+            leaves.append(node)
+
+    walk(exc)
+    plumbing = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream)
+    for leaf in leaves:
+        if not isinstance(leaf, plumbing):
+            return leaf
+    return leaves[0]
 
 
 class EncodedBatch(msgspec.Struct, frozen=True):
@@ -119,6 +135,7 @@ class EncodedBatch(msgspec.Struct, frozen=True):
     expected: list[list[Any]]
     encoded: list[list[bytes | None]]
     count: int
+    malformed: list[bytes] = []  # keys whose vector has another byte length: left as is
 
 
 class Run:
@@ -156,8 +173,25 @@ class Run:
         self.capture: ChangeCapture | None = None
         self.skipped: set[bytes] = set()  # keys a guarded write left: the application's
         self.concurrent: ConcurrentWrites | None = None
+        self.preflight: Preflight | None = None
+        # set by a watcher (an eviction): the run's next step raises it
+        self.halt: RedisMigrateError | None = None
+        self.evictions_at_start: int | None = None
+        self.malformed = 0  # vectors of another byte length than their field's
+        self.malformed_keys: list[str] = []
+
+    def note_malformed(self, keys: list[bytes]) -> None:
+        self.malformed += len(keys)
+        room = MALFORMED_KEYS_LISTED - len(self.malformed_keys)
+        self.malformed_keys += [k.decode("utf-8", "backslashreplace") for k in keys[:room]]
+
+    def check_halt(self) -> None:
+        """Raise what stopped the run, if anything did."""
+        if self.halt is not None:
+            raise self.halt
 
     def tick(self, step: str, done: int, total: int | None = None) -> None:
+        self.check_halt()
         if self.progress is not None:
             self.progress(step, done, total)
 
