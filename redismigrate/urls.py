@@ -128,8 +128,7 @@ def check_url(url: str) -> str:
     userinfo, _ = _split_userinfo(url.split("://", 1)[1])
     ambiguous = userinfo is not None and any(c in userinfo for c in _ENDS_AUTHORITY)
     hint = (
-        " (a '/', '?' or '#' in a user name or password must be percent-encoded: "
-        "%2F, %3F, %23)"
+        " (a '/', '?' or '#' in a user name or password must be percent-encoded: %2F, %3F, %23)"
         if ambiguous
         else ""
     )

@@ -265,5 +265,6 @@ def test_online_refuses_when_the_shadow_will_not_fit_in_maxmemory(tmp_path: Path
             "apply", "--plan", str(tmp_path / "plan.yaml"), "--backup-dir",
             str(tmp_path / "b"), "--url", url,
         )  # fmt: skip
-        assert_one_line_error(refused, 2, "shadow index needs about", "maxmemory")
+        # the preflight's memory check: the shadow index is the run's growth
+        assert_one_line_error(refused, 5, "memory: the run needs about", "maxmemory")
         assert [n.decode() for n in client.execute_command("FT._LIST")] == ["mem_idx"]

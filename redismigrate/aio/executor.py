@@ -55,6 +55,7 @@ from redismigrate.aio.steps.state import (
     Run,
     crash_point,
 )
+from redismigrate.aio.topology import describe_error
 from redismigrate.aio.validate import validate_live
 from redismigrate.backup import (
     RESTARTED_SUFFIX,
@@ -235,12 +236,17 @@ class AsyncMigrationExecutor:
                 run.preflight = checked
                 run.wire.enabled = not await is_cluster(client)
                 report: MigrationReport | None = None
+                failure: Exception | None = None
                 async with anyio.create_task_group() as watchers:
                     watchers.start_soon(watch_evictions, run)
                     try:
                         report = await self._apply_body(run, force, auto_rollback, plan_path)
+                    except Exception as exc:  # raised as it is, not in an exception group
+                        failure = exc
                     finally:
                         watchers.cancel_scope.cancel()
+                if failure is not None:
+                    raise failure
                 assert report is not None
                 return guard.done(report)
 
@@ -793,7 +799,7 @@ class AsyncMigrationExecutor:
     ) -> MigrationReport:
         if run.halt is not None:  # what stopped the run, not how its tasks ended
             exc = run.halt
-        message = str(exc) or type(exc).__name__
+        message = describe_error(exc)
         phase = run.backup.header.phase if run.backup is not None else "dump"
         after_drop = phase not in ("dump", "ready")
         resume = resume_command(plan_path, run.backup_dir)

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 from redismigrate.aio.connection import execute
+from redismigrate.aio.topology import cluster_reply
 from redismigrate.errors import RedisMigrateError
 from redismigrate.ftinfo import pairs_to_dict
 
@@ -129,8 +130,10 @@ async def enumerate_keys(
             async for batch in aggregate_keys(client, index_name, batch_size):
                 yield batch
             return
-        except rexc.ResponseError:
-            pass  # cursor broke (e.g. expired): fall back to SCAN below from the start
+        except rexc.ResponseError as exc:
+            if cluster_reply(exc):
+                raise  # another node's keys: a SCAN here would find only this node's
+            # cursor broke (e.g. expired): fall back to SCAN below from the start
     async for batch in scan_prefixes(client, prefixes, storage_type, batch_size):
         yield batch
 

@@ -20,7 +20,8 @@ from redismigrate.aio.indexes import (
     read_schema_and_stats,
     server_capabilities,
 )
-from redismigrate.aio.preflight import Command, malformed_vectors, preflight
+from redismigrate.aio.preflight import Command, malformed_vectors, preflight, refuse_cluster
+from redismigrate.aio.topology import cluster_reply
 from redismigrate.errors import BadInputError
 from redismigrate.estimate import MigrationEstimate, build_estimate
 from redismigrate.ftinfo import pairs_to_dict, schema_from_ft_info
@@ -181,6 +182,7 @@ class AsyncMigrationPlanner:
             )
         previous = previous_encodings_from(previous_plan_path)
         async with connect(redis_url, redis_client) as client:
+            await refuse_cluster(client)
             return await self._plan(
                 client,
                 index_name,
@@ -209,6 +211,7 @@ class AsyncMigrationPlanner:
         """
         quality_sample_size = max(quality_sample_size, MIN_QUALITY_SAMPLE)
         async with connect(redis_url, redis_client) as client:
+            await refuse_cluster(client)
             memory = await client.info("memory")
             dataset = int(memory.get("used_memory_dataset", 0))
             samples: dict[str, np.ndarray] = {}
@@ -217,7 +220,9 @@ class AsyncMigrationPlanner:
                 source = plan.source.schema_snapshot
                 try:
                     keys = await sample_keys(client, plan.source.index_name, quality_sample_size)
-                except rexc.ResponseError:
+                except rexc.ResponseError as exc:
+                    if cluster_reply(exc):
+                        raise
                     keys = []  # the source index is gone (already migrated): no forecast
                 for change in lossy:
                     field = source.field(change.source_field)

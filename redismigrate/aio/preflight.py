@@ -17,6 +17,7 @@ from redismigrate.aio.capture import MARKER_PREFIX, ORIGINAL_KEY
 from redismigrate.aio.connection import execute
 from redismigrate.aio.keys import scan_prefixes
 from redismigrate.aio.steps.state import Run
+from redismigrate.aio.topology import describe_topology, topology_check
 from redismigrate.errors import RedisMigrateError
 from redismigrate.estimate import build_estimate, shadow_index_bytes
 from redismigrate.ledger import LEDGER_KEY, lock_key
@@ -63,31 +64,11 @@ def memory_growth(plan: MigrationPlan, command: Command) -> int:
 # ---------------------------------------------------------------------------- topology
 
 
-async def topology_check(client: aioredis.Redis) -> PreflightCheck:
-    """One server, a primary: anything else is refused until cluster support lands."""
-    cluster = await _info(client, "cluster")
-    if int(cluster.get("cluster_enabled", 0) or 0):
-        return PreflightCheck(
-            check="topology",
-            status="block",
-            detail="the server is a Redis Cluster node; redismigrate migrates an index on "
-            "a single Redis server (a primary) only: Redis Cluster is not supported yet",
-        )
-    replication = await _info(client, "replication")
-    role = str(replication.get("role", "master"))
-    if role != "master":
-        primary = replication.get("master_host")
-        where = f" ({primary}:{replication.get('master_port')})" if primary else ""
-        return PreflightCheck(
-            check="topology",
-            status="block",
-            detail=f"the server is a replica; connect to its primary{where}",
-        )
-    replicas = int(replication.get("connected_slaves", 0) or 0)
-    detail = "a single server (a primary)"
-    if replicas:
-        detail += f" with {replicas} replica(s), which receive every write of the run"
-    return PreflightCheck(check="topology", status="pass", detail=detail)
+async def refuse_cluster(client: aioredis.Redis) -> None:
+    """PreflightBlocked when the server is a cluster node or a replica (plan, estimate:
+    a plan made from one shard's index cannot be applied)."""
+    found = ordered([topology_check(await describe_topology(client))])
+    found.raise_if_blocked()
 
 
 # ---------------------------------------------------------------------------- permissions
@@ -378,7 +359,7 @@ async def preflight(
     ``backup_on_disk``: bytes an earlier run of the plan already wrote (a resume needs
     only the rest); ``force`` turns a memory block into a warning.
     """
-    checks = [await topology_check(client)]
+    checks = [topology_check(await describe_topology(client))]
     if checks[0].status == "block":
         return ordered(checks)  # nothing else can be asked of a node of a cluster
     checks.append(await permissions_check(client, plan, command))
@@ -430,7 +411,7 @@ __all__ = [
     "memory_checks",
     "permissions_check",
     "preflight",
-    "topology_check",
+    "refuse_cluster",
     "watch_evictions",
     "writes_documents",
 ]

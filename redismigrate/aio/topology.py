@@ -203,6 +203,10 @@ def cluster_reply(exc: BaseException) -> str | None:
     message = " ".join(str(exc).split())
     for cls, code in _CLUSTER_REPLIES:
         if isinstance(exc, cls):
+            if isinstance(exc, rexc.AskError):
+                # from its fields: a pipeline rewrites the message ("Command # 1 (...) of
+                # pipeline caused error: ...") but keeps them
+                return f"{code} {exc.slot_id} {exc.host}:{exc.port}"
             return f"{code} {message}".strip()
     found = _CLUSTER_TEXT.match(message)
     if found is not None:

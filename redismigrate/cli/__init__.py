@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import typer
 
 from redismigrate.cli._app import app
-from redismigrate.cli._pipe import discard_stdout, flush_stdout
+from redismigrate.cli._pipe import discard_stdout, flush_stdout, stdout_reader_gone
 from redismigrate.errors import RedisMigrateError
 from redismigrate.urls import redact_url
 
@@ -122,14 +122,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail("interrupted", 130)
     except EOFError:  # a prompt found no more input
         _fail("interrupted: the input ended", 130)
-    except BrokenPipeError:
-        discard_stdout()
-        raise SystemExit(EXIT_BROKEN_PIPE) from None
     except Exception as exc:
         if _CLICK_ERRORS and isinstance(exc, _CLICK_ERRORS):
             _click_error(exc)
-        if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
-            discard_stdout()
+        if isinstance(exc, OSError) and exc.errno == errno.EPIPE and stdout_reader_gone():
+            discard_stdout()  # a write outside the console found stdout closed
             raise SystemExit(EXIT_BROKEN_PIPE) from None
         if os.environ.get("REDISMIGRATE_DEBUG"):
             raise

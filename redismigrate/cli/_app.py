@@ -141,7 +141,9 @@ def index_info(
 
 @server_app.command("start")
 def server_start(
-    port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port (default: a free one).")
+    ] = None,
     dir: Annotated[
         Path | None, typer.Option("--dir", help="Working folder for logs (default: a cache dir).")
     ] = None,
@@ -168,8 +170,8 @@ def server_stop() -> None:
 
 @app.command("demo")
 def demo(
-    docs: Annotated[int, typer.Option(help="Number of sample documents.")] = 2000,
-    dims: Annotated[int, typer.Option(help="Vector dimensions.")] = 128,
+    docs: Annotated[int, typer.Option(min=1, help="Number of sample documents.")] = 2000,
+    dims: Annotated[int, typer.Option(min=1, help="Vector dimensions.")] = 128,
 ) -> None:
     """The whole job on a throwaway server: sample index, plan, apply, validate, report."""
     import tempfile

@@ -9,11 +9,12 @@ an apply is never cut short because the program reading its output exited.
 from __future__ import annotations
 
 import os
+import select
 import sys
 
 from rich.console import Console
 
-__all__ = ["PipeSafeConsole", "discard_stdout", "flush_stdout"]
+__all__ = ["PipeSafeConsole", "discard_stdout", "flush_stdout", "stdout_reader_gone"]
 
 
 def discard_stdout() -> None:
@@ -28,6 +29,20 @@ def discard_stdout() -> None:
         pass
     finally:
         os.close(devnull)
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe nobody reads any more (a BrokenPipeError may also come
+    from a socket, which is a real failure and must be reported)."""
+    if not hasattr(select, "poll"):  # pragma: no cover - Windows
+        return False
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        events = poller.poll(0)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return any(event & (select.POLLERR | select.POLLHUP) for _, event in events)
 
 
 def flush_stdout() -> bool:
