@@ -114,6 +114,8 @@ class MigrationReport(Model, ReviewableFile, frozen=True, kw_only=True):
     malformed_vectors: int = 0
     malformed_vector_keys: list[str] = []  # the first MALFORMED_KEYS_LISTED of them
     preflight: list[PreflightCheck] = []
+    # the file this report was written to beside the backup (apply writes it there)
+    report_file: str | None = None
 
     @property
     def succeeded(self) -> bool:

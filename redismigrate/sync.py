@@ -444,7 +444,7 @@ class BatchMigrationExecutor:
         redis_url: str | None = None,
         redis_client: redis.Redis | None = None,
         state_path: str | Path = "batch_state.yaml",
-        report_dir: str | Path = "reports",
+        report_dir: str | Path | None = None,
         backup_dir: str | Path | None = None,
         accept_data_loss: bool = False,
         batch_size: int = 500,

@@ -236,7 +236,7 @@ class AsyncBatchMigrationExecutor:
         redis_url: str | None = None,
         redis_client: aioredis.Redis | None = None,
         state_path: str | Path = "batch_state.yaml",
-        report_dir: str | Path = "reports",
+        report_dir: str | Path | None = None,
         backup_dir: str | Path | None = None,
         accept_data_loss: bool = False,
         batch_size: int = 500,
@@ -278,7 +278,7 @@ class AsyncBatchMigrationExecutor:
                 ledger=False,
             ),
         ):
-            reports = Path(report_dir)
+            reports = Path(report_dir) if report_dir is not None else directory / "reports"
             reports.mkdir(parents=True, exist_ok=True)
             state = BatchState(
                 batch_id=batch_plan.batch_id,

@@ -150,6 +150,31 @@ def plan_copy_path(backup_dir: Path, index_name: str) -> Path:
     return header.with_name(header.name.replace(".header.json", ".plan.yaml"))
 
 
+def report_path(backup_dir: Path, index_name: str) -> Path:
+    """Where apply keeps its report, beside the backup."""
+    header = Path(backup_paths(backup_dir, index_name).header)
+    return header.with_name(header.name.replace(".header.json", ".report.yaml"))
+
+
+def rollback_report_path(backup_dir: Path, index_name: str) -> Path:
+    """Where rollback keeps its report, beside the backup."""
+    header = Path(backup_paths(backup_dir, index_name).header)
+    return header.with_name(header.name.replace(".header.json", ".rollback.yaml"))
+
+
+def _kept(report: MigrationReport, directory: Path) -> MigrationReport:
+    """``report`` written beside its backup (a report it could not write says why)."""
+    path = report_path(directory, report.source_index)
+    kept = msgspec.structs.replace(report, report_file=str(path))
+    try:
+        kept.dump(path)
+    except (OSError, RedisMigrateError) as exc:
+        return msgspec.structs.replace(
+            report, warnings=[*report.warnings, f"the report could not be written to {path}: {exc}"]
+        )
+    return kept
+
+
 def resume_command(plan_path: str | None, backup_dir: Path) -> str:
     plan_arg = plan_path or "PLAN.yaml"
     return f"redismigrate apply --plan {plan_arg} --backup-dir {backup_dir} --url URL"
@@ -248,7 +273,7 @@ class AsyncMigrationExecutor:
                 if failure is not None:
                     raise failure
                 assert report is not None
-                return guard.done(report)
+                return guard.done(_kept(report, directory))
 
     async def _apply_body(
         self, run: Run, force: bool, auto_rollback: bool, plan_path: str | None
@@ -982,13 +1007,16 @@ class AsyncMigrationExecutor:
                     client, plan, timeout=self.index_ready_timeout, poll=self.poll_interval
                 )
             copy.rename(f"{copy}.rolled-back-{time.strftime('%Y%m%dT%H%M%S')}")
-            return RollbackReport(
-                index_name=name,
-                vectors_restored=0,
-                index_recreated=True,
-                finished_at=now_iso(),
-                summary=said,
-                warnings=guard.warnings,
+            return _kept_rollback(
+                RollbackReport(
+                    index_name=name,
+                    vectors_restored=0,
+                    index_recreated=True,
+                    finished_at=now_iso(),
+                    summary=said,
+                    warnings=guard.warnings,
+                ),
+                directory,
             )
         if VectorBackup.open(directory, name) is None or not copy.exists():
             raise BadInputError(f"no backup of index {name!r} to roll back in {str(directory)!r}")
@@ -1008,12 +1036,15 @@ class AsyncMigrationExecutor:
             ) as guard,
         ):
             restored = await self._undo(client, plan, directory, recreate_index=recreate_index)
-        return RollbackReport(
-            index_name=name,
-            vectors_restored=restored,
-            index_recreated=recreate_index,
-            finished_at=now_iso(),
-            warnings=guard.warnings,
+        return _kept_rollback(
+            RollbackReport(
+                index_name=name,
+                vectors_restored=restored,
+                index_recreated=recreate_index,
+                finished_at=now_iso(),
+                warnings=guard.warnings,
+            ),
+            directory,
         )
 
     async def history(
@@ -1030,13 +1061,29 @@ class AsyncMigrationExecutor:
             return await read_history(client, index_name=index_name, limit=limit)
 
 
-class RollbackReport(msgspec.Struct, frozen=True, kw_only=True):
+class RollbackReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a rollback did; kept beside the backup as ``<backup>.rollback.yaml``."""
+
+    version: int = 1
     index_name: str
     vectors_restored: int
     index_recreated: bool
     finished_at: str
     summary: str = ""
     warnings: list[str] = []
+    report_file: str | None = None
+
+
+def _kept_rollback(report: RollbackReport, directory: Path) -> RollbackReport:
+    path = rollback_report_path(directory, report.index_name)
+    kept = msgspec.structs.replace(report, report_file=str(path))
+    try:
+        write_document(path, msgspec.to_builtins(kept))
+    except (OSError, RedisMigrateError) as exc:
+        return msgspec.structs.replace(
+            report, warnings=[*report.warnings, f"the report could not be written to {path}: {exc}"]
+        )
+    return kept
 
 
 @contextlib.asynccontextmanager

@@ -20,6 +20,7 @@ from redismigrate.aio.steps.state import Run
 from redismigrate.aio.topology import describe_topology, topology_check
 from redismigrate.errors import RedisMigrateError
 from redismigrate.estimate import build_estimate, shadow_index_bytes
+from redismigrate.keytext import key_text
 from redismigrate.ledger import LEDGER_KEY, lock_key
 from redismigrate.plan import MigrationPlan, Online
 from redismigrate.preflight import (
@@ -334,7 +335,7 @@ async def malformed_vectors(client: aioredis.Redis, plan: MigrationPlan) -> Pref
             if wrong:
                 malformed += 1
                 if len(sample) < SAMPLE_KEYS:
-                    sample.append(_text(key))
+                    sample.append(key_text(key))
     return data_check(
         malformed=malformed, missing=missing, sample=sample, vector_fields=len(changes)
     )

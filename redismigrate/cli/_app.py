@@ -258,6 +258,14 @@ def plan(
     ] = None,
     alias: AliasOption = None,
     url: UrlOption = "redis://localhost:6379",
+    show_commands: Annotated[
+        bool,
+        typer.Option(
+            "--show-commands",
+            help="Also print every index-level command apply will send (FT.DROPINDEX, "
+            "FT.CREATE with all its arguments, FT.ALIAS*), in order.",
+        ),
+    ] = False,
 ) -> None:
     """Write a reviewable migration plan. Exit 0: supported; 3: written but blocked."""
     from redismigrate.errors import BadInputError
@@ -283,6 +291,8 @@ def plan(
         # what apply will check again, now: its data line is in the plan's warnings
         checks = MigrationPlanner().preflight(result, redis_url=url, scan_data=False)
         _render.print_preflight(console, checks)
+        if show_commands:
+            _render.print_index_commands(console, result)
     if not result.supported:
         raise typer.Exit(3)
 
@@ -461,6 +471,7 @@ def apply(
     for warning in report.warnings:
         if warning.startswith(TAKEOVER):
             console.print(f"Warning: {warning}", markup=False, highlight=False)
+    _render.print_where(console, report, backup_dir, url)
     if not report.succeeded:
         raise typer.Exit(1)
 
@@ -529,11 +540,15 @@ def rollback(
         console.print(f"Warning: {warning}", markup=False, highlight=False)
     if result.summary:
         console.print(f"Rolled back {result.index_name!r}: {result.summary}", markup=False)
+        if result.report_file:
+            console.print(f"Report: {result.report_file}", markup=False, highlight=False)
         return
     console.print(
         f"Rolled back {result.index_name!r}: {result.vectors_restored:,} vector values restored"
         + ("; source index recreated" if result.index_recreated else "")
     )
+    if result.report_file:
+        console.print(f"Report: {result.report_file}", markup=False, highlight=False)
 
 
 def _batch_progress(name: str, position: int, total: int, status: str) -> None:
@@ -590,9 +605,10 @@ def batch_apply(
     state: Annotated[Path, typer.Option("--state", help="Batch state file.")] = Path(
         "batch_state.yaml"
     ),
-    report_dir: Annotated[Path, typer.Option("--report-dir", help="Per-index reports.")] = Path(
-        "reports"
-    ),
+    report_dir: Annotated[
+        Path | None,
+        typer.Option("--report-dir", help="Per-index reports (default: BACKUP_DIR/reports)."),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Keys per batch.")] = 500,
     break_lock: BreakLockOption = False,
     allow_eviction: AllowEvictionOption = False,

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import shlex
+
 from rich.console import Console
 from rich.table import Table
 
 from redismigrate.aio.indexes import IndexDescription
 from redismigrate.batch import BatchPlan, BatchReport, BatchState
+from redismigrate.commands import index_commands, shell_line
 from redismigrate.estimate import MigrationEstimate
 from redismigrate.ftinfo import IndexStats
-from redismigrate.plan import MigrationPlan
+from redismigrate.plan import MigrationPlan, Online
 from redismigrate.preflight import Preflight, PreflightCheck
 from redismigrate.report import MigrationReport
 from redismigrate.schema import IndexSchema, VectorField, non_default_builtins, type_name
+from redismigrate.urls import redact_url
 
 
 def index_list_table(described: list[IndexDescription]) -> Table:
@@ -161,7 +165,7 @@ def print_preflight(console: Console, checks: Preflight | list[PreflightCheck]) 
 
 
 def print_report(console: Console, report: MigrationReport) -> None:
-    print_preflight(console, [c for c in report.preflight if c.status != "pass"])
+    print_preflight(console, report.preflight)
     console.print(f"Result: {report.result}")
     if report.malformed_vectors:
         shown = ", ".join(repr(k) for k in report.malformed_vector_keys[:5])
@@ -254,3 +258,39 @@ def print_batch_report(console: Console, report: BatchReport, state: object) -> 
             console.print(f"  {entry.name}: {entry.error}", markup=False, highlight=False)
     if report.status != "completed":
         console.print(f"Next: redismigrate batch-resume --state {state} --url URL", markup=False)
+
+
+def print_index_commands(console: Console, plan: MigrationPlan) -> None:
+    """The index-level commands apply sends, in order, one per line."""
+    console.print("Index commands apply will send, in order:")
+    online = isinstance(plan.mode, Online)
+    for command in index_commands(plan):
+        note = ""
+        if command[0] == "FT.ALIASUPDATE" and not online:
+            note = f"  # unless {command[1]!r} already points at {command[2]!r}"
+        console.print(
+            f"  {shell_line(command)}{note}", markup=False, highlight=False, soft_wrap=True
+        )
+
+
+def print_where(console: Console, report: MigrationReport, backup_dir: object, url: str) -> None:
+    """The last lines after an apply: where the backup and report are, how to undo."""
+    if report.report_file:
+        console.print(f"Report: {report.report_file}", markup=False, highlight=False)
+    if not report.succeeded:
+        return  # the report's next steps say what to do
+    shown = redact_url(url)
+    url_arg = shlex.quote(shown) if shown == url else '"$REDIS_URL"'
+    console.print(
+        f"Backup: {backup_dir} (the original vectors and key names; keep it while you may "
+        "want to undo)",
+        markup=False,
+        highlight=False,
+    )
+    console.print(
+        f"Undo with: redismigrate rollback --backup-dir {shlex.quote(str(backup_dir))} "
+        f"--url {url_arg} --recreate-index"
+        + ("  (your URL: its password is not printed)" if shown != url else ""),
+        markup=False,
+        highlight=False,
+    )

@@ -24,6 +24,7 @@ from redismigrate.backup import (
     read_manifest,
 )
 from redismigrate.errors import BadInputError, RedisMigrateError
+from redismigrate.keytext import key_text
 from redismigrate.plan import MigrationPlan, now_iso
 from redismigrate.preflight import Preflight
 from redismigrate.report import MALFORMED_KEYS_LISTED, ConcurrentWrites, StepTiming
@@ -183,7 +184,7 @@ class Run:
     def note_malformed(self, keys: list[bytes]) -> None:
         self.malformed += len(keys)
         room = MALFORMED_KEYS_LISTED - len(self.malformed_keys)
-        self.malformed_keys += [k.decode("utf-8", "backslashreplace") for k in keys[:room]]
+        self.malformed_keys += [key_text(k) for k in keys[:room]]
 
     def check_halt(self) -> None:
         """Raise what stopped the run, if anything did."""
