@@ -454,3 +454,58 @@ def test_backup_dir_on_a_full_or_read_only_file_system_is_refused(
         assert proc.returncode == 2 and "not writable" in line
     assert snapshot(sync_client, prefix) == before
     assert sync_client.execute_command("FT.INFO", name)
+
+
+# ----------------------------------------------------------------------------- batch, rollback
+
+
+def test_batch_apply_and_rollback_run_the_preflight_before_anything(
+    redis_url: str, sync_client: redis.Redis, ns: str, tmp_path: Path
+) -> None:
+    to_float16 = {"update_fields": [{"name": "embedding", "attrs": {"datatype": "float16"}}]}
+    for n in (1, 2):
+        make_index(sync_client, f"{ns}_b{n}", f"{ns}:b{n}:", 300)
+    patch = write_patch(tmp_path / "patch.yaml", to_float16)
+    planned = cli(
+        "batch-plan", "--pattern", f"{ns}_b*", "--schema-patch", str(patch),
+        "--plan-out", str(tmp_path / "batch.yaml"), "--url", redis_url,
+    )  # fmt: skip
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    user, password = f"{ns}_nohset", "pw-" + uuid.uuid4().hex
+    sync_client.execute_command(
+        "ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all", "-hset"
+    )
+    try:
+        before = {n: snapshot(sync_client, f"{ns}:b{n}:") for n in (1, 2)}
+        state = tmp_path / "state.yaml"
+        refused = cli(
+            "batch-apply", "--plan", str(tmp_path / "batch.yaml"), "--backup-dir",
+            str(tmp_path / "bb"), "--state", str(state), "--accept-data-loss",
+            "--url", with_user(redis_url, user, password),
+        )  # fmt: skip
+        line = one_error_line(refused)
+        assert refused.returncode == 5 and "HSET" in line and f"{ns}_b1" in line
+        assert not state.exists()  # the batch never started
+        assert {n: snapshot(sync_client, f"{ns}:b{n}:") for n in (1, 2)} == before
+
+        # a migration made by a user who may, then a rollback by one who may not
+        plan = plan_file(redis_url, f"{ns}_b1", tmp_path, to_float16)
+        backup = tmp_path / "b1"
+        applied = cli("apply", "--plan", str(plan), "--backup-dir", str(backup), "--url", redis_url)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        migrated = snapshot(sync_client, f"{ns}:b1:")
+        refused = cli(
+            "rollback", "--backup-dir", str(backup), "--recreate-index",
+            "--url", with_user(redis_url, user, password),
+        )  # fmt: skip
+        line = one_error_line(refused)
+        assert refused.returncode == 5 and "HSET" in line
+        assert snapshot(sync_client, f"{ns}:b1:") == migrated
+        assert sync_client.execute_command("FT.INFO", f"{ns}_b1")  # the target still serves
+        rolled = cli(
+            "rollback", "--backup-dir", str(backup), "--recreate-index", "--url", redis_url
+        )
+        assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+        assert snapshot(sync_client, f"{ns}:b1:") == before[1]
+    finally:
+        sync_client.execute_command("ACL", "DELUSER", user)
