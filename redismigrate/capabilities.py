@@ -21,6 +21,8 @@ _ALGORITHMS_SINCE: dict[str, tuple[int, int, int]] = {
     "svs-vamana": (8, 2, 0),
 }
 SVS_DATATYPES = ("float16", "float32")
+# FT.CREATE ... INDEXALL: search 2.10.5 answers "Unknown argument `INDEXALL`" (measured)
+INDEXALL_SINCE = (8, 0, 0)
 
 
 def parse_module_version(number: int) -> tuple[int, int, int]:
@@ -62,6 +64,11 @@ class ServerCapabilities(msgspec.Struct, frozen=True, forbid_unknown_fields=True
         problems: list[str] = []
         if schema.storage_type == "json" and not self.has_json:
             problems.append("the server has no JSON module, so it cannot index JSON documents")
+        if schema.index.options.indexes_all and self.search_version < INDEXALL_SINCE:
+            problems.append(
+                "INDEXALL (indexes_all) needs search module 8.0 or newer; this server has "
+                f"{self.search_version_text}"
+            )
         for field in schema.fields:
             if not isinstance(field, VectorField):
                 continue

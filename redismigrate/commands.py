@@ -6,6 +6,7 @@ import shlex
 
 from redismigrate.plan import MigrationPlan, Online
 from redismigrate.render import ft_create_args
+from redismigrate.shadow import shadow_schema
 
 
 def index_commands(plan: MigrationPlan) -> list[list[str]]:
@@ -16,7 +17,9 @@ def index_commands(plan: MigrationPlan) -> list[list[str]]:
     target = plan.merged_target_schema
     if isinstance(plan.mode, Online):
         shadow = plan.mode.shadow_index
-        out = [ft_create_args(target, index_name=shadow), ["MULTI"]]
+        # an online re-encoding: the vector read from its shadow field (`<field>__rm AS <field>`)
+        built = shadow_schema(target, plan.mode.reencode)
+        out = [ft_create_args(built, index_name=shadow), ["MULTI"]]
         out += [
             ["FT.ALIASUPDATE", a, shadow] for a in plan.source.aliases if a not in (name, new_name)
         ]

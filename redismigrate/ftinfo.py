@@ -13,6 +13,7 @@ import msgspec
 
 from redismigrate.errors import ServerReplyError
 from redismigrate.schema import (
+    MAYBE_UNREPORTED,
     Field,
     GeoAttrs,
     GeoField,
@@ -28,6 +29,7 @@ from redismigrate.schema import (
     TagField,
     TextAttrs,
     TextField,
+    UnreportedAttribute,
     VectorAttrs,
     VectorField,
 )
@@ -62,7 +64,17 @@ _VECTOR_INT_KEYS = {
     "CONSTRUCTION_WINDOW_SIZE": "construction_window_size",
     "SEARCH_WINDOW_SIZE": "search_window_size",
     "REDUCE": "reduce",
+    # what FT.INFO calls REDUCE (RediSearch src/info/info_command.c)
+    "REDUCED_DIM": "reduce",
     "TRAINING_THRESHOLD": "training_threshold",
+}
+# The words a server reports each parameter under (FT.INFO or FT.DEBUG VECSIM_INFO).
+_PARAM_WORDS = {
+    "block_size": ("BLOCK_SIZE",),
+    "initial_cap": ("INITIAL_CAP",),
+    "ef_runtime": ("EF_RUNTIME",),
+    "epsilon": ("EPSILON",),
+    "search_window_size": ("SEARCH_WINDOW_SIZE",),
 }
 
 
@@ -206,6 +218,8 @@ def _options_from_info(info: dict[str, Any], definition: dict[str, Any]) -> Inde
         kwargs["score_field"] = text(definition["score_field"])
     if "payload_field" in definition:
         kwargs["payload_field"] = text(definition["payload_field"])
+    if "indexes_all" in definition:
+        kwargs["indexes_all"] = text(definition["indexes_all"]).lower() == "true"
     if "stopwords_list" in info:
         kwargs["stopwords"] = sorted(text(w) for w in info["stopwords_list"] or [])
     return IndexOptions(**kwargs)
@@ -306,7 +320,9 @@ def _vector_attrs(
     if "EPSILON" in merged:
         kwargs["epsilon"] = _number(merged["EPSILON"])
     if "COMPRESSION" in merged:
-        kwargs["compression"] = text(merged["COMPRESSION"])
+        compression = text(merged["COMPRESSION"])
+        if compression.upper() not in ("NO_COMPRESSION", "NONE", ""):
+            kwargs["compression"] = compression
     if algorithm == "flat":
         for attr in ("m", "ef_construction", "ef_runtime", "epsilon"):
             kwargs.pop(attr, None)
@@ -329,6 +345,29 @@ def _vecsim_params(details: Mapping[str, Any], algorithm: str) -> dict[str, Any]
     if algorithm == "flat":
         wanted = {"BLOCK_SIZE"}
     return {k: v for k, v in info.items() if k in wanted}
+
+
+def unreported_in_ft_info(
+    reply: Any, *, vector_details: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[UnreportedAttribute]:
+    """The vector parameters neither FT.INFO nor the ``FT.DEBUG VECSIM_INFO`` replies in
+    ``vector_details`` report (see ``schema.MAYBE_UNREPORTED``), field by field."""
+    info = pairs_to_dict(reply)
+    out: list[UnreportedAttribute] = []
+    for raw in info.get("attributes", []) or []:
+        values, _ = _attribute_to_dict(raw)
+        if text(values.get("TYPE", "")).upper() != "VECTOR":
+            continue
+        name = text(values.get("ATTRIBUTE", values.get("IDENTIFIER", "")))
+        algorithm = text(values.get("ALGORITHM", "FLAT")).lower().replace("_", "-")
+        reported = set(values)
+        details = (vector_details or {}).get(name)
+        if details:
+            reported |= set(_vecsim_params(details, algorithm))
+        for param in MAYBE_UNREPORTED.get(algorithm, ()):
+            if not any(word in reported for word in _PARAM_WORDS[param]):
+                out.append(UnreportedAttribute(field=name, attribute=param))
+    return out
 
 
 def stats_from_ft_info(reply: Any) -> IndexStats:

@@ -62,6 +62,7 @@ def rederive(plan: MigrationPlan) -> MigrationPlan:
         created_at=plan.created_at,
         mode="online" if isinstance(plan.mode, Online) else "drop_recreate",
         physical_index=plan.source.physical_index or plan.source.index_name,
+        unreported=plan.source.unreported,
     )
 
 
@@ -108,6 +109,8 @@ def plan_problems(plan: MigrationPlan) -> list[str]:
                 derived.mode.previous_physical_index,
             )
         )
+        # the shadow fields documents get, and the field the shadow index reads
+        pairs.append(("mode.reencode", plan.mode.reencode, derived.mode.reencode))
     for path, found, expected in pairs:
         difference = _difference(path, plain_data(found), plain_data(expected))
         if difference:

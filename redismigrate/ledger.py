@@ -12,15 +12,21 @@ import hashlib
 import os
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import msgspec
 
-from redismigrate.plan import now_iso
-from redismigrate.schema import Model
+from redismigrate.plan import MigrationPlan, now_iso
+from redismigrate.schema import (
+    MAYBE_UNREPORTED,
+    IndexSchema,
+    Model,
+    UnreportedAttribute,
+    VectorField,
+)
 
 LOCK_PREFIX = "redismigrate:lock:"
 LEDGER_KEY = "redismigrate:ledger"
@@ -130,6 +136,10 @@ class LedgerEvent(Model, frozen=True, kw_only=True, tag_field="version", tag=1):
     result: Result | None = None
     error: str | None = None
     took_over: str | None = None
+    # the vector parameters a server may not report (schema.MAYBE_UNREPORTED), as the
+    # run's plan has them: of the source index, and of the target it creates
+    source_params: dict[str, dict[str, Any]] = {}
+    target_params: dict[str, dict[str, Any]] = {}
 
     def encode(self) -> bytes:
         return msgspec.json.encode(self)
@@ -152,6 +162,8 @@ class LedgerEntry(Model, frozen=True, kw_only=True, tag_field="version", tag=1):
     backup_dir: str | None = None
     error: str | None = None
     took_over: str | None = None
+    source_params: dict[str, dict[str, Any]] = {}
+    target_params: dict[str, dict[str, Any]] = {}
 
 
 def decode_event(raw: bytes | str) -> LedgerEvent | None:
@@ -199,6 +211,91 @@ def merge_events(events: Iterable[LedgerEvent], running: Iterable[str] = ()) -> 
                 backup_dir=first.backup_dir,
                 error=last.error if last is not None else None,
                 took_over=first.took_over or (last.took_over if last is not None else None),
+                source_params=first.source_params,
+                target_params=first.target_params,
             )
         )
     return entries
+
+
+# --------------------------------------------------------------------------- recorded values
+
+
+_IDENTITY = ("algorithm", "dims", "datatype", "distance_metric")
+
+
+def unreportable_params(schema: IndexSchema) -> dict[str, dict[str, Any]]:
+    """``{field: {parameter: value}}`` of the vector parameters a server may not report,
+    as ``schema`` sets them (defaults filled in), with what identifies the field's index
+    (algorithm, dims, datatype, distance metric)."""
+    out: dict[str, dict[str, Any]] = {}
+    for field in schema.canonical().vector_fields:
+        names = MAYBE_UNREPORTED.get(field.attrs.algorithm, ())
+        values = {n: getattr(field.attrs, n) for n in names if getattr(field.attrs, n) is not None}
+        if values:
+            out[field.name] = {**{k: getattr(field.attrs, k) for k in _IDENTITY}, **values}
+    return out
+
+
+def _leaves_live(entry: LedgerEntry, index_name: str) -> Literal["source", "target"] | None:
+    """Which of its plan's schemas a run left live under ``index_name``, if any."""
+    target = entry.target_index or entry.index_name
+    if entry.command in ("apply", "batch-apply") and entry.status == "succeeded":
+        return "target" if target == index_name else None
+    restored = entry.status == "rolled_back" or (
+        entry.command == "rollback" and entry.status == "succeeded"
+    )
+    if restored and entry.index_name == index_name:
+        return "source"
+    return None
+
+
+def recall_recorded(
+    entries: list[LedgerEntry],
+    index_name: str,
+    live: IndexSchema,
+    unreported: list[UnreportedAttribute],
+    load_plan: Callable[[LedgerEntry], MigrationPlan | None],
+) -> list[UnreportedAttribute]:
+    """``unreported`` with the values the newest run that made ``index_name`` recorded.
+
+    ``entries`` are the ledger's runs, newest first. The newest run that ended with
+    ``index_name`` live (an apply that created it, a rollback or undo that put it back)
+    decides; a newer successful run that moved the name elsewhere means the index was
+    made since by something else, and nothing is recalled. Values come from the run's
+    ledger record, else from its plan (``load_plan``: the copy kept beside its backup).
+    A field whose algorithm, dims, datatype or metric differ from the live one's is not
+    recalled (the index was made again since).
+    """
+    if all(u.recorded is not None for u in unreported):
+        return list(unreported)
+    for entry in entries:
+        if index_name not in (entry.index_name, entry.target_index):
+            continue
+        if entry.status not in ("succeeded", "rolled_back"):
+            continue
+        side = _leaves_live(entry, index_name)
+        if side is None:
+            return list(unreported)  # the name went to another index after this run
+        params = entry.target_params if side == "target" else entry.source_params
+        if not params:
+            plan = load_plan(entry)
+            if plan is not None:
+                made = plan.merged_target_schema if side == "target" else None
+                params = unreportable_params(made or plan.source.schema_snapshot)
+        by = f"{entry.command} run {entry.run_id} at {entry.finished_at or entry.started_at}"
+        out: list[UnreportedAttribute] = []
+        for item in unreported:
+            found = params.get(item.field, {})
+            field = live.field(item.field)
+            value = found.get(item.attribute)
+            if (
+                item.recorded is None
+                and value is not None
+                and isinstance(field, VectorField)
+                and all(found.get(k) == getattr(field.attrs, k) for k in _IDENTITY)
+            ):
+                item = msgspec.structs.replace(item, recorded=value, recorded_by=by)
+            out.append(item)
+        return out
+    return list(unreported)

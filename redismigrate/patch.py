@@ -25,6 +25,9 @@ from redismigrate.schema import (
     Field,
     IndexSchema,
     Model,
+    NumericField,
+    TagField,
+    TextField,
     field_to_dict,
     non_default_builtins,
     schema_from_dict,
@@ -199,6 +202,28 @@ def diff_schemas(source: IndexSchema, target: IndexSchema) -> SchemaPatch:
             add_fields=add, remove_fields=remove, update_fields=update, index=index
         )
     )
+
+
+def target_schema_notes(target: IndexSchema) -> list[str]:
+    """What a target schema says that the index will not keep as written (the server keeps
+    the same meaning in another form): one line each, for the plan's warnings."""
+    notes: list[str] = []
+    for field in target.fields:
+        if isinstance(field, TextField) and field.attrs.phonetic_matcher not in (None, "dm:en"):
+            notes.append(
+                f"Field {field.name!r}: phonetic_matcher {field.attrs.phonetic_matcher} is kept as "
+                "dm:en: the server records only that a field is phonetic (every matcher is "
+                "the same double metaphone), so FT.INFO cannot tell them apart"
+            )
+        if (
+            isinstance(field, TextField | TagField | NumericField)
+            and field.attrs.unf
+            and not field.attrs.sortable
+        ):
+            notes.append(
+                f"Field {field.name!r}: unf is left out: it applies only to a sortable field"
+            )
+    return notes
 
 
 def target_field(schema: IndexSchema, name: str) -> Field:

@@ -21,19 +21,22 @@ from redismigrate.errors import SchemaError
 from redismigrate.files import ReviewableFile, convert_document
 from redismigrate.ftinfo import IndexStats
 from redismigrate.limits import index_problems
+from redismigrate.memory import mb, memory_sentence, model_memory
 from redismigrate.patch import FieldRename, SchemaChanges, SchemaPatch, parse_field
 from redismigrate.quantize import Encoding, ReEncodingRefused, calibrate, uint8_policy
 from redismigrate.schema import (
-    DATATYPE_BYTES,
     Field,
     IndexOptions,
     IndexSchema,
     Model,
+    UnreportedAttribute,
     VectorField,
     default_json_path,
+    schema_layout,
     type_name,
     validate_schema,
 )
+from redismigrate.shadow import ShadowReencode, shadow_reencode_for, shadow_warnings
 
 PLAN_FORMAT_VERSION = 1
 INTEGER_TYPES = ("int8", "uint8")
@@ -45,11 +48,14 @@ class DropRecreate(Model, frozen=True, kw_only=True, tag="drop_recreate", tag_fi
 
 class Online(Model, frozen=True, kw_only=True, tag="online", tag_field="name"):
     """Build the target as a shadow index beside the live one, then swap the name to it
-    atomically (an alias): no downtime. Only for changes that rewrite no document."""
+    atomically (an alias): no downtime. For index-only changes, and for re-encoding hash
+    vectors through shadow fields (``reencode``; no field renames or prefix changes)."""
 
     shadow_index: str
     # the live index behind the name when the plan was made (the name may be an alias)
     previous_physical_index: str
+    # hash vectors re-encoded into shadow fields the shadow index reads (redismigrate.shadow)
+    reencode: ShadowReencode | None = None
 
 
 Mode = DropRecreate | Online
@@ -78,6 +84,9 @@ class SourceSnapshot(Model, frozen=True, kw_only=True):
     keyspace: Keyspace
     server: ServerCapabilities
     captured_at: str
+    # vector parameters the server did not report: the snapshot holds the value an
+    # earlier redismigrate run recorded (named there), else the server's default
+    unreported: list[UnreportedAttribute] = []
 
 
 class BlockedChange(Model, frozen=True, kw_only=True):
@@ -180,6 +189,16 @@ class MigrationPlan(Model, ReviewableFile, frozen=True, kw_only=True):
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "plan") -> MigrationPlan:
+        if isinstance(data, dict):
+            data = dict(data)
+            if "merged_target_schema" in data:
+                data["merged_target_schema"] = schema_layout(data["merged_target_schema"])
+            snapshot = data.get("source")
+            if isinstance(snapshot, dict) and "schema_snapshot" in snapshot:
+                data["source"] = {
+                    **snapshot,
+                    "schema_snapshot": schema_layout(snapshot["schema_snapshot"]),
+                }
         return convert_document(
             data, cls, source=source, what="migration plan", version=PLAN_FORMAT_VERSION
         )
@@ -352,6 +371,7 @@ def build_plan(
     physical_index: str | None = None,
     aliases: Sequence[str] = (),
     aliases_listed: bool = False,
+    unreported: Sequence[UnreportedAttribute] = (),
 ) -> MigrationPlan:
     """Merge ``patch`` into the source schema and classify every change.
 
@@ -365,6 +385,10 @@ def build_plan(
     to the encoding that produced its current integer values (needed to go back to
     float). ``force`` lifts the blocks marked forceable. ``encodings`` (by source field)
     are used instead of calibrating: re-deriving a plan from its own content.
+
+    ``unreported`` lists the source's vector parameters the server did not report;
+    ``source_schema`` holds their recorded values where a run recorded them (else None,
+    the default). The plan keeps the list and says what the target gets for each.
     """
     source = source_schema.canonical()
     changes = patch.changes
@@ -469,24 +493,55 @@ def build_plan(
         raise SchemaError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     chosen: Mode = DropRecreate()
     if mode == "online" or (mode is None and not rewrites):
-        if rewrites:
+        # hash vectors are re-encoded into shadow fields; renames and moves cannot be
+        others = [what for what in rewrites if what != "vector re-encoding"]
+        if others:
             b.block(
                 "online mode",
-                f"{' and '.join(rewrites)} rewrite documents, which a shadow index cannot do "
+                f"{' and '.join(others)} rewrite documents, which a shadow index cannot do "
                 "while the live one serves",
-                "use --mode drop_recreate, or split the migration: index-only changes online, "
-                "the rest with drop_recreate",
+                "use --mode drop_recreate, or split the migration: the rest online, the "
+                "renames or the prefix change with drop_recreate",
+            )
+        reencode, taken = shadow_reencode_for(source, vector_changes)
+        for problem in taken:
+            b.block(
+                "online re-encoding",
+                problem,
+                "rename that field first, or use --mode drop_recreate",
             )
         chosen = Online(
             shadow_index=shadow_name(target.name, other_indexes, physical_index or source.name),
             previous_physical_index=physical_index or source.name,
+            reencode=reencode,
         )
     blocked = [x for x in b.blocked if not (force and x.forceable)]
     warnings = _warnings(
-        b, source, target, source_stats, renames, vector_changes, force, isinstance(chosen, Online)
+        b,
+        source,
+        target,
+        source_stats,
+        renames,
+        vector_changes,
+        force,
+        isinstance(chosen, Online),
+        key_sample,
     )
     moved = sorted(set(aliases) - {source.name, target.name})
     warnings.extend(alias_warnings(source.name, moved, aliases_listed, isinstance(chosen, Online)))
+    warnings.extend(unreported_warnings(b, source, target, unreported))
+    if isinstance(chosen, Online) and chosen.reencode is not None:
+        peak = model_memory(
+            source=source,
+            target=target,
+            stats=source_stats,
+            vector_changes=vector_changes,
+            renames=renames,
+            online=True,
+            key_sample=key_sample,
+        ).peak_growth
+        documents = source_stats.num_docs + source_stats.hash_indexing_failures
+        warnings.extend(shadow_warnings(chosen.reencode, vector_changes, documents, peak))
     plan = MigrationPlan(
         mode=chosen,
         created_at=created_at or now_iso(),
@@ -505,6 +560,7 @@ def build_plan(
             ),
             server=capabilities,
             captured_at=created_at or now_iso(),
+            unreported=list(unreported),
         ),
         requested_changes=changes,
         merged_target_schema=target,
@@ -514,6 +570,74 @@ def build_plan(
         warnings=warnings,
     )
     return seal_plan(plan)
+
+
+_QUALITY_PARAMS = ("ef_runtime", "epsilon", "search_window_size")
+
+
+def _param_text(name: str, value: Any) -> str:
+    if value is None:
+        return f"no {name}"
+    return f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+
+
+def unreported_warnings(
+    b: _Builder,
+    source: IndexSchema,
+    target: IndexSchema,
+    unreported: Sequence[UnreportedAttribute],
+) -> list[str]:
+    """One line per vector field with parameters the server does not report: the value
+    the target gets for each, and where it comes from."""
+    by_field: dict[str, list[UnreportedAttribute]] = {}
+    for item in unreported:
+        by_field.setdefault(item.field, []).append(item)
+    out: list[str] = []
+    for field_name, items in by_field.items():
+        before = source.field(field_name)
+        after_name = next((n for n, o in b.origin.items() if o == field_name), None)
+        after = target.field(after_name) if after_name is not None else None
+        if not isinstance(before, VectorField) or not isinstance(after, VectorField):
+            continue
+        if after.attrs.algorithm != before.attrs.algorithm:
+            continue  # the parameters of another algorithm: the change sets them
+        changed: list[str] = []
+        kept: list[str] = []
+        unknown: list[UnreportedAttribute] = []
+        for item in items:
+            old = getattr(before.attrs, item.attribute)
+            new = getattr(after.attrs, item.attribute)
+            if new != old:
+                changed.append(_param_text(item.attribute, new))
+            elif item.recorded is not None:
+                by = item.recorded_by or "an earlier run"
+                kept.append(f"{_param_text(item.attribute, new)} (recorded by {by})")
+            else:
+                unknown.append(item)
+        names = ", ".join(i.attribute for i in items)
+        parts = [
+            f"Vector field {after.name!r}: the server does not report {names} (validation "
+            f"cannot check {'it' if len(items) == 1 else 'them'})"
+        ]
+        if changed:
+            parts.append(f"the new index gets {', '.join(changed)}, as this change sets")
+        if kept:
+            parts.append(f"kept as an earlier redismigrate run made it: {', '.join(kept)}")
+        if unknown:
+            values = ", ".join(
+                _param_text(i.attribute, getattr(after.attrs, i.attribute)) for i in unknown
+            )
+            text = f"unknown, so the new index gets the server's defaults: {values}"
+            if any(i.attribute in _QUALITY_PARAMS for i in unknown):
+                text += "; if the index was made with other values, search quality may change"
+            example = unknown[0].attribute
+            text += (
+                f"; a patch can set {'it' if len(unknown) == 1 else 'them'} (update_fields: "
+                f"[{{name: {after.name}, attrs: {{{example}: ...}}}}])"
+            )
+            parts.append(text)
+        out.append("; ".join(parts))
+    return out
 
 
 def alias_warnings(name: str, aliases: Sequence[str], listed: bool, online: bool) -> list[str]:
@@ -809,10 +933,6 @@ def _vector_changes(
     return out
 
 
-def _mb(n: float) -> str:
-    return f"{n / 1_048_576:,.1f} MB"
-
-
 def _warnings(
     b: _Builder,
     source: IndexSchema,
@@ -822,12 +942,22 @@ def _warnings(
     vector_changes: Sequence[VectorChange],
     force: bool,
     online: bool,
+    key_sample: Sequence[str] = (),
 ) -> list[str]:
+    memory = model_memory(
+        source=source,
+        target=target,
+        stats=stats,
+        vector_changes=vector_changes,
+        renames=renames,
+        online=online,
+        key_sample=key_sample,
+    )
     if online:
         out = [
             "No downtime: the target is built as a second index over the same keys while the "
             "current one serves, then the name moves to it in one step; until then the "
-            f"server holds both (about {_mb(stats.total_mb * 1_048_576)} more for the index)"
+            f"server holds both (about {mb(memory.peak_growth)} more for the index)"
         ]
     else:
         out = [
@@ -836,25 +966,25 @@ def _warnings(
         ]
     docs = stats.num_docs + stats.hash_indexing_failures
     for vc in vector_changes:
-        before = docs * vc.dims * DATATYPE_BYTES[vc.source_datatype]
-        after = docs * vc.dims * DATATYPE_BYTES[vc.target_datatype]
         if vc.lossy:
+            kept = (
+                "the documents keep the original bytes (the new vectors go to a shadow field)"
+                if vc.rewrite_documents and online
+                else "the original bytes are kept in the backup"
+                if vc.rewrite_documents
+                else "the documents keep their values, only the index holds the new type"
+            )
             out.append(
                 f"Re-encoding {vc.field!r} {vc.source_datatype} -> {vc.target_datatype} is "
-                "lossy; the original bytes are kept in the backup"
+                f"lossy; {kept}"
             )
-        if vc.rewrite_documents:
-            verb = "frees" if after < before else "needs"
-            out.append(
-                f"Vector data of {vc.field!r}: {_mb(before)} -> {_mb(after)} over {docs:,} "
-                f"documents ({verb} {_mb(abs(before - after))}); the backup needs {_mb(before)} "
-                "of disk"
-            )
-        else:
+        if not vc.rewrite_documents:
             out.append(
                 f"{vc.field!r} is stored as JSON numbers: the server re-reads them as "
                 f"{vc.target_datatype}; documents are not rewritten"
             )
+    if memory.fields and not (online and any(vc.rewrite_documents for vc in vector_changes)):
+        out.append(memory_sentence(memory))  # online re-encoding: shadow_warnings says it
     if renames.rename_fields:
         out.append(
             f"Renaming {len(renames.rename_fields)} field(s) rewrites every document (~{docs:,})"

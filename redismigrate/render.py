@@ -46,6 +46,8 @@ def ft_create_args(
         args += ["SCORE_FIELD", opts.score_field]
     if opts.payload_field is not None:
         args += ["PAYLOAD_FIELD", opts.payload_field]
+    if opts.indexes_all:
+        args += ["INDEXALL", "ENABLE"]
     if opts.max_text_fields:
         args.append("MAXTEXTFIELDS")
     if opts.no_offsets:

@@ -9,10 +9,12 @@ import msgspec
 from redismigrate.files import ReviewableFile, convert_document
 from redismigrate.plan import VectorChange
 from redismigrate.preflight import PreflightCheck
-from redismigrate.schema import Model
+from redismigrate.schema import IndexSchema, Model, schema_layout
+from redismigrate.shadow import ShadowReport
 
 REPORT_FORMAT_VERSION = 1
 MALFORMED_KEYS_LISTED = 100
+MIN_RATE_SECONDS = 0.05  # a step shorter than this gets no rate: it would be noise
 Result = Literal["succeeded", "failed", "rolled_back"]
 STEPS = (
     "check",
@@ -34,8 +36,11 @@ class StepTiming(Model, frozen=True, kw_only=True):
     items: int = 0
 
     @property
-    def per_second(self) -> float:
-        return self.items / self.seconds if self.seconds > 0 else 0.0
+    def per_second(self) -> float | None:
+        """Items a second; None for a step without items or too short to measure one."""
+        if not self.items or self.seconds < MIN_RATE_SECONDS:
+            return None
+        return self.items / self.seconds
 
 
 class ValidationResult(Model, frozen=True, kw_only=True):
@@ -79,6 +84,30 @@ class Benchmark(Model, frozen=True, kw_only=True):
     peak_memory_mb: float | None = None
 
 
+class MemoryUse(Model, frozen=True, kw_only=True):
+    """The server's memory around a run: the memory model's figure beside what was measured.
+
+    ``used_memory_*`` and ``dataset_*`` are INFO memory's ``used_memory`` and
+    ``used_memory_dataset`` before the run started and when it ended (None when the
+    server would not say, or the run resumed an earlier one: then "before" was not
+    seen). The measured change is the dataset's: ``used_memory`` also moves with the
+    server's own overhead (client connections and their buffers, the run's among them),
+    which is not the data's.
+    """
+
+    model_change_bytes: int
+    used_memory_before: int | None = None
+    used_memory_after: int | None = None
+    dataset_before: int | None = None
+    dataset_after: int | None = None
+
+    @property
+    def measured_change_bytes(self) -> int | None:
+        if self.dataset_before is None or self.dataset_after is None:
+            return None
+        return self.dataset_after - self.dataset_before
+
+
 class MigrationReport(Model, ReviewableFile, frozen=True, kw_only=True):
     """The outcome of one apply (or validate) run."""
 
@@ -114,8 +143,13 @@ class MigrationReport(Model, ReviewableFile, frozen=True, kw_only=True):
     malformed_vectors: int = 0
     malformed_vector_keys: list[str] = []  # the first MALFORMED_KEYS_LISTED of them
     preflight: list[PreflightCheck] = []
+    memory: MemoryUse | None = None
     # the file this report was written to beside the backup (apply writes it there)
     report_file: str | None = None
+    # online re-encoding of hash vectors: what each stage did (redismigrate/shadow.py)
+    online_reencode: ShadowReport | None = None
+    # the schema the run built (the plan's merged target), written in full
+    target_schema: IndexSchema | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -126,10 +160,14 @@ class MigrationReport(Model, ReviewableFile, frozen=True, kw_only=True):
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = msgspec.to_builtins(self)
+        if self.target_schema is not None:
+            data["target_schema"] = self.target_schema.to_dict()
         return {"version": self.version, "result": self.result, **data}
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "report") -> MigrationReport:
+        if isinstance(data, dict) and "target_schema" in data:
+            data = {**data, "target_schema": schema_layout(data["target_schema"])}
         return convert_document(
             data, cls, source=source, what="migration report", version=REPORT_FORMAT_VERSION
         )

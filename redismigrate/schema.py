@@ -8,9 +8,18 @@ already write::
     fields:
       - {name, type, path, attrs}
 
-``canonical()`` gives the form the server reports back for a schema (defaults
-filled in, implied flags set); two schemas describe the same index exactly
-when their canonical forms are equal.
+``canonical()`` gives the form the server keeps for a schema (defaults filled in,
+implied flags set); two schemas describe the same index exactly when their
+canonical forms are equal. Every vector field is written in full (algorithm,
+datatype, distance metric and each parameter of its algorithm), the layout
+RedisVL's ``IndexSchema.from_dict`` reads; index-level ``stopwords`` sit beside
+the name, as there, and the other index options under ``options``.
+
+Some vector parameters are not reported back by every server (FT.INFO leaves
+out HNSW EF_RUNTIME and EPSILON, FLAT BLOCK_SIZE, SVS-VAMANA SEARCH_WINDOW_SIZE
+and EPSILON; INITIAL_CAP is reported nowhere): see ``MAYBE_UNREPORTED`` and
+``UnreportedAttribute``. Comparisons with a live index use only what it reports
+(``with_unreported_from``).
 """
 
 from __future__ import annotations
@@ -39,6 +48,42 @@ DATATYPE_BYTES = {
 }
 HNSW_DEFAULTS = {"m": 16, "ef_construction": 200, "ef_runtime": 10, "epsilon": 0.01}
 FLAT_DEFAULT_BLOCK_SIZE = 1024
+# VectorSimilarity src/VecSim/vec_sim_common.h: SVS_VAMANA_DEFAULT_GRAPH_MAX_DEGREE,
+# _CONSTRUCTION_WINDOW_SIZE, _SEARCH_WINDOW_SIZE, _EPSILON; _TRAINING_THRESHOLD is
+# 10 * DEFAULT_BLOCK_SIZE, set by RediSearch src/spec.c only when the field is compressed,
+# which also sets REDUCE to dims / 2 for LeanVec compressions when none is given.
+SVS_DEFAULTS = {
+    "graph_max_degree": 32,
+    "construction_window_size": 200,
+    "search_window_size": 10,
+    "epsilon": 0.01,
+}
+SVS_DEFAULT_TRAINING_THRESHOLD = 10 * 1024
+# The parameters each algorithm takes, in the order they are written.
+VECTOR_PARAMS: dict[str, tuple[str, ...]] = {
+    "flat": ("block_size", "initial_cap"),
+    "hnsw": ("m", "ef_construction", "ef_runtime", "epsilon", "initial_cap"),
+    "svs-vamana": (
+        "graph_max_degree",
+        "construction_window_size",
+        "search_window_size",
+        "epsilon",
+        "compression",
+        "reduce",
+        "training_threshold",
+    ),
+}
+# Parameters FT.INFO leaves out (RediSearch src/info/info_command.c, the vector branch of
+# the attributes loop: FLAT reports type, dim and metric; HNSW adds M and EF_CONSTRUCTION;
+# SVS-VAMANA adds GRAPH_MAX_DEGREE, CONSTRUCTION_WINDOW_SIZE, COMPRESSION and, when
+# compressed, TRAINING_THRESHOLD and the LeanVec REDUCE). FT.DEBUG VECSIM_INFO reports all
+# but INITIAL_CAP where the server lets it run (search 2.x; search 8 refuses ``_FT.DEBUG``
+# unless enable-debug-command is on).
+MAYBE_UNREPORTED: dict[str, tuple[str, ...]] = {
+    "flat": ("block_size", "initial_cap"),
+    "hnsw": ("ef_runtime", "epsilon", "initial_cap"),
+    "svs-vamana": ("search_window_size", "epsilon"),
+}
 DEFAULT_TAG_SEPARATOR = ","
 DEFAULT_LANGUAGE = "english"
 PHONETIC_MATCHERS = ("dm:en", "dm:fr", "dm:pt", "dm:es")
@@ -175,7 +220,11 @@ class IndexOptions(Model, frozen=True, kw_only=True):
     no_highlight: bool = False
     no_fields: bool = False
     no_freqs: bool = False
-    # None: the server's default list; []: no stopwords at all.
+    # INDEXALL ENABLE (search 8.0+): index every key under the prefixes, also those a
+    # field's value cannot be read from; FT.INFO reports it as ``indexes_all``
+    indexes_all: bool = False
+    # None: the server's default list; []: no stopwords at all. Written as the index's
+    # ``stopwords`` (where RedisVL keeps them); read from there or from ``options``.
     stopwords: list[str] | None = None
 
 
@@ -242,7 +291,10 @@ class IndexSchema(Model, ReviewableFile, frozen=True, kw_only=True):
             "key_separator": self.index.key_separator,
             "storage_type": self.index.storage_type,
         }
+        if self.index.options.stopwords is not None:
+            index["stopwords"] = list(self.index.options.stopwords)
         options = non_default_builtins(self.index.options)
+        options.pop("stopwords", None)
         if options:
             index["options"] = options
         return {
@@ -254,6 +306,68 @@ class IndexSchema(Model, ReviewableFile, frozen=True, kw_only=True):
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "schema") -> IndexSchema:
         return schema_from_dict(data, source=source)
+
+
+class UnreportedAttribute(Model, frozen=True, kw_only=True):
+    """A vector parameter the live server did not report (see ``MAYBE_UNREPORTED``).
+
+    ``recorded`` is the value an earlier redismigrate run created the index with, found
+    in the migration ledger or the plan kept in that run's backup directory, and
+    ``recorded_by`` says which run; both None when no run recorded it (then the server's
+    default is assumed, and the index may in fact have been made with another value).
+    """
+
+    field: str
+    attribute: str
+    recorded: int | float | str | None = None
+    recorded_by: str | None = None
+
+
+def unreported_map(items: list[UnreportedAttribute]) -> dict[str, list[str]]:
+    """``{field: [attribute, ...]}`` of ``items``."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        out.setdefault(item.field, []).append(item.attribute)
+    return out
+
+
+def with_unreported_from(
+    live: IndexSchema, unreported: dict[str, list[str]], reference: IndexSchema
+) -> IndexSchema:
+    """``live`` with the attributes its server did not report taken from ``reference``
+    (same field name, same algorithm): so a comparison with ``reference`` looks only at
+    what the server reports."""
+    fields: list[Field] = []
+    for field in live.fields:
+        wanted = reference.field(field.name)
+        names = unreported.get(field.name, [])
+        if (
+            names
+            and isinstance(field, VectorField)
+            and isinstance(wanted, VectorField)
+            and wanted.attrs.algorithm == field.attrs.algorithm
+        ):
+            values = {n: getattr(wanted.attrs, n) for n in names}
+            field = msgspec.structs.replace(
+                field, attrs=msgspec.structs.replace(field.attrs, **values)
+            )
+        fields.append(field)
+    return msgspec.structs.replace(live, fields=fields)
+
+
+def with_recorded(schema: IndexSchema, items: list[UnreportedAttribute]) -> IndexSchema:
+    """``schema`` with every recorded value of ``items`` set."""
+    values: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if item.recorded is not None:
+            values.setdefault(item.field, {})[item.attribute] = item.recorded
+    fields: list[Field] = []
+    for field in schema.fields:
+        if isinstance(field, VectorField) and field.name in values:
+            attrs = msgspec.structs.replace(field.attrs, **values[field.name])
+            field = msgspec.structs.replace(field, attrs=attrs)
+        fields.append(field)
+    return msgspec.structs.replace(schema, fields=fields)
 
 
 # --------------------------------------------------------------------------- loading
@@ -295,6 +409,34 @@ def _normalize_field_dict(raw: Any, source: str, position: int) -> Any:
     return field
 
 
+def _stopwords_into_options(index: dict[str, Any], source: str) -> dict[str, Any]:
+    """RedisVL keeps ``stopwords`` beside the index name; ours is ``options.stopwords``."""
+    index = dict(index)
+    stopwords = index.pop("stopwords")
+    options = index.get("options")
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        return {**index, "stopwords": stopwords}  # left for the type check to name
+    if "stopwords" in options and options["stopwords"] != stopwords:
+        raise SchemaError(
+            f"{source}: index.stopwords and index.options.stopwords differ; give one of them"
+        )
+    return {**index, "options": {**options, "stopwords": stopwords}}
+
+
+def schema_layout(data: Any, *, source: str = "schema") -> Any:
+    """A schema's plain data as the model holds it (index ``stopwords`` moved into its
+    options), for documents that embed a schema (plans, reports) and are read whole."""
+    if (
+        isinstance(data, dict)
+        and isinstance(data.get("index"), dict)
+        and "stopwords" in data["index"]
+    ):
+        return {**data, "index": _stopwords_into_options(data["index"], source)}
+    return data
+
+
 def schema_from_dict(data: Any, *, source: str = "schema") -> IndexSchema:
     """Build and check an IndexSchema from plain data; SchemaError names the problem."""
     if not isinstance(data, dict):
@@ -311,7 +453,9 @@ def schema_from_dict(data: Any, *, source: str = "schema") -> IndexSchema:
         raise SchemaError(f"{source}: missing the 'index' section")
     index = data["index"]
     if isinstance(index, dict) and isinstance(index.get("storage_type"), str):
-        data["index"] = {**index, "storage_type": index["storage_type"].lower()}
+        index = data["index"] = {**index, "storage_type": index["storage_type"].lower()}
+    if isinstance(index, dict) and "stopwords" in index:
+        data["index"] = _stopwords_into_options(index, source)
     fields = data.get("fields")
     if fields is None:
         data["fields"] = []
@@ -470,7 +614,6 @@ def _canonical_field(field: Field, storage: StorageType) -> Field:
 
 def _canonical_vector(a: VectorAttrs) -> VectorAttrs:
     replace = msgspec.structs.replace
-    a = replace(a, initial_cap=None)
     if a.algorithm == "flat":
         return replace(a, block_size=a.block_size or FLAT_DEFAULT_BLOCK_SIZE)
     if a.algorithm == "hnsw":
@@ -485,6 +628,21 @@ def _canonical_vector(a: VectorAttrs) -> VectorAttrs:
             ef_runtime=a.ef_runtime if a.ef_runtime is not None else HNSW_DEFAULTS["ef_runtime"],
             epsilon=a.epsilon if a.epsilon is not None else HNSW_DEFAULTS["epsilon"],
         )
+    if a.algorithm == "svs-vamana":
+        filled: dict[str, Any] = {
+            name: getattr(a, name) if getattr(a, name) is not None else default
+            for name, default in SVS_DEFAULTS.items()
+        }
+        compression = a.compression
+        if compression is not None and compression.upper() in ("NO_COMPRESSION", "NONE"):
+            compression = None
+        filled["compression"] = compression
+        if compression is not None and a.training_threshold is None:
+            filled["training_threshold"] = SVS_DEFAULT_TRAINING_THRESHOLD
+        leanvec = compression is not None and compression.lower().startswith("leanvec")
+        if leanvec and a.reduce is None:
+            filled["reduce"] = a.dims // 2
+        return replace(a, **filled)
     return a
 
 
@@ -503,14 +661,39 @@ def non_default_builtins(struct: msgspec.Struct) -> dict[str, Any]:
 
 
 def field_to_dict(field: Field) -> dict[str, Any]:
-    """One field as plain data: ``{name, type, path, attrs}``, empty parts left out."""
+    """One field as plain data: ``{name, type, path, attrs}``, empty parts left out; a
+    vector field's attributes in full (``vector_attrs_dict``)."""
     data: dict[str, Any] = {"name": field.name, "type": type_name(field)}
     if field.path is not None:
         data["path"] = field.path
+    if isinstance(field, VectorField):
+        data["attrs"] = vector_attrs_dict(field.attrs)
+        return data
     attrs = non_default_builtins(field.attrs)
     if attrs:
         data["attrs"] = attrs
     return data
+
+
+def vector_attrs_dict(attrs: VectorAttrs) -> dict[str, Any]:
+    """A vector field's attributes as written: dims, algorithm, datatype, distance metric
+    and every parameter of its algorithm, defaults filled in (RedisVL needs the algorithm
+    and reads the rest); ``initial_cap``, SVS compression settings and ``index_missing``
+    only when set."""
+    a = _canonical_vector(attrs)
+    out: dict[str, Any] = {
+        "dims": a.dims,
+        "algorithm": a.algorithm,
+        "datatype": a.datatype,
+        "distance_metric": a.distance_metric,
+    }
+    for name in VECTOR_PARAMS.get(a.algorithm, ()):
+        value = getattr(a, name)
+        if value is not None:
+            out[name] = value
+    if a.index_missing:
+        out["index_missing"] = True
+    return out
 
 
 def type_name(field: Field) -> str:

@@ -24,7 +24,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,9 @@ from redismigrate.errors import RedisMigrateError
 HOST = "127.0.0.1"
 LOG_NAME = "redis.log"
 PID_NAME = "redis.pid"
-STATE_NAME = "server.json"
+STATE_NAME = "server.json"  # the one record of redismigrate releases before several servers
+SERVERS_NAME = "servers"  # <state dir>/servers/<port>.json and the default folder <port>/
+LOCK_NAME = "server.lock"
 REQUIRED_MODULES = ("search", "ReJSON")
 REQUIRED_LIBS = ("libssl.so.1.1", "libcrypto.so.1.1")
 
@@ -64,14 +67,29 @@ class ServerError(RedisMigrateError):
     """A throwaway Redis server could not be prepared, started or stopped."""
 
 
+class ServerUsageError(ServerError):
+    """A server command cannot do what was asked: the port or folder is another server's,
+    or it cannot tell which server is meant (exit code 2: nothing was touched)."""
+
+    exit_code = 2
+
+
+class PortInUse(ServerUsageError):
+    """The port asked for is already taken."""
+
+
 @dataclass(frozen=True)
 class ServerInfo:
-    """Where a running server listens and where its files live."""
+    """Where a running server listens and where its files live.
+
+    ``started_at`` (ISO 8601, UTC) is set for servers started by :func:`start_detached`.
+    """
 
     host: str
     port: int
     pid: int
     dir: str
+    started_at: str | None = None
 
     @property
     def url(self) -> str:
@@ -400,7 +418,7 @@ def _check_port(port: int) -> None:
             sock.bind((HOST, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise ServerError(f"port {port} on {HOST} is already in use") from None
+                raise PortInUse(f"port {port} on {HOST} is already in use") from None
             raise ServerError(f"cannot listen on {HOST}:{port}: {exc.strerror}") from None
 
 
@@ -450,12 +468,20 @@ def _pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
-def _is_redis_pid(pid: int) -> bool:
+def _is_redis_pid(pid: int, port: int | None = None) -> bool:
+    """Whether ``pid`` runs redis-server (on ``port``, when given: its command line, or
+    the process title redis-server sets, ``redis-server 127.0.0.1:PORT``, names it)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"redis-server" in cmdline
+    if b"redis-server" not in cmdline:
+        return False
+    if port is None:
+        return True
+    wanted = str(port).encode()
+    words = cmdline.replace(b"\0", b" ").split()
+    return any(w == wanted or w.endswith(b":" + wanted) for w in words)
 
 
 def _wait_gone(pid: int, proc: subprocess.Popen[bytes] | None, timeout: float) -> bool:
@@ -631,7 +657,7 @@ def _launch(
             _kill(proc)
             if port is None and attempt + 1 < attempts:
                 continue
-            raise ServerError(f"port {chosen} on {HOST} is already in use") from None
+            raise PortInUse(f"port {chosen} on {HOST} is already in use") from None
         except BaseException:
             _kill(proc)
             raise
@@ -727,14 +753,53 @@ class EmbeddedRedis:
 _DETACHED: dict[int, subprocess.Popen[bytes]] = {}
 
 
+@dataclass(frozen=True)
+class DetachedServer:
+    """A server :func:`start_detached` recorded that is still running."""
+
+    info: ServerInfo
+    answering: bool  # False: the process lives but does not answer
+
+
+@dataclass(frozen=True)
+class DetachedServers:
+    """What :func:`list_detached` and :func:`stop_servers` found.
+
+    ``running``: the recorded servers still running (for a stop: those left running);
+    ``stopped``: what a stop stopped; ``removed``: records of servers that were no longer
+    running, deleted on the way (their folder, with its ``redis.log``, is kept).
+    """
+
+    running: tuple[DetachedServer, ...] = ()
+    stopped: tuple[ServerInfo, ...] = ()
+    removed: tuple[ServerInfo, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Record:
+    path: Path
+    info: ServerInfo
+    answering: bool
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def _read_state(path: Path) -> ServerInfo | None:
     try:
         data = json.loads(path.read_text())
+        started = data.get("started_at")
+        if not isinstance(started, str) or not started:
+            # a record written before started_at existed: when it was written
+            mtime = path.stat().st_mtime
+            started = datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec="seconds")
         return ServerInfo(
             host=str(data.get("host", HOST)),
             port=int(data["port"]),
             pid=int(data["pid"]),
             dir=str(data["dir"]),
+            started_at=started,
         )
     except FileNotFoundError:
         return None
@@ -750,63 +815,197 @@ def _write_state(path: Path, info: ServerInfo) -> None:
         "host": info.host,
         "dir": info.dir,
         "url": info.url,
+        "started_at": info.started_at,
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
 
 
-def start_detached(port: int | None = None, dir: str | None = None) -> ServerInfo:
-    """Start a server that outlives this process and record it in ``server.json``.
+def _record_paths(state_dir: Path) -> list[Path]:
+    """Every record: ``servers/<port>.json`` by port, and the single ``server.json`` of
+    releases before several servers (so an upgrade keeps track of a running one)."""
 
-    The state file lives in ``$REDISMIGRATE_STATE_DIR`` (default: the cache dir);
-    without ``dir`` the server works in ``<state dir>/server``.  Refuses to start
-    while a server recorded earlier is still running.
+    def port_of(path: Path) -> tuple[int, str]:
+        return (int(path.stem), "") if path.stem.isdigit() else (1 << 20, path.stem)
+
+    paths = sorted((state_dir / SERVERS_NAME).glob("*.json"), key=port_of)
+    legacy = state_dir / STATE_NAME
+    return [legacy, *paths] if legacy.is_file() else paths
+
+
+def _liveness(info: ServerInfo) -> str:
+    """``answering``, ``alive`` (the process runs but does not answer) or ``dead``."""
+    if _answering_pid(info.port) == info.pid:
+        return "answering"
+    proc = _DETACHED.get(info.pid)
+    if proc is not None:
+        return "alive" if proc.poll() is None else "dead"
+    if _pid_alive(info.pid) and _is_redis_pid(info.pid, info.port):
+        return "alive"
+    return "dead"
+
+
+def _scan(state_dir: Path) -> tuple[list[_Record], list[ServerInfo]]:
+    """The recorded servers still running, and those whose records were removed because
+    they are not (call with the state dir's lock held)."""
+    live: list[_Record] = []
+    removed: list[ServerInfo] = []
+    for path in _record_paths(state_dir):
+        info = _read_state(path)
+        if info is None:
+            continue
+        state = _liveness(info)
+        if state == "dead":
+            path.unlink(missing_ok=True)
+            _DETACHED.pop(info.pid, None)
+            removed.append(info)
+        else:
+            live.append(_Record(path, info, state == "answering"))
+    return live, removed
+
+
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _describe(info: ServerInfo, folder: bool = True) -> str:
+    where = f", folder {info.dir}" if folder else ""
+    return f"the server redismigrate started at {info.url} (pid {info.pid}{where})"
+
+
+def list_detached() -> DetachedServers:
+    """Every server :func:`start_detached` recorded that still runs, by port.
+
+    Records of servers that no longer run are deleted and returned as ``removed``.
     """
     state_dir = _state_dir()
-    state = state_dir / STATE_NAME
-    with _file_lock(state_dir / "server.lock"):
-        old = _read_state(state)
-        if old is not None:
-            if _answering_pid(old.port) == old.pid:
-                raise ServerError(
-                    f"a server started earlier is still running at {old.url} (pid {old.pid}); "
-                    "stop it first (`redismigrate server stop`)"
+    with _file_lock(state_dir / LOCK_NAME):
+        live, removed = _scan(state_dir)
+    return DetachedServers(
+        running=tuple(DetachedServer(r.info, r.answering) for r in live),
+        removed=tuple(removed),
+    )
+
+
+def start_detached(port: int | None = None, dir: str | None = None) -> ServerInfo:
+    """Start a server that outlives this process and record it.
+
+    Records live in ``$REDISMIGRATE_STATE_DIR`` (default: the cache dir), one per server
+    in ``servers/<port>.json``; without ``dir`` the server works in ``servers/<port>/``.
+    Several servers can run at once, a port and a folder each: a ``port`` or ``dir``
+    another running server uses is refused (:class:`ServerUsageError`, exit code 2).
+    """
+    state_dir = _state_dir()
+    with _file_lock(state_dir / LOCK_NAME):
+        live, _ = _scan(state_dir)
+        if port is not None:
+            for record in live:
+                if record.info.port == port:
+                    raise PortInUse(
+                        f"port {port} is taken by {_describe(record.info)}; stop it with "
+                        f"`redismigrate server stop --port {port}` or leave --port out to "
+                        "get a free one"
+                    )
+        workdir = None if dir is None else Path(dir).absolute()
+        if workdir is not None:
+            for record in live:
+                if _same_folder(record.info.dir, workdir):
+                    raise ServerUsageError(
+                        f"folder {workdir} is the working folder of "
+                        f"{_describe(record.info, folder=False)}; "
+                        "two servers cannot share a folder: give another --dir or leave it out"
+                    )
+        servers = state_dir / SERVERS_NAME
+        attempts = 1 if port is not None else 5
+        for attempt in range(attempts):
+            chosen = _free_port() if port is None else port
+            folder = servers / str(chosen) if workdir is None else workdir
+            owner = next((r for r in live if _same_folder(r.info.dir, folder)), None)
+            if owner is not None:
+                if port is None and attempt + 1 < attempts:
+                    continue
+                raise ServerUsageError(
+                    f"folder {folder} is the working folder of {_describe(owner.info, False)}; "
+                    "give another --dir"
                 )
-            if _pid_alive(old.pid) and _is_redis_pid(old.pid):
-                raise ServerError(
-                    f"the server started earlier (pid {old.pid}, port {old.port}) is alive but "
-                    "not answering; stop it first (`redismigrate server stop`)"
-                )
-            state.unlink(missing_ok=True)
-        workdir = Path(dir).absolute() if dir is not None else state_dir / "server"
-        proc, info = _launch(port, workdir, (), detached=True, timeout=20.0)
+            try:
+                proc, info = _launch(chosen, folder, (), detached=True, timeout=20.0)
+            except PortInUse:
+                if port is None and attempt + 1 < attempts:
+                    continue  # taken between choosing and binding
+                raise
+            break
+        else:
+            raise AssertionError("unreachable")
+        info = replace(info, started_at=_now())
         _DETACHED[info.pid] = proc
+        record_path = servers / f"{info.port}.json"
         try:
-            _write_state(state, info)
+            _write_state(record_path, info)
         except OSError as exc:
             _shutdown(info.port, info.pid, _DETACHED.pop(info.pid), 10.0)
-            raise ServerError(f"cannot write {state}: {exc}") from None
+            raise ServerError(f"cannot write {record_path}: {exc}") from None
         return info
 
 
-def stop_detached(timeout: float = 10.0) -> ServerInfo | None:
-    """Stop the server recorded by :func:`start_detached` and forget it.
+def _stop_record(state_dir: Path, record: _Record, timeout: float) -> None:
+    info = record.info
+    _shutdown(info.port, info.pid, _DETACHED.pop(info.pid, None), timeout)
+    record.path.unlink(missing_ok=True)
+    default = state_dir / SERVERS_NAME / str(info.port)
+    if record.path.parent.name == SERVERS_NAME and _same_folder(info.dir, default):
+        shutil.rmtree(default, ignore_errors=True)  # the folder start_detached made for it
 
-    Returns what was stopped, or None when no recorded server was running.
+
+def stop_servers(
+    port: int | None = None, *, all: bool = False, timeout: float = 10.0
+) -> DetachedServers:
+    """Stop servers :func:`start_detached` recorded and forget them.
+
+    ``port``: that server; ``all``: every one; neither: the only one running, and
+    :class:`ServerUsageError` (exit code 2) when several run. A ``port`` no recorded
+    server uses is refused the same way. A server's default folder is removed with it.
     """
+    if all and port is not None:
+        raise ServerUsageError("pass --port N or --all, not both")
     state_dir = _state_dir()
-    state = state_dir / STATE_NAME
-    with _file_lock(state_dir / "server.lock"):
-        info = _read_state(state)
-        if info is None:
-            return None
-        proc = _DETACHED.pop(info.pid, None)
-        running = _answering_pid(info.port) == info.pid or (
-            (proc is not None and proc.poll() is None)
-            or (_pid_alive(info.pid) and _is_redis_pid(info.pid))
-        )
-        if running:
-            _shutdown(info.port, info.pid, proc, timeout)
-        state.unlink(missing_ok=True)
-        return info if running else None
+    with _file_lock(state_dir / LOCK_NAME):
+        live, removed = _scan(state_dir)
+        ports = ", ".join(str(r.info.port) for r in live)
+        if all:
+            targets = live
+        elif port is not None:
+            targets = [r for r in live if r.info.port == port]
+            if not targets and not any(i.port == port for i in removed):
+                running = f"; they run on port(s) {ports}" if live else "; none is running"
+                raise ServerUsageError(
+                    f"no server started by redismigrate runs on port {port}{running}"
+                )
+        elif len(live) > 1:
+            raise ServerUsageError(
+                f"{len(live)} servers started by redismigrate are running, on ports {ports}: "
+                "pass --port N to stop one, or --all to stop them all"
+            )
+        else:
+            targets = live
+        stopped: list[ServerInfo] = []
+        for record in targets:
+            _stop_record(state_dir, record, timeout)
+            stopped.append(record.info)
+        left = [r for r in live if r not in targets]
+    return DetachedServers(
+        running=tuple(DetachedServer(r.info, r.answering) for r in left),
+        stopped=tuple(stopped),
+        removed=tuple(removed),
+    )
+
+
+def stop_detached(port: int | None = None, timeout: float = 10.0) -> ServerInfo | None:
+    """Stop one server :func:`start_detached` recorded (see :func:`stop_servers`).
+
+    Returns what was stopped, or None when no such recorded server was running.
+    """
+    done = stop_servers(port, timeout=timeout)
+    return done.stopped[0] if done.stopped else None

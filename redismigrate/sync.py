@@ -32,7 +32,7 @@ from redismigrate.aio.indexes import IndexDescription
 from redismigrate.aio.inspector import AsyncIndexInspector
 from redismigrate.aio.planner import (
     KEY_SAMPLE_SIZE,
-    QUALITY_SAMPLE_SIZE,
+    QUALITY_QUERIES,
     VECTOR_SAMPLE_SIZE,
     AsyncMigrationPlanner,
 )
@@ -92,7 +92,10 @@ class IndexInspector:
     ) -> IndexDescription:
         """The full schema and the FT.INFO counters of ``index_name``.
 
-        Raises IndexNotFound when the server has no such index.
+        Vector parameters the server does not report are listed in ``unreported``; the
+        schema holds the value an earlier redismigrate run recorded for one (its
+        migration ledger, or the plan kept in its backup directory), else None (the
+        server's default). Raises IndexNotFound when the server has no such index.
         """
         return _portal.run_sync(
             self._async.describe,
@@ -198,12 +201,14 @@ class MigrationPlanner:
         redis_url: str | None = None,
         redis_client: redis.Redis | None = None,
         aof_enabled: bool = False,
-        quality_sample_size: int = QUALITY_SAMPLE_SIZE,
+        quality_queries: int = QUALITY_QUERIES,
     ) -> MigrationEstimate:
         """Disk, memory and AOF costs of ``plan`` and a recall@10 forecast; writes nothing.
 
-        The forecast re-encodes a sample of at least 1,000 stored vectors (fewer only
-        when the index holds fewer) locally and compares exact KNN before and after.
+        The forecast takes ``quality_queries`` stored vectors at random as queries and
+        searches them, exactly, among every stored vector of the index, before and after
+        re-encoding (the vectors are streamed in batches: memory stays bounded; the
+        numpy work runs in a worker thread).
         """
         return _portal.run_sync(
             self._async.estimate,
@@ -211,7 +216,7 @@ class MigrationPlanner:
             redis_url=redis_url,
             redis_client=_portal.to_async_client(redis_client),
             aof_enabled=aof_enabled,
-            quality_sample_size=quality_sample_size,
+            quality_queries=quality_queries,
         )
 
     def preflight(
@@ -271,11 +276,14 @@ class MigrationExecutor:
         batch_size: int = 500,
         num_workers: int = 1,
         progress_callback: ProgressCallback | None = None,
+        progress: bool = False,
         auto_rollback: bool = True,
         plan_path: str | None = None,
         force: bool = False,
         break_lock: bool = False,
         allow_eviction: bool = False,
+        postpone_cut_over: bool = False,
+        cut_over_flag: str | Path | None = None,
     ) -> MigrationReport:
         """Apply ``plan``; resume where an earlier run with the same plan stopped.
 
@@ -294,6 +302,16 @@ class MigrationExecutor:
         policy, disk): PreflightBlocked, before anything is written, when a check blocks.
         An evicting maxmemory-policy blocks unless ``allow_eviction``; any eviction
         during the run stops it and undoes it.
+
+        An online plan that re-encodes hash vectors (aio/reencode_online.py) switches the
+        name as soon as the shadow index is ready; with ``postpone_cut_over`` it keeps
+        mirroring until `redismigrate cut-over` (``request_cut_over``) is run or the file
+        ``cut_over_flag`` (default: beside the backup) appears.
+
+        ``progress_callback(step, done, total)`` is called as each step goes: as it starts,
+        per batch or poll, and last with ``done == total`` (``total`` None while unknown).
+        ``progress=True`` shows the steps as they go, a bar each with its count, rate and
+        time remaining, in a terminal or a Jupyter notebook (plain lines elsewhere).
         """
         return _portal.run_sync(
             self._async.apply,
@@ -304,11 +322,14 @@ class MigrationExecutor:
             batch_size=batch_size,
             num_workers=num_workers,
             progress_callback=progress_callback,
+            progress=progress,
             auto_rollback=auto_rollback,
             plan_path=plan_path,
             force=force,
             break_lock=break_lock,
             allow_eviction=allow_eviction,
+            postpone_cut_over=postpone_cut_over,
+            cut_over_flag=cut_over_flag,
         )
 
     def validate(
@@ -338,12 +359,15 @@ class MigrationExecutor:
         recreate_index: bool = False,
         break_lock: bool = False,
         allow_eviction: bool = False,
+        progress_callback: ProgressCallback | None = None,
+        progress: bool = False,
     ) -> RollbackReport:
         """Restore every original vector byte from a backup, move keys and fields back and
         drop the target index definition; with ``recreate_index`` also recreate the source
         index from the plan's snapshot. Holds the same locks as apply (``break_lock``
         takes over another run's index lock). The preflight runs first, as for apply
-        (PreflightBlocked before anything is changed)."""
+        (PreflightBlocked before anything is changed). ``progress_callback`` and
+        ``progress``: as for apply (steps ``restore`` and ``indexing``)."""
         return _portal.run_sync(
             self._async.rollback,
             backup_dir=backup_dir,
@@ -353,6 +377,8 @@ class MigrationExecutor:
             recreate_index=recreate_index,
             break_lock=break_lock,
             allow_eviction=allow_eviction,
+            progress_callback=progress_callback,
+            progress=progress,
         )
 
     def history(
@@ -371,6 +397,24 @@ class MigrationExecutor:
             redis_client=_portal.to_async_client(redis_client),
             index_name=index_name,
             limit=limit,
+        )
+
+    def request_cut_over(
+        self,
+        index_name: str,
+        *,
+        redis_url: str | None = None,
+        redis_client: redis.Redis | None = None,
+    ) -> str:
+        """Release the postponed cut-over of an online re-encoding of ``index_name``: the
+        run waiting on it switches the name once the shadow index is built and the lag
+        is near zero (a run started later switches as soon as it can). Returns what
+        will happen, in one sentence; BadInputError when no such index exists."""
+        return _portal.run_sync(
+            self._async.request_cut_over,
+            index_name=index_name,
+            redis_url=redis_url,
+            redis_client=_portal.to_async_client(redis_client),
         )
 
 
@@ -452,6 +496,7 @@ class BatchMigrationExecutor:
         step_callback: ProgressCallback | None = None,
         break_lock: bool = False,
         allow_eviction: bool = False,
+        progress: bool = False,
     ) -> BatchReport:
         """Run every applicable index of ``batch_plan`` in order; write state after each.
 
@@ -461,6 +506,10 @@ class BatchMigrationExecutor:
         for its whole run (``break_lock`` takes over other runs' index locks). Every
         index's preflight runs before the first is touched: PreflightBlocked when any
         check of any index blocks (``allow_eviction``: as for apply).
+
+        ``progress_callback(name, position, of, status)`` is called as each index starts
+        and ends; ``step_callback`` as its steps go (apply's ``progress_callback``).
+        ``progress=True`` shows both: a line per index, a bar per step (as apply does).
         """
         return _portal.run_sync(
             self._async.apply,
@@ -477,6 +526,7 @@ class BatchMigrationExecutor:
             step_callback=step_callback,
             break_lock=break_lock,
             allow_eviction=allow_eviction,
+            progress=progress,
         )
 
     def resume(
@@ -493,10 +543,11 @@ class BatchMigrationExecutor:
         step_callback: ProgressCallback | None = None,
         break_lock: bool = False,
         allow_eviction: bool = False,
+        progress: bool = False,
     ) -> BatchReport:
         """Go on with a batch from its state file: pending and interrupted indexes, and with
         ``retry_failed`` the failed ones. Uses the backup directory the state records.
-        Holds the same locks as ``apply``."""
+        Holds the same locks as ``apply``; progress is reported and shown as there."""
         return _portal.run_sync(
             self._async.resume,
             state_path=state_path,
@@ -510,4 +561,5 @@ class BatchMigrationExecutor:
             step_callback=step_callback,
             break_lock=break_lock,
             allow_eviction=allow_eviction,
+            progress=progress,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -182,25 +184,109 @@ def test_usage_errors_are_one_line_exit_2() -> None:
     assert_one_line_error(result, 2, "no-such-command")
 
 
+def _started_url(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    return next(word for word in result.stdout.split() if word.startswith("redis://"))
+
+
+def _listed(env: dict[str, str]) -> dict[str, Any]:
+    result = cli("server", "list", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
 def test_server_start_and_stop_from_the_command_line(tmp_path: Path) -> None:
     env = {"REDISMIGRATE_STATE_DIR": str(tmp_path)}
-    started = cli("server", "start", env=env)
-    assert started.returncode == 0, started.stderr
-    url = next(word for word in started.stdout.split() if word.startswith("redis://"))
+    url = _started_url(cli("server", "start", env=env))
     try:
         client = redis.Redis.from_url(url)
         assert client.ping()
         modules = [{k.decode(): v for k, v in m.items()} for m in client.module_list()]
         assert {b"search", b"ReJSON"} <= {m["name"] for m in modules}
         client.close()
-        again = cli("server", "start", env=env)
-        assert_one_line_error(again, 1, "still running", "redismigrate server stop")
+        port = url.rsplit(":", 1)[1]
+        again = cli("server", "start", "--port", port, env=env)
+        assert_one_line_error(again, 2, f"port {port} is taken", f"server stop --port {port}")
     finally:
-        stopped = cli("server", "stop", env=env)
+        stopped = cli("server", "stop", env=env)  # the only one: no option needed
     assert stopped.returncode == 0, stopped.stderr
     assert "Stopped" in stopped.stdout
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(url, retry=None, socket_connect_timeout=1).ping()
+
+
+def test_several_servers_start_list_and_stop(tmp_path: Path) -> None:
+    env = {"REDISMIGRATE_STATE_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "redismigrate", "server", "start"]
+    full_env = {**os.environ, **env}
+    starts = [  # two at once: two servers, a port each
+        subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    try:
+        outs = [proc.communicate(timeout=60)[0] for proc in starts]
+        assert [proc.returncode for proc in starts] == [0, 0], outs
+        urls = sorted(
+            (next(w for w in out.split() if w.startswith("redis://")) for out in outs),
+            key=lambda u: int(u.rsplit(":", 1)[1]),
+        )
+        first, second = (int(u.rsplit(":", 1)[1]) for u in urls)
+        assert first != second
+
+        listed = _listed(env)
+        assert [s["url"] for s in listed["servers"]] == urls
+        assert all(s["answering"] for s in listed["servers"]) and listed["removed"] == []
+        for entry in listed["servers"]:
+            assert entry["dir"] == str(tmp_path / "servers" / str(entry["port"]))
+            assert entry["started_at"] and entry["pid"] > 0
+        text = cli("server", "list", env=env)
+        assert text.returncode == 0, text.stderr
+        assert all(url in text.stdout for url in urls)
+        assert "2 server(s)" in text.stdout and "answers" in text.stdout
+
+        refused = cli("server", "stop", env=env)  # two running, no option
+        assert_one_line_error(refused, 2, str(first), str(second), "--port", "--all")
+        assert len(_listed(env)["servers"]) == 2  # nothing stopped
+
+        stopped = cli("server", "stop", "--port", str(second), env=env)
+        assert stopped.returncode == 0, stopped.stderr
+        assert f"Stopped the server at {urls[1]}" in stopped.stdout
+        assert [s["url"] for s in _listed(env)["servers"]] == [urls[0]]
+
+        last = cli("server", "stop", env=env)  # one left: no option needed
+        assert last.returncode == 0, last.stderr
+        assert f"Stopped the server at {urls[0]}" in last.stdout
+        assert _listed(env) == {"servers": [], "removed": []}
+        empty = cli("server", "list", env=env)
+        assert "No server started by redismigrate is running." in empty.stdout
+    finally:
+        for proc in starts:
+            if proc.poll() is None:
+                proc.kill()
+        cli("server", "stop", "--all", env=env)
+
+
+def test_server_list_removes_a_killed_servers_record(tmp_path: Path) -> None:
+    env = {"REDISMIGRATE_STATE_DIR": str(tmp_path)}
+    url = _started_url(cli("server", "start", env=env))
+    try:
+        (entry,) = _listed(env)["servers"]
+        os.kill(entry["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+            except redis.ConnectionError:
+                break
+            time.sleep(0.05)
+        listed = cli("server", "list", env=env)
+        assert listed.returncode == 0, listed.stderr
+        assert f"Removed the record of the server at {url}" in listed.stdout
+        assert "no longer running" in listed.stdout
+        assert "No server started by redismigrate is running." in listed.stdout
+        assert _listed(env) == {"servers": [], "removed": []}  # said once
+    finally:
+        cli("server", "stop", "--all", env=env)
 
 
 def test_demo_runs_the_whole_job_on_its_own_server() -> None:

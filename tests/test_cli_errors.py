@@ -236,6 +236,9 @@ CASES = [
     # server (its state folder is the test's own: never a server someone else started)
     Case("server-start-port-out-of-range", ("server", "start", "--port", "99999"), "--port"),
     Case("server-stop-extra-argument", ("server", "stop", "now"), "unexpected extra argument"),
+    Case("server-stop-port-not-ours", ("server", "stop", "--port", "1"), "no server"),
+    Case("server-stop-port-and-all", ("server", "stop", "--port", "1", "--all"), "not both"),
+    Case("server-list-extra-argument", ("server", "list", "now"), "unexpected extra argument"),
 ]
 
 

@@ -11,6 +11,7 @@ import redis
 import redis.asyncio as aioredis
 
 from redismigrate.aio.planner import AsyncMigrationPlanner
+from redismigrate.memory import mb, plan_memory
 from redismigrate.patch import SchemaPatch
 from redismigrate.render import ft_create_args
 from redismigrate.schema import IndexSchema
@@ -71,12 +72,23 @@ async def test_estimate_gives_costs_and_a_recall_forecast_without_writing(
     assert changes_since_save(sync_client) == before  # read-only
     (field,) = estimate.vector_fields
     assert estimate.documents == DOCS
-    assert field.backup_bytes == estimate.backup_disk_bytes == DOCS * DIMS * 4
-    assert estimate.memory_change_bytes == 2 * (DOCS * DIMS * 2 - DOCS * DIMS * 4)
+    # the values (128 bytes + a 2-byte msgpack header each), keys and framing beside them
+    assert field.backup_bytes == DOCS * (DIMS * 4 + 2)
+    assert field.backup_bytes < estimate.backup_disk_bytes < field.backup_bytes * 1.25
+    # one memory model: 128-byte values in 160-byte classes -> 64 in 80 (sds), and the
+    # index's two vector blocks of 1024 x 128 bytes -> 1024 x 64 (with their classes)
+    assert estimate.memory is not None
+    assert estimate.memory_change_bytes == estimate.memory.change == plan_memory(plan).change
+    assert estimate.memory.documents_change == DOCS * (80 - 160)
+    assert estimate.memory.index_change == 2 * (81_920 - 163_840)
+    assert any(
+        f"frees about {mb(-estimate.memory_change_bytes)}" in w for w in plan.warnings
+    )
     assert estimate.aof_growth_bytes > DOCS * DIMS * 2
     assert estimate.rdb_snapshot_bytes > 0
     assert field.quality is not None
-    assert field.quality.sample_size >= 1000
+    assert field.quality.sample_size == DOCS  # every stored vector is searched
+    assert field.quality.queries == 200
     assert field.quality.recall_before == 1.0
     assert 0.95 <= field.quality.recall_after <= 1.0
 
@@ -95,7 +107,7 @@ def test_estimate_cli(redis_url: str, clustered_index: IndexSchema, tmp_path: Pa
     assert made.returncode == 0, made.stderr
     shown = cli("estimate", "--plan", str(plan_path), "--url", redis_url)
     assert shown.returncode == 0, shown.stderr
-    assert "recall@10" in shown.stdout and "Memory saved" in shown.stdout
+    assert "recall@10" in shown.stdout and "Memory after the migration: frees" in shown.stdout
     assert "not estimated (pass --aof-enabled)" in shown.stdout
     as_json = cli(
         "estimate", "--plan", str(plan_path), "--url", redis_url, "--json", "--aof-enabled"

@@ -70,8 +70,12 @@ def test_files_round_trip_identically(tmp_path: Path, suffix: str) -> None:
     schema = IndexSchema.from_yaml(REDISVL_STYLE)
     path = tmp_path / f"schema{suffix}"
     schema.dump(path)
-    assert IndexSchema.load(path) == schema
+    # a vector field is written in full (its defaults filled in): the same index
+    assert IndexSchema.load(path).same_index_as(schema)
     assert IndexSchema.load(path).to_dict() == schema.to_dict()
+    canonical = tmp_path / f"canonical{suffix}"
+    schema.canonical().dump(canonical)
+    assert IndexSchema.load(canonical) == schema.canonical()
 
 
 def test_the_yaml_layout_is_the_one_people_write() -> None:
@@ -80,8 +84,14 @@ def test_the_yaml_layout_is_the_one_people_write() -> None:
     assert lines[0] == "version: 0.1.0"
     assert "index:" in lines and "fields:" in lines
     assert "- name: title" in lines
-    # defaults are left out
+    # defaults are left out, but for a vector field's algorithm, datatype, metric and
+    # parameters (RedisVL needs the algorithm; a reader sees what the index uses)
     assert "no_index" not in text and "withsuffixtrie" not in text
+    vector = lines[lines.index("- name: embedding") :]
+    for needed in ("algorithm: hnsw", "datatype: float32", "distance_metric: cosine"):
+        assert f"    {needed}" in vector
+    for needed in ("m: 16", "ef_construction: 200", "ef_runtime: 10", "epsilon: 0.01"):
+        assert f"    {needed}" in vector
 
 
 def test_canonical_form_fills_defaults_and_is_idempotent() -> None:

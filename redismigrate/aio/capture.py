@@ -236,6 +236,11 @@ class ChangeCapture:
     def deleted(self, key: bytes) -> bool:
         return key in self._deleted
 
+    @property
+    def pending(self) -> int:
+        """Keys the application wrote that no drain has handed out yet."""
+        return len(self._foreign)
+
     async def sync(self) -> None:
         """Return once every event that happened before this call has been read."""
         if not self.complete:

@@ -25,7 +25,7 @@ import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
-from redismigrate.aio import aliases, online
+from redismigrate.aio import aliases, online, reencode_online
 from redismigrate.aio.capture import ChangeCapture
 from redismigrate.aio.connection import connect
 from redismigrate.aio.fastwire import Wire
@@ -74,10 +74,13 @@ from redismigrate.files import write_document
 from redismigrate.ftinfo import stats_from_ft_info
 from redismigrate.integrity import check_plan, check_plan_copy, verify_backup_for_plan
 from redismigrate.keytext import key_text
-from redismigrate.ledger import LedgerEntry
+from redismigrate.ledger import LedgerEntry, unreportable_params
+from redismigrate.memory import plan_memory
 from redismigrate.plan import MigrationPlan, Online, now_iso, plan_hash, schema_hash
+from redismigrate.progress import shown
 from redismigrate.report import (
     Benchmark,
+    MemoryUse,
     MigrationReport,
     StepTiming,
     ValidationResult,
@@ -144,6 +147,15 @@ def _close_backups(run: Run) -> None:
             run.backups.close()
 
 
+async def server_memory(client: aioredis.Redis) -> tuple[int, int] | None:
+    """INFO memory's ``used_memory`` and ``used_memory_dataset`` (None when refused)."""
+    try:
+        info = await client.info("memory")
+        return int(info["used_memory"]), int(info["used_memory_dataset"])
+    except (rexc.RedisError, OSError, KeyError, ValueError):
+        return None
+
+
 def plan_copy_path(backup_dir: Path, index_name: str) -> Path:
     """The copy of the plan kept beside its backup (rollback reads it)."""
     header = Path(backup_paths(backup_dir, index_name).header)
@@ -204,11 +216,14 @@ class AsyncMigrationExecutor:
         batch_size: int = 500,
         num_workers: int = 1,
         progress_callback: ProgressCallback | None = None,
+        progress: bool = False,
         auto_rollback: bool = True,
         plan_path: str | None = None,
         force: bool = False,
         break_lock: bool = False,
         allow_eviction: bool = False,
+        postpone_cut_over: bool = False,
+        cut_over_flag: str | Path | None = None,
     ) -> MigrationReport:
         """Apply ``plan``; resume where an earlier run with the same plan stopped.
 
@@ -227,6 +242,16 @@ class AsyncMigrationExecutor:
         policy, disk): PreflightBlocked, before anything is written, when a check blocks.
         An evicting maxmemory-policy blocks unless ``allow_eviction``; any eviction
         during the run stops it and undoes it.
+
+        An online plan that re-encodes hash vectors (aio/reencode_online.py) switches the
+        name as soon as the shadow index is ready; with ``postpone_cut_over`` it keeps
+        mirroring until `redismigrate cut-over` (``request_cut_over``) is run or the file
+        ``cut_over_flag`` (default: beside the backup) appears.
+
+        ``progress_callback(step, done, total)`` is called as each step goes: as it starts,
+        per batch or poll, and last with ``done == total`` (``total`` None while unknown).
+        ``progress=True`` shows the steps as they go, a bar each with its count, rate and
+        time remaining, in a terminal or a Jupyter notebook (plain lines elsewhere).
         """
         check_plan(plan, source=plan_path)  # edited after review: refused, nothing touched
         if not plan.supported:
@@ -248,24 +273,39 @@ class AsyncMigrationExecutor:
                 force=force,
             )
             checked.raise_if_blocked()
-            async with RunGuard(
-                client,
-                command="apply",
-                index_name=plan.source.index_name,
-                target_index=plan.target_index_name,
-                backup_dir=directory,
-                plan_hash=plan_hash(plan),
-                break_lock=break_lock,
-            ) as guard:
-                run = Run(plan, client, directory, batch_size, num_workers, progress_callback)
+            async with (
+                RunGuard(
+                    client,
+                    command="apply",
+                    index_name=plan.source.index_name,
+                    target_index=plan.target_index_name,
+                    backup_dir=directory,
+                    plan_hash=plan_hash(plan),
+                    break_lock=break_lock,
+                    source_params=unreportable_params(plan.source.schema_snapshot),
+                    target_params=unreportable_params(plan.merged_target_schema),
+                ) as guard,
+                shown(progress, progress_callback) as reporting,
+            ):
+                run = Run(plan, client, directory, batch_size, num_workers, reporting.steps)
                 run.preflight = checked
+                run.memory_before = await server_memory(client)
                 run.wire.enabled = not await is_cluster(client)
                 report: MigrationReport | None = None
                 failure: Exception | None = None
                 async with anyio.create_task_group() as watchers:
                     watchers.start_soon(watch_evictions, run)
                     try:
-                        report = await self._apply_body(run, force, auto_rollback, plan_path)
+                        report = await self._apply_body(
+                            run,
+                            force,
+                            auto_rollback,
+                            plan_path,
+                            reencode_online.CutOverControl(
+                                postpone=postpone_cut_over,
+                                flag_file=Path(cut_over_flag) if cut_over_flag else None,
+                            ),
+                        )
                     except Exception as exc:  # raised as it is, not in an exception group
                         failure = exc
                     finally:
@@ -276,11 +316,16 @@ class AsyncMigrationExecutor:
                 return guard.done(_kept(report, directory))
 
     async def _apply_body(
-        self, run: Run, force: bool, auto_rollback: bool, plan_path: str | None
+        self,
+        run: Run,
+        force: bool,
+        auto_rollback: bool,
+        plan_path: str | None,
+        cut_over: reencode_online.CutOverControl,
     ) -> MigrationReport:
         try:
             if isinstance(run.plan.mode, Online):
-                return await self._apply_online(run, force)
+                return await self._apply_online(run, force, cut_over)
             return await self._apply(run, plan_path)
         except BadInputError:
             raise
@@ -292,17 +337,35 @@ class AsyncMigrationExecutor:
             with anyio.CancelScope(shield=True):  # cleanup, also when cancelled
                 await run.wire.close()
 
-    async def _apply_online(self, run: Run, force: bool) -> MigrationReport:
+    async def _apply_online(
+        self, run: Run, force: bool, cut_over: reencode_online.CutOverControl
+    ) -> MigrationReport:
         plan, client = run.plan, run.client
         assert isinstance(plan.mode, Online)
         shadow = plan.mode.shadow_index
         write_document(plan_copy_path(run.backup_dir, plan.source.index_name), plan.to_dict())
+        if plan.mode.reencode is not None:  # hash vectors, through shadow fields
+            validation, done = await reencode_online.apply_online_reencode(
+                run,
+                cut_over,
+                timeout=self.index_ready_timeout,
+                poll=self.poll_interval,
+                checkpoint_seconds=self.checkpoint_seconds,
+            )
+            counts = done.counts
+            run.reencoded = counts.backfilled + counts.swept + counts.mirrored
+            run.ready_at = time.perf_counter()
+            result = "succeeded" if validation.passed else "failed"
+            report = await self._report(run, result, validation)
+            return msgspec.structs.replace(report, online_reencode=done)
         switch_documents: int | None = None
         if await online.physical_name(client, plan.target_index_name) == shadow:
             run.resumed = True  # switched already: check it
         else:
             started = time.perf_counter()
-            live = await self._live_schema(client, plan.source.index_name)
+            live = await self._live_schema(
+                client, plan.source.index_name, like=plan.source.schema_snapshot
+            )
             behind = await online.physical_name(client, plan.source.index_name)
             if (
                 live is None
@@ -329,7 +392,8 @@ class AsyncMigrationExecutor:
                 poll=self.poll_interval,
                 tick=run.tick,
             )
-            run.timed("indexing", started)
+            switch_documents = caught_up.num_docs + caught_up.hash_indexing_failures
+            run.timed("indexing", started, switch_documents)
             started = time.perf_counter()
             await online.cut_over(
                 client,
@@ -339,7 +403,6 @@ class AsyncMigrationExecutor:
                 aliases=plan.source.aliases,
             )
             run.timed("cut_over", started)
-            switch_documents = caught_up.num_docs + caught_up.hash_indexing_failures
         started = time.perf_counter()
         validation = await validate_live(client, plan, None, documents_at_switch=switch_documents)
         run.timed("validate", started)
@@ -384,6 +447,7 @@ class AsyncMigrationExecutor:
             vector_changes=plan.vector_changes,
             validation=validation,
             error=None if validation.passed else "; ".join(validation.errors),
+            target_schema=plan.merged_target_schema,
         )
 
     # ------------------------------------------------------------------ the steps
@@ -446,8 +510,8 @@ class AsyncMigrationExecutor:
             started = time.perf_counter()
             if await self._live_schema(client, plan.target_index_name) is None:
                 await create_index(client, plan.merged_target_schema)
+                run.timed("create", started)  # (when re-encoding, created before it)
             run.set_phase("target_created")
-            run.timed("create", started)
             phase = "target_created"
         await self._wait_indexed(run)
         await self._rebuild_if_failures_grew(run)
@@ -550,12 +614,16 @@ class AsyncMigrationExecutor:
                 f"{plan.source.index_name!r}; use another --backup-dir, or remove it if "
                 "that migration is finished"
             )
-        live_source = await self._live_schema(run.client, plan.source.index_name)
+        live_source = await self._live_schema(
+            run.client, plan.source.index_name, like=plan.source.schema_snapshot
+        )
         # by its name: after an online migration that name is an alias of <name>__rm<n>
         source_matches = live_source is not None and aliases.source_matches(plan, live_source)
         if existing is not None:
             phase = existing.header.phase
-            target_live = await self._live_schema(run.client, plan.target_index_name)
+            target_live = await self._live_schema(
+                run.client, plan.target_index_name, like=plan.merged_target_schema
+            )
             target_matches = target_live is not None and target_live.same_index_as(
                 plan.merged_target_schema
             )
@@ -664,11 +732,17 @@ class AsyncMigrationExecutor:
         suffix = STALE_SUFFIX if stale else RESTARTED_SUFFIX  # one restarted copy at most
         set_aside(run.backup_dir, run.plan.source.index_name, files, suffix)
 
-    async def _live_schema(self, client: aioredis.Redis, name: str) -> IndexSchema | None:
+    async def _live_schema(
+        self, client: aioredis.Redis, name: str, like: IndexSchema | None = None
+    ) -> IndexSchema | None:
+        """The live schema of ``name`` (None when there is no such index); with ``like``,
+        what the server does not report (vector parameters) is taken from ``like``, so a
+        comparison with it looks only at what the server reports."""
         try:
-            return (await read_schema_and_stats(client, name)).schema
+            described = await read_schema_and_stats(client, name)
         except IndexNotFound:
             return None
+        return described.comparable_to(like) if like is not None else described.schema
 
     async def _stats(self, client: aioredis.Redis, name: str) -> Any:
         try:
@@ -718,6 +792,7 @@ class AsyncMigrationExecutor:
             return
         started = time.perf_counter()
         moved = 0
+        run.tick("key_renames", 0, run.documents or None)
         for keys in self._snapshot(run):
             moved += await prefix_step.move(run.client, keys, change, run.capture)
             run.tick("key_renames", moved, run.documents or None)
@@ -748,15 +823,22 @@ class AsyncMigrationExecutor:
             await anyio.sleep(self.poll_interval)
 
     async def _wait_indexed(self, run: Run) -> None:
+        """Wait until the target is indexed. Its documents count as the step's items only
+        when the index builds them by its own scan meanwhile; a target built while the
+        re-encode wrote its documents is indexed already, and the wait only confirms it."""
         started = time.perf_counter()
         expected = run.plan.source.stats_snapshot.num_docs or None
+        stats = await self._stats(run.client, run.plan.target_index_name)
+        scanning = stats is not None and (stats.indexing or stats.percent_indexed < 1.0)
+        if scanning:
+            run.tick("indexing", 0, expected)
         total = await self._until_indexed(
             run.client,
             run.plan.target_index_name,
             lambda done: run.tick("indexing", done, expected),
         )
         run.ready_at = time.perf_counter()
-        run.timed("indexing", started, total)
+        run.timed("indexing", started, total if scanning else 0)
 
     # ------------------------------------------------------------------ outcome
     async def _report(
@@ -796,6 +878,7 @@ class AsyncMigrationExecutor:
             total_seconds=round(total, 4),
             vector_changes=plan.vector_changes,
             validation=validation,
+            target_schema=plan.merged_target_schema,
             benchmark=Benchmark(
                 documents=documents,
                 total_seconds=round(total, 4),
@@ -817,6 +900,23 @@ class AsyncMigrationExecutor:
             malformed_vectors=run.malformed,
             malformed_vector_keys=run.malformed_keys,
             preflight=run.preflight.checks if run.preflight is not None else [],
+            memory=await self._memory_use(run),
+        )
+
+    async def _memory_use(self, run: Run) -> MemoryUse:
+        """The memory model's figure for the plan, and the server's memory measured
+        before and after the run (not for a resumed run: its "before" is not the start)."""
+        model = plan_memory(run.plan, batch_size=run.batch_size)
+        after = await server_memory(run.client)
+        before = run.memory_before
+        if run.resumed or before is None or after is None:
+            return MemoryUse(model_change_bytes=model.change)
+        return MemoryUse(
+            model_change_bytes=model.change,
+            used_memory_before=before[0],
+            used_memory_after=after[0],
+            dataset_before=before[1],
+            dataset_after=after[1],
         )
 
     async def _failed(
@@ -839,7 +939,7 @@ class AsyncMigrationExecutor:
             )
         if auto_rollback and not isinstance(exc, ConnectionFailed | rexc.ConnectionError):
             try:
-                await self._undo(run.client, run.plan, run.backup_dir)
+                await self._undo(run.client, run.plan, run.backup_dir, tick=run.progress)
             except (RedisMigrateError, rexc.RedisError, OSError) as undo_error:
                 return await self._report(
                     run,
@@ -871,25 +971,35 @@ class AsyncMigrationExecutor:
         backup_dir: Path,
         *,
         recreate_index: bool = True,
+        tick: ProgressCallback | None = None,
     ) -> int:
         """Put documents, keys, fields and (optionally) the source index back as the plan
-        found them; returns how many vector values were restored."""
+        found them; returns how many vector values were restored. Progress goes to
+        ``tick`` (steps ``restore`` and ``indexing``)."""
         # the whole backup checks out, and matches the plan, before anything is destroyed
         await anyio.to_thread.run_sync(verify_backup_for_plan, backup_dir, plan)
-        live_target = await self._live_schema(client, plan.target_index_name)
-        if live_target is not None and not live_target.same_index_as(plan.source.schema_snapshot):
+        if await self._target_not_source(client, plan, backup_dir):
             await drop_index(client, plan.target_index_name)
         backup = BackupSet.open(backup_dir, plan.source.index_name)
         restored = 0
         if backup is not None:
             wire = Wire(client, enabled=not await is_cluster(client))
             try:
-                restored = await self._undo_documents(client, wire, plan, backup)
+                restored = await self._undo_documents(client, wire, plan, backup, tick)
             finally:
                 await wire.close()
         if recreate_index and await self._live_schema(client, plan.source.index_name) is None:
             await create_index(client, plan.source.schema_snapshot)
-            await self._until_indexed(client, plan.source.index_name)
+            expected = plan.source.stats_snapshot.num_docs or None
+            if tick is not None:
+                tick("indexing", 0, expected)
+            indexed = await self._until_indexed(
+                client,
+                plan.source.index_name,
+                None if tick is None else lambda done: tick("indexing", done, expected),
+            )
+            if tick is not None:
+                tick("indexing", indexed, indexed)
         if recreate_index:
             await aliases.point_at_source(client, plan)
         if backup is not None:
@@ -900,8 +1010,37 @@ class AsyncMigrationExecutor:
                 path.rename(f"{path}.rolled-back-{stamp}")
         return restored
 
+    async def _target_not_source(
+        self, client: aioredis.Redis, plan: MigrationPlan, backup_dir: Path
+    ) -> bool:
+        """Whether an index lives under the target's name and is not the source: by what
+        the server reports; where source and target differ only in what it does not
+        report (vector parameters), by whether the run got as far as dropping the source."""
+        try:
+            live = await read_schema_and_stats(client, plan.target_index_name)
+        except IndexNotFound:
+            return False
+        source, target = plan.source.schema_snapshot, plan.merged_target_schema
+        if not live.reports_same_index_as(source):
+            return True
+        if not live.reports_same_index_as(target) or source.same_index_as(target):
+            return False
+        # source and target differ only in what the server does not report: the backup
+        # says whether the source was dropped yet (before that it still serves)
+        backup = BackupSet.open(backup_dir, plan.source.index_name)
+        if backup is None:
+            return True
+        phase = backup.header.phase
+        backup.close()
+        return phase not in ("dump", "ready")
+
     async def _undo_documents(
-        self, client: aioredis.Redis, wire: Wire, plan: MigrationPlan, backup: BackupSet
+        self,
+        client: aioredis.Redis,
+        wire: Wire,
+        plan: MigrationPlan,
+        backup: BackupSet,
+        tick: ProgressCallback | None = None,
     ) -> int:
         """From the snapshot in the backup: every key gets its name back, every vector the
         migration re-encoded its original bytes, every renamed field its old name.
@@ -917,6 +1056,9 @@ class AsyncMigrationExecutor:
         restored = 0
         conflicts: list[bytes] = []
         check: list[tuple[bytes, bytes, bytes]] = []
+        keys_done, keys_total = 0, backup.keys_backed_up
+        if tick is not None:
+            tick("restore", 0, keys_total)
         for frame in backup.iter_frames():
             names = list(frame.keys)
             if change is not None:
@@ -938,6 +1080,11 @@ class AsyncMigrationExecutor:
             if frame.batch == 0:
                 check += restored_here
             conflicts.extend(await fields_step.rename_back(client, wire, plan, names))
+            keys_done += len(frame.keys)
+            if tick is not None:
+                tick("restore", keys_done, keys_total)
+        if tick is not None:
+            tick("restore", keys_done, keys_done)
         if check:
             pipe = client.pipeline(transaction=False)
             for name, field_name, _ in check:
@@ -976,12 +1123,15 @@ class AsyncMigrationExecutor:
         recreate_index: bool = False,
         break_lock: bool = False,
         allow_eviction: bool = False,
+        progress_callback: ProgressCallback | None = None,
+        progress: bool = False,
     ) -> RollbackReport:
         """Restore every original vector byte from a backup, move keys and fields back and
         drop the target index definition; with ``recreate_index`` also recreate the source
         index from the plan's snapshot. Holds the same locks as apply (``break_lock``
         takes over another run's index lock). The preflight runs first, as for apply
-        (PreflightBlocked before anything is changed)."""
+        (PreflightBlocked before anything is changed). ``progress_callback`` and
+        ``progress``: as for apply (steps ``restore`` and ``indexing``)."""
         directory = Path(backup_dir)
         if not directory.is_dir():
             raise BadInputError(f"backup directory {str(directory)!r} does not exist")
@@ -1001,11 +1151,29 @@ class AsyncMigrationExecutor:
                     backup_dir=directory,
                     plan_hash=plan_hash(plan),
                     break_lock=break_lock,
+                    source_params=unreportable_params(plan.source.schema_snapshot),
+                    target_params=unreportable_params(plan.merged_target_schema),
                 ) as guard,
+                shown(progress, progress_callback) as reporting,
             ):
-                said = await online.reverse(
-                    client, plan, timeout=self.index_ready_timeout, poll=self.poll_interval
+                undo = (
+                    reencode_online.rollback_online_reencode(
+                        client,
+                        plan,
+                        directory,
+                        timeout=self.index_ready_timeout,
+                        poll=self.poll_interval,
+                    )
+                    if isinstance(plan.mode, Online) and plan.mode.reencode is not None
+                    else online.reverse(
+                        client,
+                        plan,
+                        timeout=self.index_ready_timeout,
+                        poll=self.poll_interval,
+                        tick=reporting.steps,
+                    )
                 )
+                said = await undo
             copy.rename(f"{copy}.rolled-back-{time.strftime('%Y%m%dT%H%M%S')}")
             return _kept_rollback(
                 RollbackReport(
@@ -1033,9 +1201,14 @@ class AsyncMigrationExecutor:
                 backup_dir=directory,
                 plan_hash=plan_hash(plan),
                 break_lock=break_lock,
+                source_params=unreportable_params(plan.source.schema_snapshot),
+                target_params=unreportable_params(plan.merged_target_schema),
             ) as guard,
+            shown(progress, progress_callback) as reporting,
         ):
-            restored = await self._undo(client, plan, directory, recreate_index=recreate_index)
+            restored = await self._undo(
+                client, plan, directory, recreate_index=recreate_index, tick=reporting.steps
+            )
         return _kept_rollback(
             RollbackReport(
                 index_name=name,
@@ -1059,6 +1232,20 @@ class AsyncMigrationExecutor:
         given): command, index, plan hash, start, end, status, host, pid, backup dir."""
         async with connect(redis_url, redis_client) as client:
             return await read_history(client, index_name=index_name, limit=limit)
+
+    async def request_cut_over(
+        self,
+        index_name: str,
+        *,
+        redis_url: str | None = None,
+        redis_client: aioredis.Redis | None = None,
+    ) -> str:
+        """Release the postponed cut-over of an online re-encoding of ``index_name``: the
+        run waiting on it switches the name once the shadow index is built and the lag
+        is near zero (a run started later switches as soon as it can). Returns what
+        will happen, in one sentence; BadInputError when no such index exists."""
+        async with connect(redis_url, redis_client) as client:
+            return await reencode_online.request_cut_over(client, index_name)
 
 
 class RollbackReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -351,9 +351,14 @@ async def reencode(
         if not pending:
             out.already += 1
             return
-        for name, value in pending:
-            writes.append(_hset(key, name, value))
-        events.append((key, len(pending)))
+        # one HSET for all of the document's vectors: the index reads the document on
+        # each write, and one still in the old encoding would fail it (a failure the
+        # server never takes back)
+        if len(pending) == 1:
+            writes.append(_hset(key, *pending[0]))
+        else:
+            writes.append(pack(b"HSET", key, *(part for pair in pending for part in pair)))
+        events.append((key, 1))
         out.written += 1
         out.values += len(pending)
 

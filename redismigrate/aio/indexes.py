@@ -19,9 +19,17 @@ from redismigrate.ftinfo import (
     schema_from_ft_info,
     stats_from_ft_info,
     text,
+    unreported_in_ft_info,
 )
 from redismigrate.render import ft_create_args
-from redismigrate.schema import IndexSchema, TextField, VectorField
+from redismigrate.schema import (
+    IndexSchema,
+    TextField,
+    UnreportedAttribute,
+    VectorField,
+    unreported_map,
+    with_unreported_from,
+)
 
 _SEARCH_MODULE_NAMES = ("search", "ft", "searchlight")
 _JSON_MODULE_NAMES = ("rejson", "redisjson")
@@ -37,12 +45,26 @@ def search_module_missing() -> SearchModuleMissing:
 
 
 class IndexDescription(msgspec.Struct, frozen=True, kw_only=True):
-    """A live index: its schema and its FT.INFO counters."""
+    """A live index: its schema and its FT.INFO counters.
+
+    ``unreported`` lists the vector parameters the server did not report (the schema
+    holds None for each, or the value an earlier redismigrate run recorded, named there).
+    """
 
     schema: IndexSchema
     stats: IndexStats
     # names that are aliases of this index (the schema carries the index's own name)
     aliases: list[str] = []
+    unreported: list[UnreportedAttribute] = []
+
+    def comparable_to(self, reference: IndexSchema) -> IndexSchema:
+        """The live schema with what the server did not report taken from ``reference``:
+        compared with ``reference``, only what the server reports counts."""
+        return with_unreported_from(self.schema, unreported_map(self.unreported), reference)
+
+    def reports_same_index_as(self, reference: IndexSchema) -> bool:
+        """True when everything the server reports equals ``reference``."""
+        return self.comparable_to(reference).same_index_as(reference)
 
 
 async def server_capabilities(client: aioredis.Redis) -> ServerCapabilities:
@@ -138,14 +160,26 @@ async def _is_phonetic(client: aioredis.Redis, index_name: str, field_name: str)
     return True
 
 
+# search 2.x names it FT.DEBUG; search 8 _FT.DEBUG, refused unless the server runs with
+# enable-debug-command (and by ACL rules that leave it out, as managed services do)
+_DEBUG_COMMANDS = ("FT.DEBUG", "_FT.DEBUG")
+
+
 async def _vector_details(
     client: aioredis.Redis, index_name: str, field_name: str
 ) -> dict[str, Any] | None:
-    try:
-        reply = await execute(client, "FT.DEBUG", "VECSIM_INFO", index_name, field_name)
-    except rexc.ResponseError:
-        return None
-    return pairs_to_dict(reply)
+    """``FT.DEBUG VECSIM_INFO`` of one field (the parameters FT.INFO leaves out), or None
+    where the server refuses it."""
+    for command in _DEBUG_COMMANDS:
+        try:
+            reply = await execute(client, command, "VECSIM_INFO", index_name, field_name)
+        except rexc.ResponseError:
+            continue
+        try:
+            return pairs_to_dict(reply)
+        except ServerReplyError:
+            return None
+    return None
 
 
 async def read_schema_and_stats(client: aioredis.Redis, index_name: str) -> IndexDescription:
@@ -171,7 +205,12 @@ async def read_schema_and_stats(client: aioredis.Redis, index_name: str) -> Inde
     if details or phonetic:
         schema = schema_from_ft_info(raw, vector_details=details, phonetic_fields=phonetic)
     aliases = [index_name] if schema.name != index_name else []
-    return IndexDescription(schema=schema, stats=stats_from_ft_info(raw), aliases=aliases)
+    return IndexDescription(
+        schema=schema,
+        stats=stats_from_ft_info(raw),
+        aliases=aliases,
+        unreported=unreported_in_ft_info(raw, vector_details=details),
+    )
 
 
 async def read_schema(client: aioredis.Redis, index_name: str) -> IndexSchema:

@@ -13,6 +13,7 @@ from redismigrate.aio.indexes import (
     read_schema_and_stats,
     server_capabilities,
 )
+from redismigrate.aio.ledger import recall_unreported
 from redismigrate.capabilities import ServerCapabilities
 
 
@@ -45,10 +46,17 @@ class AsyncIndexInspector:
     ) -> IndexDescription:
         """The full schema and the FT.INFO counters of ``index_name``.
 
-        Raises IndexNotFound when the server has no such index.
+        Vector parameters the server does not report are listed in ``unreported``; the
+        schema holds the value an earlier redismigrate run recorded for one (its
+        migration ledger, or the plan kept in its backup directory), else None (the
+        server's default). Raises IndexNotFound when the server has no such index.
         """
         async with connect(redis_url, redis_client) as client:
-            return await read_schema_and_stats(client, index_name)
+            described = await read_schema_and_stats(client, index_name)
+            schema, unreported = await recall_unreported(
+                client, index_name, described.schema, described.unreported
+            )
+            return msgspec.structs.replace(described, schema=schema, unreported=unreported)
 
     async def capabilities(
         self,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 from redismigrate.aio.connection import execute
-from redismigrate.errors import BadInputError
+from redismigrate.errors import BadInputError, RedisMigrateError
 from redismigrate.ledger import (
     LEDGER_KEY,
     LEDGER_MAXLEN,
@@ -18,7 +19,10 @@ from redismigrate.ledger import (
     decode_event,
     lock_key,
     merge_events,
+    recall_recorded,
 )
+from redismigrate.plan import MigrationPlan, plan_hash
+from redismigrate.schema import IndexSchema, UnreportedAttribute, with_recorded
 
 _PAGE = 1000
 _FIELD = b"event"
@@ -92,3 +96,43 @@ async def read_history(
             running.append(run_id)
     entries = merge_events(events, running)[::-1]
     return entries[:limit] if limit is not None else entries
+
+
+def plan_of(entry: LedgerEntry) -> MigrationPlan | None:
+    """The plan a run applied, from the copy kept beside its backup (also once rolled back
+    and renamed), when it is on this machine and still the plan the ledger names."""
+    if entry.backup_dir is None or entry.plan_hash is None:
+        return None
+    from redismigrate.aio.executor import plan_copy_path  # the executor imports this module
+
+    copy = plan_copy_path(Path(entry.backup_dir), entry.index_name)
+    candidates = [copy, *sorted(copy.parent.glob(f"{copy.name}.rolled-back-*"), reverse=True)]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            plan = MigrationPlan.load(path)
+        except (RedisMigrateError, OSError):
+            continue
+        if plan_hash(plan) == entry.plan_hash:
+            return plan
+    return None
+
+
+async def recall_unreported(
+    client: aioredis.Redis,
+    index_name: str,
+    schema: IndexSchema,
+    unreported: list[UnreportedAttribute],
+) -> tuple[IndexSchema, list[UnreportedAttribute]]:
+    """``schema`` and ``unreported`` with the values an earlier redismigrate run recorded
+    for parameters the server does not report (see ``ledger.recall_recorded``); unchanged
+    when the ledger cannot be read."""
+    if not unreported:
+        return schema, unreported
+    try:
+        entries = await read_history(client, index_name=index_name)
+    except (BadInputError, rexc.RedisError):
+        return schema, unreported
+    recalled = recall_recorded(entries, index_name, schema, unreported, plan_of)
+    return with_recorded(schema, recalled), recalled

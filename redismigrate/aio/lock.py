@@ -24,7 +24,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import msgspec
@@ -216,8 +216,13 @@ class RunGuard:
         break_lock: bool = False,
         ledger: bool = True,
         ttl: float | None = None,
+        source_params: dict[str, dict[str, Any]] | None = None,
+        target_params: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.client = client
+        # recorded in the ledger: the vector parameters a server may not report
+        self.source_params = source_params or {}
+        self.target_params = target_params or {}
         self.command = command
         self.index_name = index_name
         self.target_index = target_index if target_index != index_name else None
@@ -361,6 +366,8 @@ class RunGuard:
             result=result,
             error=error,
             took_over="; ".join(self.warnings) or None,
+            source_params=self.source_params if kind == "started" else {},
+            target_params=self.target_params if kind == "started" else {},
         )
 
     # ------------------------------------------------------------------ while running

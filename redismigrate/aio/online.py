@@ -9,7 +9,7 @@ name at the shadow as an alias: queries never see a missing index.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -70,10 +70,12 @@ async def wait_until_caught_up(
     *,
     timeout: float,
     poll: float,
-    tick: Any = None,
+    tick: Callable[[str, int, int | None], None] | None = None,
 ) -> IndexStats:
     """Wait until ``shadow`` is fully indexed and counts as many documents as ``live``;
-    returns the live index's counters at that moment."""
+    returns the live index's counters at that moment. ``tick("indexing", have, want)``
+    as it goes (documents indexed by the shadow, of the live index's), last with
+    ``have == want``."""
     deadline = time.monotonic() + timeout
     while True:
         shadow_stats = await _stats(client, shadow)
@@ -100,9 +102,11 @@ async def cut_over(
     new_name: str,
     shadow: str,
     aliases: Sequence[str] = (),
+    also: Sequence[Sequence[Any]] = (),
 ) -> str:
     """In one MULTI/EXEC: point ``new_name`` and the user ``aliases`` at ``shadow`` and drop
-    what ``name`` served (the drop would remove the aliases still on it).
+    what ``name`` served (the drop would remove the aliases still on it). ``also``: more
+    commands for the same transaction, after the switch (a capture marker, say).
 
     Returns the physical index that was dropped.
     """
@@ -123,6 +127,8 @@ async def cut_over(
             pipe.execute_command("FT.ALIASDEL", name)
             pipe.execute_command("FT.ALIASADD", new_name, shadow)
         pipe.execute_command("FT.DROPINDEX", current)
+    for command in also:
+        pipe.execute_command(*command)
     await pipe.execute()
     return current
 
@@ -134,7 +140,12 @@ async def source_matches(client: aioredis.Redis, plan: MigrationPlan, live: Inde
 
 
 async def reverse(
-    client: aioredis.Redis, plan: MigrationPlan, *, timeout: float, poll: float
+    client: aioredis.Redis,
+    plan: MigrationPlan,
+    *,
+    timeout: float,
+    poll: float,
+    tick: Callable[[str, int, int | None], None] | None = None,
 ) -> str:
     """Undo an online migration: before the cut-over drop the shadow; after it, build the
     source schema under a new physical name and swap the name back the same way."""
@@ -154,7 +165,7 @@ async def reverse(
     ]
     back = shadow_name(plan.source.index_name, others, shadow)
     await create_index(client, plan.source.schema_snapshot, index_name=back)
-    await wait_until_caught_up(client, back, shadow, timeout=timeout, poll=poll)
+    await wait_until_caught_up(client, back, shadow, timeout=timeout, poll=poll, tick=tick)
     await cut_over(
         client,
         name=plan.target_index_name,

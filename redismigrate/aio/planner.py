@@ -14,19 +14,22 @@ import redis.exceptions as rexc
 
 from redismigrate.aio.aliases import plan_aliases
 from redismigrate.aio.connection import connect, execute
+from redismigrate.aio.forecast import forecast_quality
 from redismigrate.aio.indexes import (
     ft_info,
     list_indexes,
     read_schema_and_stats,
     server_capabilities,
 )
+from redismigrate.aio.ledger import recall_unreported
 from redismigrate.aio.preflight import Command, malformed_vectors, preflight, refuse_cluster
 from redismigrate.aio.topology import cluster_reply
 from redismigrate.errors import BadInputError
-from redismigrate.estimate import MigrationEstimate, build_estimate
+from redismigrate.estimate import RECALL_QUERIES, MigrationEstimate, build_estimate
 from redismigrate.ftinfo import pairs_to_dict, schema_from_ft_info
 from redismigrate.keytext import key_text
-from redismigrate.patch import SchemaPatch, diff_schemas
+from redismigrate.memory import average_key_bytes
+from redismigrate.patch import SchemaPatch, diff_schemas, target_schema_notes
 from redismigrate.plan import MigrationPlan, OtherIndex, build_plan, seal_plan
 from redismigrate.preflight import Preflight
 from redismigrate.quantize import Encoding, decode_stored
@@ -34,8 +37,7 @@ from redismigrate.schema import DATATYPE_BYTES, IndexSchema, VectorField, defaul
 
 KEY_SAMPLE_SIZE = 10
 VECTOR_SAMPLE_SIZE = 2000
-QUALITY_SAMPLE_SIZE = 2000
-MIN_QUALITY_SAMPLE = 1000
+QUALITY_QUERIES = RECALL_QUERIES
 
 
 async def sample_keys(client: aioredis.Redis, index_name: str, count: int) -> list[bytes]:
@@ -202,43 +204,36 @@ class AsyncMigrationPlanner:
         redis_url: str | None = None,
         redis_client: aioredis.Redis | None = None,
         aof_enabled: bool = False,
-        quality_sample_size: int = QUALITY_SAMPLE_SIZE,
+        quality_queries: int = QUALITY_QUERIES,
     ) -> MigrationEstimate:
         """Disk, memory and AOF costs of ``plan`` and a recall@10 forecast; writes nothing.
 
-        The forecast re-encodes a sample of at least 1,000 stored vectors (fewer only
-        when the index holds fewer) locally and compares exact KNN before and after.
+        The forecast takes ``quality_queries`` stored vectors at random as queries and
+        searches them, exactly, among every stored vector of the index, before and after
+        re-encoding (the vectors are streamed in batches: memory stays bounded; the
+        numpy work runs in a worker thread).
         """
-        quality_sample_size = max(quality_sample_size, MIN_QUALITY_SAMPLE)
         async with connect(redis_url, redis_client) as client:
             await refuse_cluster(client)
             memory = await client.info("memory")
             dataset = int(memory.get("used_memory_dataset", 0))
-            samples: dict[str, np.ndarray] = {}
+            forecasts: dict[str, Any] = {}
             lossy = [vc for vc in plan.vector_changes if vc.lossy]
             if lossy:
-                source = plan.source.schema_snapshot
                 try:
-                    keys = await sample_keys(client, plan.source.index_name, quality_sample_size)
+                    await sample_keys(client, plan.source.index_name, 1)
+                    present = True
                 except rexc.ResponseError as exc:
                     if cluster_reply(exc):
                         raise
-                    keys = []  # the source index is gone (already migrated): no forecast
-                for change in lossy:
-                    field = source.field(change.source_field)
-                    if isinstance(field, VectorField):
-                        samples[change.source_field] = await sample_vectors(
-                            client, source, field, keys
-                        )
-        key_sample = plan.source.keyspace.key_sample
-        average_key = (
-            sum(len(k.encode()) for k in key_sample) // len(key_sample) if key_sample else 16
-        )
+                    present = False  # the source index is gone (already migrated)
+                if present:
+                    forecasts = await forecast_quality(client, plan, lossy, queries=quality_queries)
         return build_estimate(
             plan,
-            samples=samples,
+            forecasts=forecasts,
             dataset_bytes=dataset,
-            average_key_bytes=average_key,
+            average_key_bytes=average_key_bytes(plan.source.keyspace.key_sample),
             aof_enabled=aof_enabled,
         )
 
@@ -282,6 +277,11 @@ class AsyncMigrationPlanner:
         described = await read_schema_and_stats(client, index_name)
         physical = described.schema.name  # differs when index_name is an alias
         source = renamed(described.schema, index_name)
+        # parameters the server does not report: the values an earlier run recorded
+        source, unreported = await recall_unreported(
+            client, index_name, source, described.unreported
+        )
+        notes = target_schema_notes(target) if target is not None else []
         user_aliases, aliases_listed = await plan_aliases(client, index_name, physical, aliases)
         if patch is None:
             assert target is not None
@@ -315,12 +315,13 @@ class AsyncMigrationPlanner:
             physical_index=physical,
             aliases=user_aliases,
             aliases_listed=aliases_listed,
+            unreported=unreported,
         )
         data = await malformed_vectors(client, plan)
         if data.status != "pass":  # counted over every key: the plan says so
-            plan = seal_plan(
-                msgspec.structs.replace(plan, warnings=[*plan.warnings, f"data: {data.detail}"])
-            )
+            notes.append(f"data: {data.detail}")
+        if notes:
+            plan = seal_plan(msgspec.structs.replace(plan, warnings=[*plan.warnings, *notes]))
         return plan
 
 

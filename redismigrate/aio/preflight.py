@@ -34,6 +34,7 @@ from redismigrate.preflight import (
     parameters_check,
 )
 from redismigrate.schema import DATATYPE_BYTES
+from redismigrate.shadow import shadow_vector_bytes
 
 Command = Literal["plan", "estimate", "apply", "rollback"]
 # keys shown as examples of malformed vectors
@@ -45,7 +46,7 @@ EVICTION_POLL_SECONDS = 0.2
 def writes_documents(plan: MigrationPlan) -> bool:
     """Whether a run of ``plan`` writes documents (not only index definitions)."""
     if isinstance(plan.mode, Online):
-        return False
+        return plan.mode.reencode is not None  # shadow vectors
     renames = plan.rename_operations
     return bool(
         renames.rename_fields
@@ -57,7 +58,12 @@ def writes_documents(plan: MigrationPlan) -> bool:
 def memory_growth(plan: MigrationPlan, command: Command) -> int:
     """Bytes the server's memory grows by during a run (negative: it shrinks)."""
     if isinstance(plan.mode, Online):
-        return shadow_index_bytes(plan) if command != "rollback" else 0
+        # the shadow index, plus the shadow vectors of an online re-encoding
+        stats = plan.source.stats_snapshot
+        vectors = shadow_vector_bytes(
+            stats.num_docs + stats.hash_indexing_failures, plan.mode.reencode, plan.vector_changes
+        )
+        return shadow_index_bytes(plan) + vectors if command != "rollback" else 0
     change = build_estimate(plan).memory_change_bytes
     return -change if command == "rollback" else change
 
@@ -97,8 +103,7 @@ def _commands(plan: MigrationPlan, command: Command, db: int) -> list[tuple[list
     if command == "plan" or command == "estimate":
         return [(["FT.INFO", index], True), (["SCAN", "0"], True)]
     if isinstance(plan.mode, Online) and command == "apply":
-        return [
-            *run,
+        switch: list[tuple[list[Any], bool]] = [
             (["FT.CREATE", plan.mode.shadow_index, "SCHEMA", "f", "TEXT"], True),
             (["FT.ALIASADD", plan.source.index_name, index], True),
             (["FT.ALIASUPDATE", plan.source.index_name, index], True),
@@ -106,6 +111,9 @@ def _commands(plan: MigrationPlan, command: Command, db: int) -> list[tuple[list
             (["MULTI"], True),
             (["EXEC"], True),
         ]
+        if plan.mode.reencode is None:
+            return [*run, *switch]
+        run += switch  # and the shadow vectors: the document commands below
     run += [
         (["FT.DROPINDEX", index], True),
         (["FT.CREATE", plan.target_index_name, "SCHEMA", "f", "TEXT"], True),
@@ -280,8 +288,8 @@ def backup_bytes(plan: MigrationPlan) -> int:
     """What the backup of a run of ``plan`` writes to disk, about."""
     stats = plan.source.stats_snapshot
     documents = stats.num_docs + stats.hash_indexing_failures
-    if not writes_documents(plan):
-        return 0
+    if not writes_documents(plan) or isinstance(plan.mode, Online):
+        return 0  # online: the originals stay in the documents, nothing is backed up
     estimate = build_estimate(plan).backup_disk_bytes
     key_bytes = documents * 64  # key names and framing
     return estimate + key_bytes

@@ -41,8 +41,9 @@ async def validate_live(
     written_during_run: Callable[[bytes], bool] | None = None,
     live_documents: int | None = None,
 ) -> ValidationResult:
-    """Live schema equals the merged target; document counts and failures hold; sampled
-    keys exist; re-encoded vectors equal the plan's rule applied to their backed-up bytes.
+    """Live schema equals the merged target (in what the server reports); document counts
+    and failures hold; sampled keys exist; re-encoded vectors equal the plan's rule
+    applied to their backed-up bytes.
 
     When the application wrote during the run, ``written_during_run`` tells which sampled
     keys it wrote (they are checked by what they hold now, not by the backup), and
@@ -66,8 +67,9 @@ async def validate_live(
             indexing_failures_after=0,
             errors=[f"index {target.name!r} does not exist"],
         )
-    # the name may be an alias: FT.INFO then reports the index behind it
-    live_schema = renamed(live.schema, target.name)
+    # the name may be an alias: FT.INFO then reports the index behind it; what the server
+    # does not report (vector parameters such as HNSW EF_RUNTIME on search 8) is not checked
+    live_schema = renamed(live.comparable_to(target), target.name)
     schema_match = live_schema.canonical() == target.canonical()
     if not schema_match:
         errors.append("live schema differs from the plan's merged_target_schema")

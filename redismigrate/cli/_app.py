@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import msgspec
@@ -20,6 +20,11 @@ from redismigrate.ledger import TAKEOVER
 from redismigrate.sync import IndexInspector, MigrationPlanner
 from redismigrate.urls import check_url
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from redismigrate.server import ServerInfo
+
 app = typer.Typer(
     name="redismigrate",
     help="Change the schema of a live Redis Search index and keep every document.",
@@ -30,7 +35,7 @@ app = typer.Typer(
 )
 index_app = typer.Typer(help="Look at the indexes on a server.", no_args_is_help=True)
 server_app = typer.Typer(
-    help="A throwaway Redis Stack server (search + JSON) for trying things out.",
+    help="Throwaway Redis Stack servers (search + JSON) for trying things out.",
     no_args_is_help=True,
 )
 app.add_typer(index_app, name="index")
@@ -133,39 +138,125 @@ def index_info(
                 "schema": described.schema.to_dict(),
                 "aliases": described.aliases,
                 "stats": msgspec.to_builtins(described.stats),
+                "unreported": msgspec.to_builtins(described.unreported),
             }
         )
     else:
-        _render.print_index(console, described.schema, described.stats, described.aliases)
+        _render.print_index(
+            console, described.schema, described.stats, described.aliases, described.unreported
+        )
 
 
 @server_app.command("start")
 def server_start(
     port: Annotated[
-        int | None, typer.Option(min=1, max=65535, help="Port (default: a free one).")
+        int | None,
+        typer.Option(min=1, max=65535, help="Port (default: a free one; refused if taken)."),
     ] = None,
     dir: Annotated[
-        Path | None, typer.Option("--dir", help="Working folder for logs (default: a cache dir).")
+        Path | None,
+        typer.Option(
+            "--dir",
+            help="Working folder for its log (default: STATE_DIR/servers/PORT; never one "
+            "another running server uses).",
+        ),
     ] = None,
 ) -> None:
-    """Start a Redis Stack server in the background on 127.0.0.1 (persistence off)."""
+    """Start a Redis Stack server in the background on 127.0.0.1 (persistence off).
+
+    Several can run at once, a port and a folder each (see `redismigrate server list`).
+    """
     from redismigrate import server
 
     info = server.start_detached(port=port, dir=str(dir) if dir else None)
-    console.print(f"Redis Stack running at {info.url} (pid {info.pid}, dir {info.dir})")
-    console.print("Stop it with: redismigrate server stop")
+    console.print(
+        f"Redis Stack running at {info.url} (pid {info.pid}, dir {info.dir})",
+        markup=False,
+        highlight=False,
+    )
+    console.print(
+        f"Stop it with: redismigrate server stop --port {info.port} "
+        "(all servers: redismigrate server list)",
+        highlight=False,
+    )
+
+
+def _server_json(info: ServerInfo) -> dict[str, Any]:
+    return {
+        "url": info.url,
+        "host": info.host,
+        "port": info.port,
+        "pid": info.pid,
+        "dir": info.dir,
+        "started_at": info.started_at,
+    }
+
+
+def _print_removed(removed: Iterable[ServerInfo]) -> None:
+    for info in removed:
+        console.print(
+            f"Removed the record of the server at {info.url} (pid {info.pid}): it is no "
+            f"longer running (its log is kept in {info.dir}).",
+            markup=False,
+            highlight=False,
+        )
+
+
+@server_app.command("list")
+def server_list(as_json: JsonOption = False) -> None:
+    """List the servers `redismigrate server start` started.
+
+    URL, pid, folder, start time and whether each answers. Records of servers no
+    longer running are removed (and said so).
+    """
+    from redismigrate import server
+
+    found = server.list_detached()
+    if as_json:
+        _print_json(
+            {
+                "servers": [
+                    {**_server_json(s.info), "answering": s.answering} for s in found.running
+                ],
+                "removed": [_server_json(info) for info in found.removed],
+            }
+        )
+        return
+    _print_removed(found.removed)
+    if found.running:
+        for line in _render.server_lines(found.running):
+            console.print(line, markup=False, highlight=False)
+    else:
+        console.print("No server started by redismigrate is running.")
 
 
 @server_app.command("stop")
-def server_stop() -> None:
-    """Stop the server that `redismigrate server start` started."""
+def server_stop(
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Stop the server on this port."),
+    ] = None,
+    all_servers: Annotated[
+        bool, typer.Option("--all", help="Stop every server `server start` started.")
+    ] = False,
+) -> None:
+    """Stop a server `redismigrate server start` started.
+
+    The only one running, the one on --port, or --all. Exit 2 when several run and
+    neither option says which.
+    """
     from redismigrate import server
 
-    info = server.stop_detached()
-    if info is None:
-        console.print("No server started by redismigrate is running.")
-    else:
+    done = server.stop_servers(port, all=all_servers)
+    _print_removed(done.removed)
+    for info in done.stopped:
         console.print(f"Stopped the server at {info.url} (pid {info.pid}).")
+    if not done.stopped:
+        where = f" on port {port}" if port is not None else ""
+        console.print(f"No server started by redismigrate is running{where}.")
+    if done.running:
+        ports = ", ".join(str(s.info.port) for s in done.running)
+        console.print(f"Still running: port(s) {ports} (redismigrate server list).")
 
 
 @app.command("demo")
@@ -258,8 +349,9 @@ def plan(
         str | None,
         typer.Option(
             "--mode",
-            help="online (no downtime; only changes that rewrite no document) or "
-            "drop_recreate. Default: online where possible.",
+            help="online (no downtime: index-only changes, and hash vector re-encoding "
+            "through shadow fields; not renames or prefix changes) or drop_recreate. "
+            "Default: online for index-only changes, else drop_recreate.",
         ),
     ] = None,
     alias: AliasOption = None,
@@ -412,6 +504,23 @@ def apply(
     ] = False,
     break_lock: BreakLockOption = False,
     allow_eviction: AllowEvictionOption = False,
+    postpone_cut_over: Annotated[
+        bool,
+        typer.Option(
+            "--postpone-cut-over",
+            help="Online re-encoding: keep mirroring once the shadow index is ready, and "
+            "switch only when `redismigrate cut-over --index NAME` is run (or the "
+            "--cut-over-flag file appears).",
+        ),
+    ] = False,
+    cut_over_flag: Annotated[
+        Path | None,
+        typer.Option(
+            "--cut-over-flag",
+            help="A file whose appearance releases a postponed cut-over (default: "
+            "BACKUP_DIR/migration_backup_<index>.cut-over).",
+        ),
+    ] = None,
 ) -> None:
     """Apply a plan. Exit 0 only when the migration succeeded and validated."""
     from redismigrate.aio.executor import AsyncMigrationExecutor, check_backup_dir
@@ -447,6 +556,8 @@ def apply(
         "force": force,
         "break_lock": break_lock,
         "allow_eviction": allow_eviction,
+        "postpone_cut_over": postpone_cut_over,
+        "cut_over_flag": cut_over_flag,
     }
     try:
         with StepProgress(console) as progress:
@@ -488,6 +599,20 @@ def apply(
     _render.print_where(console, report, backup_dir, url)
     if not report.succeeded:
         raise typer.Exit(1)
+
+
+@app.command("cut-over")
+def cut_over(
+    index: Annotated[str, typer.Option("--index", "-i", help="The index being migrated.")],
+    url: UrlOption = "redis://localhost:6379",
+) -> None:
+    """Release the postponed cut-over of an online re-encoding (apply --postpone-cut-over):
+    the run switches the name once the shadow index is built and the lag is near zero."""
+    from redismigrate.sync import MigrationExecutor
+
+    check_url(url)
+    said = MigrationExecutor().request_cut_over(index, redis_url=url)
+    console.print(said, markup=False, highlight=False)
 
 
 @app.command("validate")

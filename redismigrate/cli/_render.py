@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -12,11 +15,22 @@ from redismigrate.batch import BatchPlan, BatchReport, BatchState
 from redismigrate.commands import index_commands, shell_line
 from redismigrate.estimate import MigrationEstimate
 from redismigrate.ftinfo import IndexStats
+from redismigrate.memory import mb, memory_sentence
 from redismigrate.plan import MigrationPlan, Online
 from redismigrate.preflight import Preflight, PreflightCheck
-from redismigrate.report import MigrationReport
-from redismigrate.schema import IndexSchema, VectorField, non_default_builtins, type_name
+from redismigrate.report import MemoryUse, MigrationReport
+from redismigrate.schema import (
+    IndexSchema,
+    UnreportedAttribute,
+    VectorField,
+    non_default_builtins,
+    type_name,
+    vector_attrs_dict,
+)
 from redismigrate.urls import redact_url
+
+if TYPE_CHECKING:
+    from redismigrate.server import DetachedServer
 
 
 def index_list_table(described: list[IndexDescription]) -> Table:
@@ -37,6 +51,21 @@ def index_list_table(described: list[IndexDescription]) -> Table:
     return table
 
 
+def server_lines(servers: Sequence[DetachedServer]) -> list[str]:
+    """One line per server (a table would fold the folder's path)."""
+    lines = [f"{len(servers)} server(s) started by redismigrate:"]
+    for s in servers:
+        started = "?"
+        if s.info.started_at:
+            when = datetime.fromisoformat(s.info.started_at).astimezone()
+            started = when.strftime("%Y-%m-%d %H:%M:%S")
+        answers = "answers" if s.answering else "NOT ANSWERING (the process is alive)"
+        lines.append(
+            f"  {s.info.url}  pid {s.info.pid}  {answers}  started {started}  folder {s.info.dir}"
+        )
+    return lines
+
+
 def _attrs_text(attrs: dict[str, object]) -> str:
     parts = []
     for key, value in attrs.items():
@@ -45,7 +74,11 @@ def _attrs_text(attrs: dict[str, object]) -> str:
 
 
 def print_index(
-    console: Console, schema: IndexSchema, stats: IndexStats, aliases: list[str] | None = None
+    console: Console,
+    schema: IndexSchema,
+    stats: IndexStats,
+    aliases: list[str] | None = None,
+    unreported: list[UnreportedAttribute] | None = None,
 ) -> None:
     head = Table(title=f"Index {schema.name!r}", show_header=False)
     head.add_column("setting")
@@ -55,8 +88,11 @@ def print_index(
     head.add_row("storage", schema.storage_type)
     head.add_row("prefixes", ", ".join(repr(p) for p in schema.prefixes))
     options = non_default_builtins(schema.index.options)
+    stopwords = options.pop("stopwords", None)
     if options:
         head.add_row("options", _attrs_text(options))
+    if stopwords is not None:
+        head.add_row("stopwords", ", ".join(stopwords) if stopwords else "none")
     head.add_row("documents", f"{stats.num_docs:,}")
     head.add_row("indexing failures", f"{stats.hash_indexing_failures:,}")
     head.add_row(
@@ -72,12 +108,29 @@ def print_index(
     fields.add_column("type")
     fields.add_column("path")
     fields.add_column("attributes")
+    missing = {(u.field, u.attribute): u for u in unreported or []}
     for field in schema.fields:
-        attrs = non_default_builtins(field.attrs)
         if isinstance(field, VectorField):
-            attrs = {"dims": field.attrs.dims, **attrs}
+            attrs = vector_attrs_dict(field.attrs)
+            for name in attrs:
+                if (field.name, name) in missing:
+                    attrs[name] = f"{attrs[name]}*"
+        else:
+            attrs = non_default_builtins(field.attrs)
         fields.add_row(field.name, type_name(field), field.path or "", _attrs_text(attrs))
     console.print(fields)
+    if missing:
+        console.print("* not reported by the server (FT.INFO leaves it out, FT.DEBUG refused):")
+        for item in missing.values():
+            if item.recorded is not None:
+                where = f"{item.recorded}, as recorded by {item.recorded_by}"
+            elif item.attribute == "initial_cap":
+                where = "unknown (no server reports it); shown as not set"
+            else:
+                where = "unknown; the server's default is shown"
+            console.print(
+                f"  {item.field}.{item.attribute}: {where}", markup=False, highlight=False
+            )
 
 
 def print_plan_summary(console: Console, plan: MigrationPlan, path: object) -> None:
@@ -139,9 +192,12 @@ def print_estimate(console: Console, estimate: MigrationEstimate) -> None:
     else:
         console.print("  AOF growth:                 not estimated (pass --aof-enabled)")
     console.print(f"  Total new disk:             {human_bytes(estimate.total_new_disk_bytes)}")
-    change = estimate.memory_change_bytes
-    verb = "saved" if change < 0 else "added"
-    console.print(f"  Memory {verb} after migration: {human_bytes(abs(change))}")
+    if estimate.memory is not None:
+        console.print(f"  {memory_sentence(estimate.memory)}", markup=False, highlight=False)
+    else:
+        change = estimate.memory_change_bytes
+        verb = "frees" if change < 0 else "takes"
+        console.print(f"  Memory after the migration: {verb} about {mb(abs(change))}")
     for note in estimate.notes:
         console.print(f"  Note: {note}", markup=False, highlight=False)
 
@@ -162,6 +218,20 @@ def print_preflight(console: Console, checks: Preflight | list[PreflightCheck]) 
     for check in lines:
         console.print(f"  {_MARKS[check.status]}  {check.check}: ", end="")
         console.print(check.detail, markup=False, highlight=False)
+
+
+def memory_line(memory: MemoryUse) -> str:
+    """The memory model's figure for a run, and the change the run measured."""
+    change = memory.model_change_bytes
+    text = f"Memory: {'frees' if change < 0 else 'takes'} about {mb(abs(change))} (model)"
+    measured = memory.measured_change_bytes
+    if measured is not None and memory.dataset_before is not None:
+        assert memory.dataset_after is not None
+        text += (
+            f"; measured {'-' if measured < 0 else '+'}{mb(abs(measured))} "
+            f"(used_memory_dataset {mb(memory.dataset_before)} -> {mb(memory.dataset_after)})"
+        )
+    return text
 
 
 def print_report(console: Console, report: MigrationReport) -> None:
@@ -185,17 +255,20 @@ def print_report(console: Console, report: MigrationReport) -> None:
         table.add_column("items", justify="right")
         table.add_column("per second", justify="right")
         for timing in report.timings:
+            rate = timing.per_second  # none for a step without items or too short
             table.add_row(
                 timing.step,
                 f"{timing.seconds:.3f}",
                 f"{timing.items:,}" if timing.items else "",
-                f"{timing.per_second:,.0f}" if timing.items else "",
+                f"{rate:,.0f}" if rate is not None else "",
             )
         console.print(table)
         console.print(
             f"Total {report.total_seconds:.2f} s, downtime {report.downtime_seconds:.2f} s, "
             f"{report.documents:,} documents"
         )
+    if report.memory is not None:
+        console.print(memory_line(report.memory), markup=False, highlight=False)
     if report.validation is not None:
         v = report.validation
         console.print(
@@ -205,8 +278,35 @@ def print_report(console: Console, report: MigrationReport) -> None:
         )
         for error in v.errors:
             console.print(f"  - {error}", markup=False, highlight=False)
+    if report.online_reencode is not None:
+        print_online_reencode(console, report)
     for step in report.next_steps:
         console.print(f"Next: {step}", markup=False, highlight=False)
+
+
+def print_online_reencode(console: Console, report: MigrationReport) -> None:
+    """What an online re-encoding did, stage by stage."""
+    done = report.online_reencode
+    assert done is not None
+    c = done.counts
+    waited = (
+        f" after {done.waited_for_cut_over_seconds:,.1f} s"
+        if done.waited_for_cut_over_seconds
+        else ""
+    )
+    lag = f"; lag at the switch {done.lag_at_cut_over}" if done.lag_at_cut_over is not None else ""
+    lines = [
+        f"Online re-encoding ({done.variant}), stage {done.stage}: the name points at "
+        f"{done.shadow_index}, which reads {', '.join(done.shadow_fields)}",
+        f"  backfilled {c.backfilled:,}, mirrored {c.mirrored:,} (of {done.writes_seen:,} "
+        f"writes seen; {done.mirrored_after_switch:,} right after the switch), swept "
+        f"{c.swept:,}, skipped {c.skipped:,} (changed meanwhile: mirrored again), deleted "
+        f"{c.missing:,}, malformed {c.malformed:,}",
+        f"  change capture: {done.capture}; cut-over: {done.cut_over}{waited}{lag}",
+        "  not built yet: " + "; ".join(done.not_built),
+    ]
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
 
 
 def print_batch_plan(console: Console, batch: BatchPlan, path: object) -> None:

@@ -37,6 +37,7 @@ async def back_up(run: Run, batches: AsyncIterator[list[bytes]], checkpoint_seco
     fields = run.header.fields
     total = run.plan.source.stats_snapshot.num_docs
     done = 0
+    run.tick("backup", 0, total)
     # every key is recorded (the snapshot later steps work from), with its vectors
     names = list(fields)
     # fields are renamed after the drop: the backup reads them by their old names

@@ -28,6 +28,7 @@ async def rename(run: Run, snapshot: Iterable[list[bytes]]) -> None:
     is_json = run.plan.source.keyspace.storage_type == "json"
     change = run.plan.rename_operations.change_prefix
     done = 0
+    run.tick("field_renames", 0, run.documents or None)
     for batch in snapshot:
         keys = [moved_key(k, change.old, change.new) if change is not None else k for k in batch]
         if is_json:

@@ -182,6 +182,7 @@ async def reencode(run: Run, *, touch: bool, checkpoint_seconds: float) -> None:
             group.start_soon(produce, source, watermark, send)
 
     if changes:
+        run.tick("reencode", run.reencoded, run.documents or None)
         try:
             async with anyio.create_task_group() as group:
                 # a guarded write waits on several round trips: at least WRITERS

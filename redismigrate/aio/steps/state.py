@@ -158,6 +158,7 @@ class Run:
         self.workers = workers
         self.progress = progress
         self.timings: list[StepTiming] = []
+        self.ticking: dict[str, int] = {}  # steps reporting progress: their last ``done``
         self.backup: VectorBackup | None = None  # the progress header
         self.backups: BackupSet | None = None
         self.wire = Wire(client)
@@ -175,6 +176,8 @@ class Run:
         self.skipped: set[bytes] = set()  # keys a guarded write left: the application's
         self.concurrent: ConcurrentWrites | None = None
         self.preflight: Preflight | None = None
+        # INFO memory's used_memory and used_memory_dataset when the run started
+        self.memory_before: tuple[int, int] | None = None
         # set by a watcher (an eviction): the run's next step raises it
         self.halt: RedisMigrateError | None = None
         self.evictions_at_start: int | None = None
@@ -192,14 +195,31 @@ class Run:
             raise self.halt
 
     def tick(self, step: str, done: int, total: int | None = None) -> None:
+        """Report a step's progress: as it starts (``done`` 0), then per batch or poll."""
         self.check_halt()
+        self.ticking[step] = done
         if self.progress is not None:
             self.progress(step, done, total)
 
     def timed(self, step: str, started: float, items: int = 0) -> None:
-        self.timings.append(
-            StepTiming(step=step, seconds=round(time.perf_counter() - started, 4), items=items)
-        )
+        """Record a step's time since ``started`` and the ``items`` it handled; a step
+        timed again (the index built twice) is one entry: times added, the larger count.
+        A step that reported progress gets its last call: ``done == total``."""
+        seconds = time.perf_counter() - started
+        for position, earlier in enumerate(self.timings):
+            if earlier.step == step:
+                self.timings[position] = StepTiming(
+                    step=step,
+                    seconds=round(earlier.seconds + seconds, 4),
+                    items=max(earlier.items, items),
+                )
+                break
+        else:
+            self.timings.append(StepTiming(step=step, seconds=round(seconds, 4), items=items))
+        done = self.ticking.pop(step, None)
+        if done is not None and self.progress is not None:
+            final = max(done, items)
+            self.progress(step, final, final)
 
     @property
     def header(self) -> BackupHeader:

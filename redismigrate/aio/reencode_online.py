@@ -1,0 +1,642 @@
+"""Zero-downtime re-encoding of hash vectors: the stages of an online run, its resume
+and its rollback.
+
+The live index serves the whole time; the name moves to the shadow index in one
+MULTI/EXEC once that index is built and every application write is mirrored. The
+stages (recorded in the progress header, redismigrate/shadow.py):
+
+1. ``capture_started``: keyspace notifications for the prefixes (aio/capture.py),
+   from before the first document is read until the end.
+2. ``backfill``: every document's original vector re-encoded into its shadow field,
+   guarded (aio/shadow.py: written only where the original still holds the bytes that
+   were read; a deleted document is never recreated).
+3. ``shadow_index``: the target schema with the vector read from the shadow field
+   (``<field>__rm AS <field>``) created as ``<name>__rm<n>``; the server builds it in
+   the background while the live index serves.
+4. ``mirroring``: every key change capture names is re-encoded into its shadow again
+   (guarded); lag = keys written but not mirrored yet, ticked as ``mirror``. With
+   ``--postpone-cut-over`` the run keeps mirroring in ``awaiting_cut_over`` until
+   `redismigrate cut-over --index NAME` sets a key in Redis or the flag file appears.
+5. ``cut_over``: when the shadow is fully indexed and the lag near zero, the name (and
+   the user aliases) move to the shadow in one MULTI/EXEC (aio/online.py), with a
+   capture marker in the same transaction: the writes made up to the switch are
+   exactly those notified before the marker, and are mirrored right after it.
+6. ``switched``, then ``done``: the report says downtime 0 and counts what each stage
+   did. The run ends here (the ``keep_shadow_field`` variant).
+
+A rerun after a crash reads the stage, starts capture again and closes the gap with a
+sweep over every document (its shadow compared with the re-encoding of its original,
+fixed where wrong), then goes on. A rollback drops the shadow index (before the
+switch) or builds the source schema under a new name and switches back (after it),
+then removes the shadow fields, guarded.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import redis.asyncio as aioredis
+
+from redismigrate.aio import aliases, online
+from redismigrate.aio.capture import ChangeCapture
+from redismigrate.aio.fastwire import Wire
+from redismigrate.aio.indexes import create_index, ft_info, read_schema_and_stats
+from redismigrate.aio.keys import is_cluster, scan_prefixes
+from redismigrate.aio.preflight import check_evictions
+from redismigrate.aio.shadow import (
+    ShadowOutcome,
+    ShadowSpec,
+    encode_rows,
+    read_rows,
+    remove_shadows,
+    sync_shadows,
+)
+from redismigrate.aio.steps.state import Run, crash_point
+from redismigrate.aio.validate import VECTOR_SAMPLE, validate_live
+from redismigrate.errors import BadInputError, IndexNotFound, RedisMigrateError
+from redismigrate.ftinfo import stats_from_ft_info
+from redismigrate.keytext import key_names, key_text
+from redismigrate.ledger import LockHolder, lock_key
+from redismigrate.plan import MigrationPlan, Online, now_iso, plan_hash
+from redismigrate.report import ValidationResult
+from redismigrate.shadow import (
+    NOT_YET_BUILT,
+    OnlineProgress,
+    ShadowCounts,
+    ShadowReport,
+    Stage,
+    cut_over_flag_path,
+    cut_over_key,
+    progress_path,
+    read_progress,
+    shadow_schema,
+    write_progress,
+)
+
+BATCH = 500  # keys per batch where no run's --batch-size applies (rollback)
+SWEEP_WORKERS = 4  # batches in flight during a backfill or sweep
+CUT_OVER_MAX_LAG = 50  # keys written but not mirrored that still allow the switch
+CATCH_UP_ROUNDS = 50  # mirror rounds tried to bring the lag under that
+CUT_OVER_REQUEST_SECONDS = 7 * 24 * 3600  # how long a `cut-over` request waits for a run
+LEFT_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class CutOverControl:
+    """Who decides the moment of the switch: the run itself (as soon as it can), or the
+    operator (``postpone``: `redismigrate cut-over --index NAME`, or ``flag_file``)."""
+
+    postpone: bool = False
+    flag_file: Path | None = None
+
+
+class ShadowFieldsLeft(RedisMigrateError):
+    """A rollback put the source index back but left shadow fields it could not tell
+    were its own (the application wrote them after the cut-over)."""
+
+    exit_code = 1
+
+
+def _keys_in(batch: Sequence[bytes], size: int) -> list[list[bytes]]:
+    return [list(batch[i : i + size]) for i in range(0, len(batch), size)]
+
+
+class _OnlineReencode:
+    """One apply run of an online re-encoding plan."""
+
+    def __init__(
+        self,
+        run: Run,
+        control: CutOverControl,
+        *,
+        timeout: float,
+        poll: float,
+        checkpoint_seconds: float,
+    ) -> None:
+        plan = run.plan
+        assert isinstance(plan.mode, Online) and plan.mode.reencode is not None
+        self.run = run
+        self.plan = plan
+        self.client = run.client
+        self.reencode = plan.mode.reencode
+        self.shadow = plan.mode.shadow_index
+        self.specs = ShadowSpec.for_plan(plan)
+        self.control = control
+        self.timeout = timeout
+        self.poll = poll
+        self.checkpoint_seconds = checkpoint_seconds
+        self.prefixes = list(plan.source.keyspace.prefixes)
+        self.path = progress_path(run.backup_dir, plan.source.index_name)
+        self.flag = control.flag_file or cut_over_flag_path(run.backup_dir, plan.source.index_name)
+        self.header: OnlineProgress | None = None
+        self.base = ShadowCounts()  # what earlier runs of this migration counted
+        self.backfill = ShadowOutcome()
+        self.swept = ShadowOutcome()
+        self.mirror = ShadowOutcome()
+        self.capture: ChangeCapture | None = None
+        self.sweep_reason: str | None = None  # set: capture cannot be had, sweeps instead
+        self.writes_seen = 0
+        self.gaps = 0
+        self.lag_at_cut_over: int | None = None
+        self.released_by = "automatic"
+        self.waited = 0.0
+        self.after_switch = 0
+        self.documents_at_switch: int | None = None
+        self.wait_started: float | None = None
+        self.vectors_checked = 0
+
+    # ---------------------------------------------------------------- the header
+
+    def counts(self) -> ShadowCounts:
+        mine = ShadowCounts(
+            backfilled=self.backfill.written,
+            swept=self.swept.written + self.swept.removed,
+            mirrored=self.mirror.written + self.mirror.removed,
+            removed=self.backfill.removed,
+            skipped=len(self.backfill.skipped + self.swept.skipped + self.mirror.skipped),
+            missing=self.backfill.missing + self.swept.missing + self.mirror.missing,
+            malformed=len(
+                set(self.backfill.malformed + self.swept.malformed + self.mirror.malformed)
+            ),
+        )
+        return self.base.plus(mine)
+
+    def save(self, stage: Stage | None = None, **changes: Any) -> None:
+        """Write the header: the stage reached (never backwards) and the counts."""
+        assert self.header is not None
+        header = self.header
+        if stage is not None and not header.reached(stage):
+            changes["stage"] = stage
+        self.header = msgspec.structs.replace(
+            header, counts=self.counts(), updated_at=now_iso(), **changes
+        )
+        write_progress(self.path, self.header)
+
+    # ---------------------------------------------------------------- the run
+
+    async def execute(self) -> tuple[ValidationResult, ShadowReport]:
+        run, plan, client = self.run, self.plan, self.client
+        found = read_progress(self.path)
+        if found is not None and found.plan_hash != plan_hash(plan):
+            raise BadInputError(
+                f"{run.backup_dir} holds the progress of a different plan for index "
+                f"{plan.source.index_name!r}; use another --backup-dir, or roll that one back"
+            )
+        switched = await self._switched()
+        if found is None and not switched:
+            await self._check_source()
+            await aliases.check_before_drop(client, plan)
+            await client.delete(cut_over_key(plan.source.index_name))  # an old request
+            self.flag.unlink(missing_ok=True)
+            self.header = OnlineProgress(
+                index_name=plan.source.index_name,
+                plan_hash=plan_hash(plan),
+                shadow_index=self.shadow,
+                stage="capture_started",
+                started_at=now_iso(),
+                updated_at=now_iso(),
+            )
+        else:
+            run.resumed = True
+            self.header = found or OnlineProgress(
+                index_name=plan.source.index_name,
+                plan_hash=plan_hash(plan),
+                shadow_index=self.shadow,
+                stage="cut_over",
+                started_at=now_iso(),
+                updated_at=now_iso(),
+            )
+            self.base = self.header.counts
+            self.header = msgspec.structs.replace(
+                self.header, runs=self.header.runs + 1, awaiting_since=None
+            )
+        if self.header.stage == "done" and switched:
+            return await self._validate(), self._report()
+        started = time.perf_counter()
+        self.capture = await ChangeCapture(client, self.prefixes).start()
+        try:
+            if not self.capture.complete:
+                self.sweep_reason = self.capture.problem or "keyspace notifications are off"
+            self.save("capture_started")
+            run.timed("capture", started)
+            if not switched:
+                await self._before_switch()
+            else:
+                # killed after the switch: the writes it had not mirrored yet are found
+                # by comparing every document
+                await self._sweep("sweep")
+                self.save("switched", switched=True, switched_at=self.header.switched_at)
+            self.save("done")
+            await client.delete(cut_over_key(plan.source.index_name))
+            self.flag.unlink(missing_ok=True)
+            validation = await self._validate()
+        finally:
+            with anyio.CancelScope(shield=True):
+                self.writes_seen += self.capture.foreign_events
+                await self.capture.stop()
+        return validation, self._report()
+
+    async def _before_switch(self) -> None:
+        run, client, plan = self.run, self.client, self.plan
+        assert self.header is not None
+        started = time.perf_counter()
+        # a resume whose backfill had finished compares every document again (the gap)
+        kind = "sweep" if self.header.reached("shadow_index") else "backfill"
+        self.save("backfill")
+        await self._sweep(kind)
+        run.timed(kind, started, self.backfill.written + self.swept.written)
+        started = time.perf_counter()
+        if await online.physical_name(client, self.shadow) is None:
+            await create_index(
+                client,
+                shadow_schema(plan.merged_target_schema, self.reencode),
+                index_name=self.shadow,
+            )
+        self.save("shadow_index")
+        run.timed("create", started)
+        started = time.perf_counter()
+        await self._mirror_until(self._ready, "indexing")
+        self.save("mirroring")
+        run.timed("indexing", started)
+        if self.control.postpone and not await self._released():
+            started = self.wait_started = time.perf_counter()
+            self.save("awaiting_cut_over", awaiting_since=now_iso())
+            await self._mirror_until(self._released, "awaiting_cut_over")
+            self.waited = time.perf_counter() - started
+            run.timed("awaiting_cut_over", started)
+        await self._switch()
+
+    async def _switch(self) -> None:
+        run, plan = self.run, self.plan
+        started = time.perf_counter()
+        await self._mirror_until(self._ready, "indexing")
+        await self._catch_up()
+        await check_evictions(run)
+        assert self.capture is not None
+        self.lag_at_cut_over = self.capture.pending if self.sweep_reason is None else None
+        self.save("cut_over")
+        crash_point("before_cut_over")
+        run.tick("cut_over", 0, 1)  # the moment: an application switching with it can go
+        also: list[tuple[Any, ...]] = []
+        marker = None
+        if self.capture.complete:
+            channel, token, arrival = self.capture.marker()
+            also.append(("PUBLISH", channel, token))
+            marker = (token, arrival)
+        await online.cut_over(
+            self.client,
+            name=plan.source.index_name,
+            new_name=plan.target_index_name,
+            shadow=self.shadow,
+            aliases=plan.source.aliases,
+            also=also,
+        )
+        crash_point("after_cut_over")
+        self.save("switched", switched=True, switched_at=now_iso(), awaiting_since=None)
+        run.tick("cut_over", 1, 1)
+        run.timed("cut_over", started)
+        started = time.perf_counter()
+        # what the application wrote up to the switch: notified before the marker
+        if marker is not None and await self.capture.arrived(*marker):
+            before = self.mirror.written + self.mirror.removed
+            await self._mirror_keys(self.capture.drain())
+            self.after_switch = self.mirror.written + self.mirror.removed - before
+        else:
+            await self._sweep("sweep")
+        run.timed("mirror", started, self.after_switch)
+
+    # ---------------------------------------------------------------- the checks
+
+    async def _switched(self) -> bool:
+        return await online.physical_name(self.client, self.plan.target_index_name) == self.shadow
+
+    async def _check_source(self) -> None:
+        plan, client = self.plan, self.client
+        assert isinstance(plan.mode, Online)
+        try:
+            live = await read_schema_and_stats(client, plan.source.index_name)
+        except IndexNotFound:
+            live = None
+        behind = await online.physical_name(client, plan.source.index_name)
+        if (
+            live is None
+            or behind != plan.mode.previous_physical_index
+            or not await online.source_matches(
+                client, plan, live.comparable_to(plan.source.schema_snapshot)
+            )
+        ):
+            raise BadInputError(
+                f"source schema mismatch: index {plan.source.index_name!r} changed since "
+                "the plan was made; run `redismigrate plan` again"
+            )
+
+    async def _ready(self) -> bool:
+        """The shadow is fully indexed and holds as many documents (plus failures) as the
+        live index."""
+        shadow = stats_from_ft_info(await ft_info(self.client, self.shadow))
+        live = stats_from_ft_info(await ft_info(self.client, self.plan.source.index_name))
+        have = shadow.num_docs + shadow.hash_indexing_failures
+        want = live.num_docs + live.hash_indexing_failures
+        self.run.tick("indexing", have, want)
+        if not shadow.indexing and shadow.percent_indexed >= 1.0 and have == want:
+            self.documents_at_switch = want
+            return True
+        return False
+
+    async def _released(self) -> bool:
+        """The operator released the postponed cut-over (the key or the flag file)."""
+        crash_point("awaiting_cut_over")
+        if self.wait_started is not None:
+            waited = time.perf_counter() - self.wait_started
+            self.run.tick("awaiting_cut_over", int(waited), None)
+        if await self.client.exists(cut_over_key(self.plan.source.index_name)):
+            self.released_by = "postponed: redismigrate cut-over"
+            return True
+        if self.flag.exists():
+            self.released_by = f"postponed: flag file {self.flag}"
+            return True
+        return False
+
+    # ---------------------------------------------------------------- the work
+
+    async def _sweep(self, kind: str) -> None:
+        """Every document under the prefixes: its shadow made the re-encoding of its
+        original (the backfill; after a gap, the sweep that closes it)."""
+        outcome = self.backfill if kind == "backfill" else self.swept
+        if kind != "backfill":
+            self.gaps += 1
+        wire = self.run.wire
+        expected = self.plan.source.stats_snapshot.num_docs or None
+        done = 0
+        last_save = time.monotonic()
+        send, receive = anyio.create_memory_object_stream[list[bytes]](SWEEP_WORKERS)
+
+        async def worker(batches: Any) -> None:
+            nonlocal done, last_save
+            async with batches:
+                async for keys in batches:
+                    found = await sync_shadows(wire, keys, self.specs, self.capture)
+                    outcome.add(found)
+                    if self.capture is not None and found.skipped:
+                        # the application wrote them meanwhile: mirrored later
+                        self.capture.suspect(found.skipped)
+                    done += len(keys)
+                    self.run.tick(kind, done, expected)
+                    if time.monotonic() - last_save >= self.checkpoint_seconds:
+                        last_save = time.monotonic()
+                        await anyio.to_thread.run_sync(self.save)
+                    crash_point(f"during_{kind}")
+
+        async with anyio.create_task_group() as group:
+            with receive:
+                for _ in range(SWEEP_WORKERS):
+                    group.start_soon(worker, receive.clone())
+            async with send:
+                async for keys in scan_prefixes(
+                    self.client, self.prefixes, "hash", self.run.batch_size
+                ):
+                    await send.send(keys)
+        self.save()
+
+    async def _mirror_keys(self, keys: set[bytes]) -> None:
+        for batch in _keys_in(sorted(keys), self.run.batch_size):
+            found = await sync_shadows(self.run.wire, batch, self.specs, self.capture)
+            self.mirror.add(found)
+            if self.capture is not None and found.skipped:
+                self.capture.suspect(found.skipped)
+
+    async def _mirror_round(self) -> None:
+        """Mirror what change capture saw since the last round; restart capture (and
+        sweep the gap) when its subscription dropped."""
+        capture = self.capture
+        assert capture is not None
+        if self.sweep_reason is None and not capture.complete:
+            await self._recapture()
+            return
+        if self.sweep_reason is not None:
+            return  # nothing to go by: the sweeps before and after the switch do it
+        keys = capture.drain()
+        if keys:
+            await self._mirror_keys(keys)
+        mirrored = self.mirror.written + self.mirror.removed
+        self.run.tick("mirror", mirrored, mirrored + capture.pending)
+
+    async def _recapture(self) -> None:
+        assert self.capture is not None
+        problem = self.capture.problem or "the subscription dropped"
+        self.writes_seen += self.capture.foreign_events
+        await self.capture.stop()
+        self.capture = await ChangeCapture(self.client, self.prefixes).start()
+        if not self.capture.complete:
+            self.sweep_reason = f"{problem}; starting again failed: {self.capture.problem}"
+            return
+        await self._sweep("sweep")  # what was written while nobody listened
+
+    async def _mirror_until(self, done: Callable[[], Awaitable[bool]], step: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            await self._mirror_round()
+            if await done():
+                return
+            if step == "indexing" and time.monotonic() > deadline:
+                raise RedisMigrateError(
+                    f"timeout waiting for the shadow index {self.shadow!r} after "
+                    f"{self.timeout:g} s; the live index still serves, nothing was switched: "
+                    "run apply again to go on, or `redismigrate rollback`"
+                )
+            await anyio.sleep(self.poll)
+
+    async def _catch_up(self) -> None:
+        """Bring the lag under CUT_OVER_MAX_LAG: wait until every write made so far is
+        read, mirror it, again while more came in meanwhile."""
+        capture = self.capture
+        assert capture is not None
+        if self.sweep_reason is not None:
+            await self._sweep("sweep")  # no notifications: compare every document
+            return
+        for _ in range(CATCH_UP_ROUNDS):
+            await capture.sync()
+            if not capture.complete:
+                await self._recapture()
+                if self.sweep_reason is not None:
+                    await self._sweep("sweep")
+                    return
+                continue
+            waiting = capture.pending
+            await self._mirror_round()
+            if waiting <= CUT_OVER_MAX_LAG:
+                return
+
+    # ---------------------------------------------------------------- the outcome
+
+    async def _validate(self) -> ValidationResult:
+        """The live index through the name against the shadow schema, the counts, and a
+        sample of shadows against the re-encoding of their originals."""
+        started = time.perf_counter()
+        plan = self.plan
+        as_built = msgspec.structs.replace(
+            plan, merged_target_schema=shadow_schema(plan.merged_target_schema, self.reencode)
+        )
+        validation = await validate_live(
+            self.client,
+            as_built,
+            None,
+            documents_at_switch=self.documents_at_switch
+            or plan.source.stats_snapshot.num_docs
+            + plan.source.stats_snapshot.hash_indexing_failures,
+        )
+        sample = [names[0] for names in map(key_names, plan.source.keyspace.key_sample)]
+        sample = sample[:VECTOR_SAMPLE]
+        if self.capture is not None:
+            sample = [k for k in sample if not self.capture.written_by_application(k)]
+        rows = await read_rows(self.run.wire, sample, self.specs)
+        wanted = await encode_rows(rows, self.specs)
+        checked = 0
+        wrong: list[str] = []
+        for key, row, want in zip(sample, rows, wanted, strict=True):
+            if not isinstance(row, list) or all(v is None for v in row):
+                continue
+            checked += 1
+            shadows = [row[2 * i + 1] for i in range(len(self.specs))]
+            if shadows != want:
+                wrong.append(key_text(key))
+        self.vectors_checked = checked
+        if wrong:
+            validation = msgspec.structs.replace(
+                validation,
+                passed=False,
+                vectors_mismatched=wrong,
+                errors=[
+                    *validation.errors,
+                    f"{len(wrong)} shadow vector(s) differ from the re-encoding of their original",
+                ],
+            )
+        validation = msgspec.structs.replace(
+            validation, vectors_checked=validation.vectors_checked + checked
+        )
+        self.run.timed("validate", started)
+        return validation
+
+    def _report(self) -> ShadowReport:
+        assert self.header is not None
+        return ShadowReport(
+            variant=self.reencode.variant,
+            stage=self.header.stage,
+            shadow_index=self.shadow,
+            shadow_fields=[s.shadow_field for s in self.reencode.fields],
+            capture="notifications" if self.sweep_reason is None else f"sweep: {self.sweep_reason}",
+            counts=self.header.counts,
+            writes_seen=self.writes_seen,
+            gaps_swept=self.gaps,
+            lag_at_cut_over=self.lag_at_cut_over,
+            cut_over=self.released_by,
+            waited_for_cut_over_seconds=round(self.waited, 3),
+            mirrored_after_switch=self.after_switch,
+            vectors_checked=self.vectors_checked,
+            not_built=list(NOT_YET_BUILT),
+        )
+
+
+async def apply_online_reencode(
+    run: Run,
+    control: CutOverControl,
+    *,
+    timeout: float,
+    poll: float,
+    checkpoint_seconds: float,
+) -> tuple[ValidationResult, ShadowReport]:
+    """Run (or resume) the online re-encoding of ``run.plan``: see the module's doc."""
+    stages = _OnlineReencode(
+        run, control, timeout=timeout, poll=poll, checkpoint_seconds=checkpoint_seconds
+    )
+    return await stages.execute()
+
+
+# --------------------------------------------------------------------------- operator
+
+
+async def request_cut_over(client: aioredis.Redis, index_name: str) -> str:
+    """Release a run waiting on a postponed cut-over of ``index_name``: sets the key it
+    polls. Returns what will happen, in one sentence."""
+    if await online.physical_name(client, index_name) is None:
+        raise BadInputError(f"no index or alias named {index_name!r}")
+    holder = LockHolder.decode(await client.get(lock_key(index_name)))
+    request = msgspec.json.encode(
+        {"requested_at": now_iso(), "host": socket.gethostname(), "by": "redismigrate cut-over"}
+    )
+    await client.set(cut_over_key(index_name), request, ex=CUT_OVER_REQUEST_SECONDS)
+    if holder is None:
+        return (
+            f"cut-over of {index_name!r} requested; no run holds its lock now: an apply of "
+            "the postponed plan switches as soon as the shadow index is ready"
+        )
+    return (
+        f"cut-over of {index_name!r} requested: the run of {holder.describe()} switches "
+        "once the shadow index is built and the lag is near zero"
+    )
+
+
+# --------------------------------------------------------------------------- rollback
+
+
+async def rollback_online_reencode(
+    client: aioredis.Redis,
+    plan: MigrationPlan,
+    backup_dir: Path,
+    *,
+    timeout: float,
+    poll: float,
+) -> str:
+    """Back to the source index with zero failed queries, then no shadow field left.
+
+    Before the cut-over the shadow index is dropped (the name never left the source);
+    after it the source schema is built under a new physical name and the name switched
+    back in one MULTI/EXEC (aio/online.py ``reverse``). Then every shadow field is
+    removed, guarded: only where it still holds what was read; after a cut-over only
+    where it holds the re-encoding of the original (the application may have written a
+    shadow of its own since: left, and ShadowFieldsLeft names those keys).
+    """
+    assert isinstance(plan.mode, Online) and plan.mode.reencode is not None
+    path = progress_path(backup_dir, plan.source.index_name)
+    header = read_progress(path)
+    if header is not None and header.plan_hash != plan_hash(plan):
+        raise BadInputError(f"{path} belongs to another plan than the one kept beside it")
+    shadow = plan.mode.shadow_index
+    was_switched = (header is not None and header.switched) or (
+        await online.physical_name(client, plan.target_index_name) == shadow
+    )
+    said = await online.reverse(client, plan, timeout=timeout, poll=poll)
+    specs = ShadowSpec.for_plan(plan)
+    prefixes = list(plan.source.keyspace.prefixes)
+    # a killed apply may have left notifications on: put the user's setting back
+    capture = await ChangeCapture(client, prefixes).start()
+    await capture.stop()
+    wire = Wire(client, enabled=not await is_cluster(client))
+    total = ShadowOutcome()
+    try:
+        async for keys in scan_prefixes(client, prefixes, "hash", BATCH):
+            total.add(await remove_shadows(wire, keys, specs, only_our_encoding=was_switched))
+    finally:
+        await wire.close()
+    await client.delete(cut_over_key(plan.source.index_name))
+    left = total.left + total.skipped
+    said += f"; {total.removed:,} shadow field value(s) removed"
+    if left:
+        shown = ", ".join(repr(key_text(k)) for k in left[:LEFT_SHOWN])
+        raise ShadowFieldsLeft(
+            f"{said}, but {len(left):,} document(s) keep a shadow field the application wrote "
+            f"or changed after the cut-over ({shown}): compare them with their original "
+            "field and remove the shadow field where it is not needed, then run rollback again"
+        )
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    if path.exists():
+        path.rename(f"{path}.rolled-back-{stamp}")
+    cut_over_flag_path(backup_dir, plan.source.index_name).unlink(missing_ok=True)
+    return said

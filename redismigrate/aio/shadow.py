@@ -1,0 +1,351 @@
+"""Guarded writes of shadow vectors: each document's re-encoded vector in ``<field>__rm``.
+
+A shadow field is written only where the original field still holds the bytes its
+re-encoding was made from: the keys are WATCHed, their originals read again and
+compared, and only the matching writes go out in one MULTI/EXEC (aio/guarded.py's
+``_guarded``), which the server aborts if anyone wrote one of those keys in between.
+So a shadow never holds the encoding of a value the application has replaced, and a
+document the application deleted is never recreated (its original is gone, nothing
+matches). The same guard removes shadows: on rollback only where the shadow still
+holds what was read (and, after the cut-over, what the migrator writes for the
+original), and during a run where the original itself was removed.
+
+Everything here is idempotent: a document whose shadow already holds the re-encoding
+of its original is left alone (``already``), so a resumed run's sweep writes only
+what is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import hiredis
+
+from redismigrate.aio.capture import ChangeCapture
+from redismigrate.aio.fastwire import Wire, pack
+from redismigrate.aio.guarded import UNCHANGED, Events, Outcome, _guarded
+from redismigrate.plan import MigrationPlan, Online
+from redismigrate.quantize import Encoding, reencode_bytes
+from redismigrate.schema import DATATYPE_BYTES
+
+# encode in a worker thread from this many vectors on (below, a thread costs more)
+THREAD_FROM = 256
+# a key whose guarded write keeps being aborted is read and decided again this often
+RETRIES = 3
+
+
+@dataclass(frozen=True)
+class ShadowSpec:
+    """One re-encoded field as the writes need it."""
+
+    document_field: bytes  # the original (the application's field)
+    shadow_field: bytes
+    size: int  # byte length of a well-formed original
+    dims: int
+    encoding: Encoding
+
+    @classmethod
+    def for_plan(cls, plan: MigrationPlan) -> list[ShadowSpec]:
+        assert isinstance(plan.mode, Online) and plan.mode.reencode is not None
+        changes = {vc.field: vc for vc in plan.vector_changes}
+        specs: list[ShadowSpec] = []
+        for shadow in plan.mode.reencode.fields:
+            vc = changes[shadow.field]
+            assert vc.encoding is not None
+            specs.append(
+                cls(
+                    document_field=shadow.document_field.encode(),
+                    shadow_field=shadow.shadow_field.encode(),
+                    size=vc.dims * DATATYPE_BYTES[vc.source_datatype],
+                    dims=vc.dims,
+                    encoding=vc.encoding,
+                )
+            )
+        return specs
+
+
+@dataclass
+class ShadowOutcome:
+    """What one call did, by document."""
+
+    written: int = 0  # shadows written (new or fixed)
+    removed: int = 0  # shadows removed
+    already: int = 0  # already right: nothing to do
+    missing: int = 0  # documents that are not there (deleted): nothing written
+    malformed: list[bytes] = field(default_factory=list)  # originals of another length
+    skipped: list[bytes] = field(default_factory=list)  # changed again meanwhile: left
+    left: list[bytes] = field(default_factory=list)  # removal refused: not ours to remove
+
+    def add(self, other: ShadowOutcome) -> None:
+        self.written += other.written
+        self.removed += other.removed
+        self.already += other.already
+        self.missing += other.missing
+        self.malformed += other.malformed
+        self.skipped += other.skipped
+        self.left += other.left
+
+
+Op = tuple[bytes, bytes, bytes | None]  # (HSET or HDEL, field, value)
+
+
+def _names(specs: Sequence[ShadowSpec]) -> list[bytes]:
+    """The fields read per key: each original, then its shadow."""
+    out: list[bytes] = []
+    for spec in specs:
+        out += [spec.document_field, spec.shadow_field]
+    return out
+
+
+async def read_rows(wire: Wire, keys: Sequence[bytes], specs: Sequence[ShadowSpec]) -> list[Any]:
+    """Per key its ``[original, shadow, ...]`` (bytes or None), or a ReplyError for a key
+    that is not a hash."""
+    if not keys:
+        return []
+    names = _names(specs)
+    async with wire.connection() as conn:
+        return await conn.call(
+            b"".join(pack(b"HMGET", key, *names) for key in keys), len(keys), raise_errors=False
+        )
+
+
+def _plain(value: Any) -> Any:
+    return value.tobytes() if isinstance(value, memoryview) else value
+
+
+async def encode_rows(rows: Sequence[Any], specs: Sequence[ShadowSpec]) -> list[list[bytes | None]]:
+    """Per key and field: the re-encoding of the original read (None: none, or not a
+    vector of this field's size)."""
+    out: list[list[bytes | None]] = [[None] * len(specs) for _ in rows]
+    for position, spec in enumerate(specs):
+        where = [
+            i
+            for i, row in enumerate(rows)
+            if isinstance(row, list)
+            and row[2 * position] is not None
+            and len(row[2 * position]) == spec.size
+        ]
+        if not where:
+            continue
+        blobs = [bytes(rows[i][2 * position]) for i in where]
+        if len(blobs) >= THREAD_FROM:
+            encoded = await anyio.to_thread.run_sync(
+                reencode_bytes, blobs, spec.encoding, spec.dims
+            )
+        else:
+            encoded = reencode_bytes(blobs, spec.encoding, spec.dims)
+        for i, value in zip(where, encoded, strict=True):
+            out[i][position] = value
+    return out
+
+
+def _sync_ops(
+    row: list[Any], wanted: list[bytes | None], specs: Sequence[ShadowSpec]
+) -> tuple[list[Op], bool]:
+    """What makes ``row``'s shadows right, and whether an original is malformed."""
+    ops: list[Op] = []
+    malformed = False
+    for position, spec in enumerate(specs):
+        original, shadow = row[2 * position], _plain(row[2 * position + 1])
+        want = wanted[position]
+        if original is not None and len(original) != spec.size:
+            malformed = True  # no vector of this field: no shadow either (as the source)
+        if want is None:
+            if shadow is not None:
+                ops.append((b"HDEL", spec.shadow_field, None))
+        elif shadow != want:
+            ops.append((b"HSET", spec.shadow_field, want))
+    return ops, malformed
+
+
+def _originals(row: list[Any], count: int) -> list[Any]:
+    return [_plain(row[2 * i]) for i in range(count)]
+
+
+def _command(key: bytes, op: Op) -> bytes:
+    verb, name, value = op
+    return pack(verb, key, name) if value is None else pack(verb, key, name, value)
+
+
+async def _apply(
+    wire: Wire,
+    keys: Sequence[bytes],
+    specs: Sequence[ShadowSpec],
+    decide: Callable[[bytes, list[Any]], list[Op] | None],
+    capture: ChangeCapture | None,
+    read_before: dict[bytes, list[Any]] | None = None,
+) -> tuple[Outcome, dict[bytes, list[Op]]]:
+    """Guarded writes of ``decide(key, row as it is now)`` for ``keys`` (None: leave the
+    key, in ``skipped``; []: nothing to do, ``already``). Returns the outcome and what
+    was written to each key whose transaction went through.
+
+    ``read_before``: each key's row as read since change capture started; with complete
+    capture, a key the application never wrote still holds it and is not read again
+    (aio/guarded.py vouches for it with a capture marker after the WATCH).
+    """
+    names = _names(specs)
+    decided: dict[bytes, list[Op]] = {}
+    unwritten: Callable[[bytes], bool] | None = None
+    if read_before is not None and capture is not None and capture.complete:
+
+        def unwritten(key: bytes) -> bool:
+            assert capture is not None
+            return not capture.written_by_application(key)
+
+    def decide_one(
+        key: bytes, reply: Any, writes: list[bytes], events: Events, out: Outcome
+    ) -> None:
+        decided.pop(key, None)  # an aborted round's decision does not count
+        if isinstance(reply, hiredis.ReplyError):
+            out.skipped.append(key)
+            return
+        if reply is UNCHANGED:
+            assert read_before is not None
+            reply = read_before[key]
+        row = list(reply)
+        if all(value is None for value in row):
+            out.missing += 1  # deleted meanwhile: nothing is written to it
+            return
+        ops = decide(key, row)
+        if ops is None:
+            out.skipped.append(key)
+            return
+        if not ops:
+            out.already += 1
+            return
+        decided[key] = ops
+        writes.extend(_command(key, op) for op in ops)
+        events.append((key, len(ops)))
+        out.written += 1
+        out.values += len(ops)
+
+    outcome = await _guarded(
+        wire, keys, lambda key: pack(b"HMGET", key, *names), -1, decide_one, capture, unwritten
+    )
+    for key in outcome.skipped:
+        decided.pop(key, None)
+    return outcome, decided
+
+
+async def sync_shadows(
+    wire: Wire,
+    keys: Sequence[bytes],
+    specs: Sequence[ShadowSpec],
+    capture: ChangeCapture | None,
+) -> ShadowOutcome:
+    """Make each key's shadows hold the re-encoding of its originals as they are now.
+
+    The originals are read, encoded, then each write is guarded: it lands only where
+    the originals still hold the bytes that were read. A key changed again meanwhile
+    is read and decided anew (``RETRIES`` times), then left in ``skipped`` (change
+    capture has seen that write: it comes back to be mirrored). ``capture``, when
+    given, was started before this call: a key it never saw the application write is
+    not read a second time under the WATCH.
+    """
+    total = ShadowOutcome()
+    todo = list(keys)
+    for _ in range(RETRIES):
+        if not todo:
+            break
+        rows = await read_rows(wire, todo, specs)
+        wanted = await encode_rows(rows, specs)
+        expected: dict[bytes, tuple[list[Any], list[bytes | None]]] = {}
+        read: dict[bytes, list[Any]] = {}
+        for key, row, want in zip(todo, rows, wanted, strict=True):
+            if not isinstance(row, list):
+                continue  # not a hash: no document of this index
+            if all(value is None for value in row):
+                total.missing += 1  # deleted: deletions need nothing
+                continue
+            ops, malformed = _sync_ops(row, want, specs)
+            if malformed:
+                total.malformed.append(key)
+            if not ops:
+                total.already += 1
+                continue
+            expected[key] = (_originals(row, len(specs)), want)
+            read[key] = row
+        if not expected:
+            todo = []
+            break
+
+        def decide(
+            key: bytes,
+            row: list[Any],
+            expected: dict[bytes, tuple[list[Any], list[bytes | None]]] = expected,
+        ) -> list[Op] | None:
+            originals, want = expected[key]
+            if _originals(row, len(specs)) != originals:
+                return None  # the application wrote the original since: decided anew
+            return _sync_ops(row, want, specs)[0]
+
+        outcome, done = await _apply(wire, list(expected), specs, decide, capture, read)
+        total.missing += outcome.missing
+        total.already += outcome.already
+        for ops in done.values():
+            if any(verb == b"HSET" for verb, _, _ in ops):
+                total.written += 1
+            else:
+                total.removed += 1
+        todo = list(outcome.skipped)
+    total.skipped += todo
+    return total
+
+
+async def remove_shadows(
+    wire: Wire,
+    keys: Sequence[bytes],
+    specs: Sequence[ShadowSpec],
+    *,
+    only_our_encoding: bool,
+) -> ShadowOutcome:
+    """Remove the shadow fields of ``keys``, guarded: only where the shadow still holds
+    what was read just before (and, with ``only_our_encoding``, what the migrator
+    writes for the original as it is now: after the cut-over the application may have
+    written a shadow of its own, which is left and listed in ``left``)."""
+    total = ShadowOutcome()
+    todo = list(keys)
+    for _ in range(RETRIES):
+        if not todo:
+            break
+        rows = await read_rows(wire, todo, specs)
+        wanted = await encode_rows(rows, specs) if only_our_encoding else None
+        expected: dict[bytes, list[Any]] = {}
+        for position, (key, row) in enumerate(zip(todo, rows, strict=True)):
+            if not isinstance(row, list):
+                continue
+            shadows = [_plain(row[2 * i + 1]) for i in range(len(specs))]
+            if all(s is None for s in shadows):
+                total.already += 1
+                continue
+            if wanted is not None:
+                mine = [s is None or s == w for s, w in zip(shadows, wanted[position], strict=True)]
+                if not all(mine):
+                    total.left.append(key)
+                    continue
+            expected[key] = [_plain(v) for v in row]
+        if not expected:
+            todo = []
+            break
+
+        def decide(
+            key: bytes, row: list[Any], expected: dict[bytes, list[Any]] = expected
+        ) -> list[Op] | None:
+            if [_plain(v) for v in row] != expected[key]:
+                return None  # written since it was read: read and decided again
+            return [
+                (b"HDEL", spec.shadow_field, None)
+                for i, spec in enumerate(specs)
+                if row[2 * i + 1] is not None
+            ]
+
+        outcome, done = await _apply(wire, list(expected), specs, decide, None)
+        total.removed += len(done)
+        total.missing += outcome.missing
+        total.already += outcome.already
+        todo = list(outcome.skipped)
+    total.skipped += todo
+    return total
