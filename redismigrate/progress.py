@@ -45,6 +45,11 @@ STEP_LABELS = {
     "reconcile": "Reconcile app writes",
     "indexing": "Build the index",
     "restore": "Restore vectors",
+    # online re-encoding (aio/reencode_online.py)
+    "backfill": "Backfill shadow field",
+    "sweep": "Sweep shadow field",
+    "mirror": "Mirror app writes",
+    "awaiting_cut_over": "Wait for cut-over (s)",
 }
 PLAIN_EVERY_SECONDS = 5.0
 NOTEBOOK_EVERY_SECONDS = 0.25

@@ -59,6 +59,10 @@ SVS_DEFAULTS = {
     "epsilon": 0.01,
 }
 SVS_DEFAULT_TRAINING_THRESHOLD = 10 * 1024
+# SVS-VAMANA COMPRESSION as the server spells it (RediSearch src/vector_index.h, the
+# VECSIM_LVQ_* and VECSIM_LEANVEC_* names; FT.CREATE takes any case): the canonical
+# spelling, which RedisVL's schema also needs (it writes them lower-case, reads only these)
+SVS_COMPRESSION_NAMES = ("LVQ8", "LVQ4", "LVQ4x4", "LVQ4x8", "LeanVec4x8", "LeanVec8x8")
 # The parameters each algorithm takes, in the order they are written.
 VECTOR_PARAMS: dict[str, tuple[str, ...]] = {
     "flat": ("block_size", "initial_cap"),
@@ -636,6 +640,9 @@ def _canonical_vector(a: VectorAttrs) -> VectorAttrs:
         compression = a.compression
         if compression is not None and compression.upper() in ("NO_COMPRESSION", "NONE"):
             compression = None
+        spelled = {name.upper(): name for name in SVS_COMPRESSION_NAMES}
+        if compression is not None:
+            compression = spelled.get(compression.upper(), compression)
         filled["compression"] = compression
         if compression is not None and a.training_threshold is None:
             filled["training_threshold"] = SVS_DEFAULT_TRAINING_THRESHOLD

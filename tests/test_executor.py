@@ -311,3 +311,101 @@ async def test_documents_without_a_vector_are_indexed_too(
     )
     ids = found[1:] if isinstance(found, list) else [r[b"id"] for r in found[b"results"]]
     assert f"{ns}:nv:15".encode() in ids
+
+
+def by_step(calls: list[tuple[str, int, int | None]]) -> dict[str, list[tuple[int, int | None]]]:
+    steps: dict[str, list[tuple[int, int | None]]] = {}
+    for step, done, total in calls:
+        steps.setdefault(step, []).append((done, total))
+    return steps
+
+
+@pytest.mark.parametrize("storage", ["hash"])
+async def test_progress_goes_from_each_steps_start_to_done_and_each_step_is_timed_once(
+    aclient: aioredis.Redis, live: IndexSchema, storage: str, tmp_path: Path
+) -> None:
+    moved = live.prefixes[0].replace(":d:", ":m:")
+    plan = await AsyncMigrationPlanner().create_plan(
+        live.name,
+        redis_client=aclient,
+        schema_patch=SchemaPatch.from_dict(
+            {
+                "changes": {
+                    "index": {"prefix": moved},
+                    "rename_fields": [{"old_name": "title", "new_name": "headline"}],
+                    "update_fields": [{"name": "embedding", "attrs": {"datatype": "float16"}}],
+                }
+            }
+        ),
+    )
+    calls: list[tuple[str, int, int | None]] = []
+    report = await AsyncMigrationExecutor().apply(
+        plan,
+        redis_client=aclient,
+        backup_dir=tmp_path,
+        batch_size=BATCH,
+        progress_callback=lambda *call: calls.append(call),
+    )
+    assert report.result == "succeeded", (report.error, report.validation)
+    steps = by_step(calls)
+    for step in ("backup", "key_renames", "field_renames", "reencode"):
+        seen = steps[step]
+        assert seen[0] == (0, DOCS), step  # as it starts
+        assert seen[-1] == (DOCS, DOCS), step  # last: done == total
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen), step
+        assert len(seen) >= DOCS // BATCH, step  # per batch
+    assert steps["reconcile"][0] == (0, None) and steps["reconcile"][-1] == (0, 0)
+    # the target was built while re-encoding: the wait finds it indexed
+    assert steps["indexing"][-1] == (DOCS, DOCS)
+    timed = [t.step for t in report.timings]
+    assert len(timed) == len(set(timed)), timed  # "create" once, though two places time it
+    assert {"backup", "key_renames", "field_renames", "create", "reencode"} <= set(timed)
+    timings = {t.step: t for t in report.timings}
+    assert timings["indexing"].items == 0 and timings["indexing"].per_second is None
+    for timing in report.timings:
+        rate = timing.per_second
+        if not timing.items or timing.seconds < 0.05:
+            assert rate is None, timing
+        else:
+            assert rate == timing.items / timing.seconds
+
+    calls.clear()
+    undone = await AsyncMigrationExecutor().rollback(
+        backup_dir=tmp_path,
+        redis_client=aclient,
+        recreate_index=True,
+        progress_callback=lambda *call: calls.append(call),
+    )
+    assert undone.vectors_restored == DOCS
+    steps = by_step(calls)
+    assert steps["restore"][0] == (0, DOCS) and steps["restore"][-1] == (DOCS, DOCS)
+    assert steps["indexing"][0] == (0, DOCS) and steps["indexing"][-1] == (DOCS, DOCS)
+
+
+async def test_progress_of_an_online_run_counts_the_shadow_indexs_documents(
+    aclient: aioredis.Redis, sync_client: redis.Redis, ns: str, tmp_path: Path
+) -> None:
+    schema = make_schema(f"{ns}_on", f"{ns}:on:", "hash")
+    sync_client.execute_command(*ft_create_args(schema))
+    load(sync_client, f"{ns}:on:", "hash")
+    plan = await AsyncMigrationPlanner().create_plan(
+        schema.name,
+        redis_client=aclient,
+        schema_patch=SchemaPatch.from_dict(
+            {"changes": {"update_fields": [{"name": "title", "attrs": {"sortable": True}}]}}
+        ),
+        mode="online",
+    )
+    calls: list[tuple[str, int, int | None]] = []
+    report = await AsyncMigrationExecutor().apply(
+        plan,
+        redis_client=aclient,
+        backup_dir=tmp_path,
+        progress_callback=lambda *call: calls.append(call),
+    )
+    assert report.result == "succeeded", (report.error, report.validation)
+    indexing = by_step(calls)["indexing"]
+    assert indexing[-1] == (DOCS, DOCS)
+    assert all(total == DOCS for _, total in indexing)
+    timings = {t.step: t for t in report.timings}
+    assert timings["indexing"].items == DOCS

@@ -23,8 +23,18 @@ import msgspec
 import numpy as np
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from redismigrate.aio.executor import report_path
+from redismigrate.aio.fastwire import Wire
+from redismigrate.aio.planner import AsyncMigrationPlanner
+from redismigrate.aio.shadow import (
+    ShadowSpec,
+    read_rows,
+    remove_shadows,
+    sync_shadows,
+    write_shadows,
+)
 from redismigrate.commands import index_commands
 from redismigrate.errors import BadInputError
 from redismigrate.integrity import plan_problems
@@ -498,6 +508,48 @@ def test_rollback_before_and_after_the_cut_over(server: str, tmp_path: Path) -> 
     assert [n.decode() for n in client.execute_command("FT._LIST")] == ["c_idx__rm2"]
     assert_documents(client, "c:", latest, shadows=False)
     print(f"rolled back after the cut-over: {app.summary()}")
+
+
+# --------------------------------------------------------------------------- guarded
+
+
+async def test_a_shadow_is_written_only_over_the_bytes_that_were_read(server: str) -> None:
+    sync = redis.Redis.from_url(server)
+    latest = start(sync, "g_idx", "g:", 300)
+    plan = await AsyncMigrationPlanner().create_plan(
+        "g_idx",
+        redis_client=(client := aioredis.Redis.from_url(server)),
+        schema_patch=SchemaPatch.from_dict({"changes": TO_FLOAT16}),
+        mode="online",
+    )
+    specs = ShadowSpec.for_plan(plan)
+    wire = Wire(client)
+    keys = sorted(latest)[:3]
+    try:
+        rows = await read_rows(wire, keys, specs)
+        # the application, between the read and the write: updates one, deletes one
+        new = np.full(DIMS, 0.5, dtype=np.float32).tobytes()
+        sync.hset(keys[0], "embedding", new)
+        sync.delete(keys[1])
+        found = await write_shadows(wire, keys, rows, specs, None)
+        assert (found.written, found.missing, found.skipped) == (1, 1, [keys[0]])
+        assert sync.hget(keys[0], SHADOW) is None  # not the encoding of a replaced value
+        assert not sync.exists(keys[1])  # a deleted document is not recreated
+        assert sync.hget(keys[2], SHADOW) == float16_of(latest[keys[2]])
+        # read again, the updated one gets the encoding of its new value
+        found = await sync_shadows(wire, keys, specs, None)
+        assert (found.written, found.already, found.missing) == (1, 1, 1)
+        assert sync.hget(keys[0], SHADOW) == float16_of(new)
+        # after a cut-over a rollback removes only what the migrator would write; a
+        # shadow the application wrote itself is left and named
+        sync.hset(keys[2], SHADOW, b"\x01" * (2 * DIMS))
+        out = await remove_shadows(wire, keys, specs, only_our_encoding=True)
+        assert (out.removed, out.left) == (1, [keys[2]])
+        out = await remove_shadows(wire, keys, specs, only_our_encoding=False)
+        assert out.removed == 1 and not sync.hexists(keys[2], SHADOW)
+    finally:
+        await wire.close()
+        await client.aclose()
 
 
 # --------------------------------------------------------------------------- plans

@@ -65,10 +65,14 @@ def load_docs(client: redis.Redis, prefix: str, storage: str) -> None:
     pipe.execute()
 
 
-def vector_of(schema: RedisVLSchema) -> dict[str, Any]:
-    field = schema.fields["embedding"]
-    attrs: dict[str, Any] = field.attrs.model_dump(exclude_none=True)
+def vector_of_named(schema: RedisVLSchema, name: str) -> dict[str, Any]:
+    """A vector field's attributes as RedisVL holds them, enums as lower-case text."""
+    attrs: dict[str, Any] = schema.fields[name].attrs.model_dump(exclude_none=True)
     return {k: (v.value.lower() if hasattr(v, "value") else v) for k, v in attrs.items()}
+
+
+def vector_of(schema: RedisVLSchema) -> dict[str, Any]:
+    return vector_of_named(schema, "embedding")
 
 
 def assert_vector_as_created(
@@ -317,3 +321,38 @@ def test_a_schema_redisvl_writes_is_a_target_schema_with_nothing_dropped(
     back = RedisVLSchema.from_dict(plan_data["merged_target_schema"])
     assert vector_of(back)["ef_runtime"] == 200 and vector_of(back)["initial_cap"] == 500
     assert back.index.stopwords == []
+
+
+def test_svs_vamana_schemas_go_both_ways() -> None:
+    """RedisVL writes compression lower-case and reads only the server's spelling; ours
+    writes the server's spelling, so each side reads what the other wrote."""
+    written = RedisVLSchema.from_dict(
+        {
+            "index": {"name": "svs", "prefix": "svs", "storage_type": "hash"},
+            "fields": [
+                {
+                    "name": "v",
+                    "type": "vector",
+                    "attrs": {
+                        "algorithm": "svs-vamana",
+                        "dims": DIMS,
+                        "datatype": "float16",
+                        "compression": "LeanVec4x8",
+                        "reduce": 4,
+                        "search_window_size": 30,
+                    },
+                }
+            ],
+        }
+    ).to_dict()
+    ours = IndexSchema.from_dict(written)
+    field = ours.field("v")
+    assert isinstance(field, VectorField)
+    assert (field.attrs.compression or "").lower() == "leanvec4x8"
+    assert (field.attrs.reduce, field.attrs.search_window_size) == (4, 30)
+    back = RedisVLSchema.from_dict(ours.to_dict())
+    attrs = vector_of_named(back, "v")
+    assert attrs["compression"] == "leanvec4x8" and attrs["reduce"] == 4
+    assert attrs["search_window_size"] == 30 and attrs["datatype"] == "float16"
+    # RedisVL's own defaults (40 / 250) are written by it, and kept
+    assert (attrs["graph_max_degree"], attrs["construction_window_size"]) == (40, 250)

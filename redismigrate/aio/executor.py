@@ -156,6 +156,19 @@ async def server_memory(client: aioredis.Redis) -> tuple[int, int] | None:
         return None
 
 
+def _best_effort(tick: ProgressCallback | None) -> ProgressCallback | None:
+    """An undo's progress: a callback that fails (it may be what stopped the run) does not
+    stop the undo."""
+    if tick is None:
+        return None
+
+    def call(step: str, done: int, total: int | None) -> None:
+        with contextlib.suppress(Exception):
+            tick(step, done, total)
+
+    return call
+
+
 def plan_copy_path(backup_dir: Path, index_name: str) -> Path:
     """The copy of the plan kept beside its backup (rollback reads it)."""
     header = Path(backup_paths(backup_dir, index_name).header)
@@ -939,7 +952,9 @@ class AsyncMigrationExecutor:
             )
         if auto_rollback and not isinstance(exc, ConnectionFailed | rexc.ConnectionError):
             try:
-                await self._undo(run.client, run.plan, run.backup_dir, tick=run.progress)
+                await self._undo(
+                    run.client, run.plan, run.backup_dir, tick=_best_effort(run.progress)
+                )
             except (RedisMigrateError, rexc.RedisError, OSError) as undo_error:
                 return await self._report(
                     run,

@@ -238,12 +238,11 @@ async def sync_shadows(
 ) -> ShadowOutcome:
     """Make each key's shadows hold the re-encoding of its originals as they are now.
 
-    The originals are read, encoded, then each write is guarded: it lands only where
-    the originals still hold the bytes that were read. A key changed again meanwhile
-    is read and decided anew (``RETRIES`` times), then left in ``skipped`` (change
-    capture has seen that write: it comes back to be mirrored). ``capture``, when
-    given, was started before this call: a key it never saw the application write is
-    not read a second time under the WATCH.
+    The originals are read and encoded, then written with ``write_shadows`` (guarded).
+    A key the application changed in between is read and decided anew (``RETRIES``
+    times), then left in ``skipped`` (change capture has seen that write: it comes
+    back to be mirrored). ``capture``, when given, was started before this call: a key
+    it never saw the application write is not read a second time under the WATCH.
     """
     total = ShadowOutcome()
     todo = list(keys)
@@ -251,47 +250,62 @@ async def sync_shadows(
         if not todo:
             break
         rows = await read_rows(wire, todo, specs)
-        wanted = await encode_rows(rows, specs)
-        expected: dict[bytes, tuple[list[Any], list[bytes | None]]] = {}
-        read: dict[bytes, list[Any]] = {}
-        for key, row, want in zip(todo, rows, wanted, strict=True):
-            if not isinstance(row, list):
-                continue  # not a hash: no document of this index
-            if all(value is None for value in row):
-                total.missing += 1  # deleted: deletions need nothing
-                continue
-            ops, malformed = _sync_ops(row, want, specs)
-            if malformed:
-                total.malformed.append(key)
-            if not ops:
-                total.already += 1
-                continue
-            expected[key] = (_originals(row, len(specs)), want)
-            read[key] = row
-        if not expected:
-            todo = []
-            break
-
-        def decide(
-            key: bytes,
-            row: list[Any],
-            expected: dict[bytes, tuple[list[Any], list[bytes | None]]] = expected,
-        ) -> list[Op] | None:
-            originals, want = expected[key]
-            if _originals(row, len(specs)) != originals:
-                return None  # the application wrote the original since: decided anew
-            return _sync_ops(row, want, specs)[0]
-
-        outcome, done = await _apply(wire, list(expected), specs, decide, capture, read)
-        total.missing += outcome.missing
-        total.already += outcome.already
-        for ops in done.values():
-            if any(verb == b"HSET" for verb, _, _ in ops):
-                total.written += 1
-            else:
-                total.removed += 1
-        todo = list(outcome.skipped)
+        found = await write_shadows(wire, todo, rows, specs, capture)
+        todo = found.skipped
+        found.skipped = []
+        total.add(found)
     total.skipped += todo
+    return total
+
+
+async def write_shadows(
+    wire: Wire,
+    keys: Sequence[bytes],
+    rows: Sequence[Any],
+    specs: Sequence[ShadowSpec],
+    capture: ChangeCapture | None,
+) -> ShadowOutcome:
+    """Write the re-encoding of the originals in ``rows`` (as ``read_rows`` read them)
+    into the shadows of ``keys``, guarded: only where each original still holds those
+    bytes (else the key is in ``skipped``, nothing written); a deleted document is
+    never written to (``missing``). A shadow already right is left (``already``); one
+    whose original is gone or malformed is removed."""
+    total = ShadowOutcome()
+    wanted = await encode_rows(rows, specs)
+    expected: dict[bytes, tuple[list[Any], list[bytes | None]]] = {}
+    read: dict[bytes, list[Any]] = {}
+    for key, row, want in zip(keys, rows, wanted, strict=True):
+        if not isinstance(row, list):
+            continue  # not a hash: no document of this index
+        if all(value is None for value in row):
+            total.missing += 1  # deleted: deletions need nothing
+            continue
+        ops, malformed = _sync_ops(row, want, specs)
+        if malformed:
+            total.malformed.append(key)
+        if not ops:
+            total.already += 1
+            continue
+        expected[key] = (_originals(row, len(specs)), want)
+        read[key] = row
+    if not expected:
+        return total
+
+    def decide(key: bytes, row: list[Any]) -> list[Op] | None:
+        originals, want = expected[key]
+        if _originals(row, len(specs)) != originals:
+            return None  # the application wrote the original since the read
+        return _sync_ops(row, want, specs)[0]
+
+    outcome, done = await _apply(wire, list(expected), specs, decide, capture, read)
+    total.missing += outcome.missing
+    total.already += outcome.already
+    total.skipped += outcome.skipped
+    for ops in done.values():
+        if any(verb == b"HSET" for verb, _, _ in ops):
+            total.written += 1
+        else:
+            total.removed += 1
     return total
 
 
