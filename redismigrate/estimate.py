@@ -172,10 +172,10 @@ class RecallForecaster:
         if not len(values) or not len(self._queries):
             return
         ids = np.arange(self.count, self.count + len(values))
-        rows = np.asarray(values, dtype=COMPUTE_DTYPE)
+        stored = np.asarray(values, dtype=COMPUTE_DTYPE)
         encoded = np.asarray(self._encode(values), dtype=COMPUTE_DTYPE)
-        truth = _distances(self._queries, rows, self.metric)
-        columns = self._candidates(truth, rows, encoded)
+        truth = _distances(self._queries, stored, self.metric)
+        columns = self._candidates(truth, stored, encoded)
         if columns is None:
             found = _distances(self._encoded_queries, encoded, self.metric)
         else:
@@ -184,10 +184,10 @@ class RecallForecaster:
                 found[:, columns] = _distances(self._encoded_queries, encoded[columns], self.metric)
         if keys is not None and self._own:
             for column, key in enumerate(keys):
-                rows = self._own.get(key)
-                if rows is not None:
-                    truth[rows, column] = np.inf
-                    found[rows, column] = np.inf
+                own = self._own.get(key)
+                if own is not None:
+                    truth[own, column] = np.inf
+                    found[own, column] = np.inf
         self._truth = _merge_top_k(*self._truth, truth, ids, self.k)
         self._found = _merge_top_k(*self._found, found, ids, self.k)
         self.count += len(values)

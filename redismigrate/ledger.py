@@ -222,6 +222,8 @@ def merge_events(events: Iterable[LedgerEvent], running: Iterable[str] = ()) -> 
 
 
 _IDENTITY = ("algorithm", "dims", "datatype", "distance_metric")
+# the commands whose runs build a plan's target (a batch's runs carry the batch's command)
+_APPLY_COMMANDS = ("apply", "batch-apply", "batch-resume")
 
 
 def unreportable_params(schema: IndexSchema) -> dict[str, dict[str, Any]]:
@@ -240,7 +242,7 @@ def unreportable_params(schema: IndexSchema) -> dict[str, dict[str, Any]]:
 def _leaves_live(entry: LedgerEntry, index_name: str) -> Literal["source", "target"] | None:
     """Which of its plan's schemas a run left live under ``index_name``, if any."""
     target = entry.target_index or entry.index_name
-    if entry.command in ("apply", "batch-apply") and entry.status == "succeeded":
+    if entry.command in _APPLY_COMMANDS and entry.status == "succeeded":
         return "target" if target == index_name else None
     restored = entry.status == "rolled_back" or (
         entry.command == "rollback" and entry.status == "succeeded"

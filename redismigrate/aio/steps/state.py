@@ -158,7 +158,8 @@ class Run:
         self.workers = workers
         self.progress = progress
         self.timings: list[StepTiming] = []
-        self.ticking: dict[str, int] = {}  # steps reporting progress: their last ``done``
+        # steps reporting progress: their last (done, total)
+        self.ticking: dict[str, tuple[int, int | None]] = {}
         self.backup: VectorBackup | None = None  # the progress header
         self.backups: BackupSet | None = None
         self.wire = Wire(client)
@@ -197,14 +198,15 @@ class Run:
     def tick(self, step: str, done: int, total: int | None = None) -> None:
         """Report a step's progress: as it starts (``done`` 0), then per batch or poll."""
         self.check_halt()
-        self.ticking[step] = done
+        self.ticking[step] = (done, total)
         if self.progress is not None:
             self.progress(step, done, total)
 
     def timed(self, step: str, started: float, items: int = 0) -> None:
         """Record a step's time since ``started`` and the ``items`` it handled; a step
         timed again (the index built twice) is one entry: times added, the larger count.
-        A step that reported progress gets its last call: ``done == total``."""
+        A step that reported progress ends with a call ``done == total`` (made here when
+        its last report was not one)."""
         seconds = time.perf_counter() - started
         for position, earlier in enumerate(self.timings):
             if earlier.step == step:
@@ -216,10 +218,11 @@ class Run:
                 break
         else:
             self.timings.append(StepTiming(step=step, seconds=round(seconds, 4), items=items))
-        done = self.ticking.pop(step, None)
-        if done is not None and self.progress is not None:
-            final = max(done, items)
-            self.progress(step, final, final)
+        last = self.ticking.pop(step, None)
+        if last is not None and self.progress is not None:
+            final = max(last[0], items)
+            if last != (final, final):
+                self.progress(step, final, final)
 
     @property
     def header(self) -> BackupHeader:
