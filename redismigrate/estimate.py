@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from redismigrate.memory import MemoryModel, backup_value_bytes, plan_memory
 from redismigrate.plan import MigrationPlan, VectorChange
-from redismigrate.quantize import NUMPY_DTYPES, Cast, Encoding, _distances, encode_batch
+from redismigrate.quantize import NUMPY_DTYPES, Encoding, _distances, encode_batch
 from redismigrate.schema import DATATYPE_BYTES, Model
 
 Array = npt.NDArray[Any]
@@ -132,7 +132,6 @@ class RecallForecaster:
         query_keys: Sequence[Hashable] | None = None,
         *,
         k: int = RECALL_K,
-        prune: bool = True,
     ) -> None:
         if change.encoding is None:
             raise ValueError(f"field {change.field!r} is not re-encoded: nothing to forecast")
@@ -153,9 +152,6 @@ class RecallForecaster:
         self._truth = (empty_d, empty_i)
         self._found = (empty_d, empty_i)
         self.count = 0
-        # a float -> float cast moves each vector little: most re-encoded distances need
-        # not be computed (see _candidates)
-        self.prune = isinstance(self.encoding, Cast) and prune
 
     def _encode(self, vectors: Array) -> Array:
         source = NUMPY_DTYPES[self.encoding.source]
@@ -175,13 +171,7 @@ class RecallForecaster:
         stored = np.asarray(values, dtype=COMPUTE_DTYPE)
         encoded = np.asarray(self._encode(values), dtype=COMPUTE_DTYPE)
         truth = _distances(self._queries, stored, self.metric)
-        columns = self._candidates(truth, stored, encoded)
-        if columns is None:
-            found = _distances(self._encoded_queries, encoded, self.metric)
-        else:
-            found = np.full_like(truth, np.inf)
-            if columns.size:
-                found[:, columns] = _distances(self._encoded_queries, encoded[columns], self.metric)
+        found = _distances(self._encoded_queries, encoded, self.metric)
         if keys is not None and self._own:
             for column, key in enumerate(keys):
                 own = self._own.get(key)
@@ -191,46 +181,6 @@ class RecallForecaster:
         self._truth = _merge_top_k(*self._truth, truth, ids, self.k)
         self._found = _merge_top_k(*self._found, found, ids, self.k)
         self.count += len(values)
-
-    def _candidates(self, truth: Array, rows: Array, encoded: Array) -> Array | None:
-        """The columns whose re-encoded distance can beat a query's k-th best so far
-        (None: all of them). Only for float -> float casts, where a re-encoded distance
-        cannot be far from the original one: by the Cauchy-Schwarz inequality it differs
-        by at most what the encoding moved the query and the vector, so a column whose
-        original distance, less that, is not below any query's k-th best is left out."""
-        best = self._found[0]
-        if not self.prune or best.shape[1] < self.k:
-            return None
-        moved_q, moved_r = (
-            self._moved(self._queries, self._encoded_queries),
-            self._moved(rows, encoded),
-        )
-        if self.metric == "cosine":
-            bound = truth - moved_q[:, None] - moved_r[None, :] - 1e-4
-        elif self.metric == "ip":
-            q_norm = np.linalg.norm(self._queries, axis=1)[:, None]
-            r_norm = np.linalg.norm(encoded, axis=1)[None, :]
-            slack = 1e-4 * (1 + q_norm * r_norm)
-            bound = truth - q_norm * moved_r[None, :] - moved_q[:, None] * r_norm - slack
-        else:  # l2, squared: |‖u'‖ - ‖u‖| <= moved_q + moved_r
-            moved = moved_q[:, None] + moved_r[None, :]
-            root = np.sqrt(np.maximum(truth, 0))
-            q_norm = np.linalg.norm(self._queries, axis=1)[:, None]
-            r_norm = np.linalg.norm(rows, axis=1)[None, :]
-            slack = 1e-4 * (1 + q_norm**2 + r_norm**2)
-            bound = np.where(root > moved, (root - moved) ** 2, 0) - slack
-        return np.flatnonzero((bound < best.max(axis=1)[:, None]).any(axis=0))
-
-    def _moved(self, before: Array, after: Array) -> Array:
-        """How far the encoding moved each vector, in the metric's own terms (cosine:
-        between the unit vectors)."""
-        if self.metric == "cosine":
-            a = np.linalg.norm(before, axis=1, keepdims=True)
-            b = np.linalg.norm(after, axis=1, keepdims=True)
-            before = before / np.where(a > 0, a, 1)
-            after = after / np.where(b > 0, b, 1)
-        result: Array = np.linalg.norm(after - before, axis=1)
-        return result
 
     def forecast(self) -> QualityForecast | None:
         """The forecast over what was fed; None with fewer than k + 2 vectors."""

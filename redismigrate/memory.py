@@ -36,7 +36,7 @@ Checked against Redis Stack 7.4 (search 2.10, jemalloc 5.3): see
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from redismigrate.schema import DATATYPE_BYTES, IndexSchema, Model, VectorAttrs, VectorField
@@ -132,6 +132,16 @@ def hash_value_bytes(
         return listpack_entry_bytes(before), listpack_entry_bytes(after)
     converted = _HASHTABLE_BYTES + fields * _HASHTABLE_FIELD_BYTES + sds_bytes(after)
     return listpack_entry_bytes(before), converted
+
+
+def added_field_bytes(
+    name: int, value: int, *, table: bool, listpack_value: int = HASH_MAX_LISTPACK_VALUE
+) -> int:
+    """Memory a new field (``name`` and ``value`` bytes long) adds to a hash: in a table
+    an entry (24 bytes, a 32-byte class) and two sds strings; in a listpack two entries."""
+    if table or value > listpack_value:
+        return size_class(24) + sds_bytes(name) + sds_bytes(value)
+    return listpack_entry_bytes(name) + listpack_entry_bytes(value)
 
 
 # ---------------------------------------------------------------------------- vector index
@@ -335,8 +345,14 @@ def model_memory(
     key_sample: Iterable[str] = (),
     batch_size: int = DEFAULT_BATCH_SIZE,
     listpack_value: int = HASH_MAX_LISTPACK_VALUE,
+    shadow_fields: Mapping[str, str] | None = None,
 ) -> MemoryModel:
-    """The memory change and backup size of migrating ``source`` to ``target``."""
+    """The memory change and backup size of migrating ``source`` to ``target``.
+
+    ``shadow_fields`` maps a re-encoded field to the hash field an online run writes
+    its new vectors into (``redismigrate.shadow``): the documents keep the original
+    value and gain the new one, nothing is backed up.
+    """
     docs = stats.num_docs + stats.hash_indexing_failures
     key_bytes = average_key_bytes(key_sample)
     by_target = {vc.field: vc for vc in vector_changes}
@@ -353,7 +369,16 @@ def model_memory(
         change = by_target.get(field.name)
         doc_before = doc_after = 0
         rewrite = bool(change is not None and change.rewrite_documents)
-        if rewrite:
+        shadow = (shadow_fields or {}).get(field.name)
+        if rewrite and shadow is not None:
+            grown = added_field_bytes(
+                len(shadow.encode()),
+                after_attrs.bytes_per_vector,
+                table=before_attrs.bytes_per_vector > listpack_value,
+                listpack_value=listpack_value,
+            )
+            doc_before, doc_after = 0, docs * grown
+        elif rewrite:
             one_before, one_after = hash_value_bytes(
                 before_attrs.bytes_per_vector,
                 after_attrs.bytes_per_vector,
@@ -398,6 +423,7 @@ def model_memory(
         peak = int(other_index + vector_after + untouched)
         if not target.vector_fields:
             peak = int(other_index + vector_mb * MIB)
+        peak += sum(f.documents_after - f.documents_before for f in fields)
     else:
         # the source index is dropped first: the run never holds more than the end state
         peak = max(change_total, 0)
@@ -417,6 +443,8 @@ def plan_memory(plan: MigrationPlan, *, batch_size: int = DEFAULT_BATCH_SIZE) ->
     """:func:`model_memory` for a plan."""
     from redismigrate.plan import Online
 
+    reencode = getattr(plan.mode, "reencode", None)
+    shadow = {f.field: f.shadow_field for f in reencode.fields} if reencode is not None else None
     return model_memory(
         source=plan.source.schema_snapshot,
         target=plan.merged_target_schema,
@@ -426,6 +454,7 @@ def plan_memory(plan: MigrationPlan, *, batch_size: int = DEFAULT_BATCH_SIZE) ->
         online=isinstance(plan.mode, Online),
         key_sample=plan.source.keyspace.key_sample,
         batch_size=batch_size,
+        shadow_fields=shadow,
     )
 
 
@@ -441,7 +470,10 @@ def memory_sentence(model: MemoryModel) -> str:
     if any(f.rewrite_documents for f in model.fields):
         before = sum(f.documents_before for f in model.fields)
         after = sum(f.documents_after for f in model.fields)
-        parts.append(f"vectors in the documents {mb(before)} -> {mb(after)}")
+        if before:
+            parts.append(f"vectors in the documents {mb(before)} -> {mb(after)}")
+        else:  # written beside the originals (an online run's shadow fields)
+            parts.append(f"new vectors in the documents {mb(after)}")
     index_before = sum(f.index_before for f in model.fields)
     index_after = sum(f.index_after for f in model.fields)
     parts.append(f"vector index {mb(index_before)} -> {mb(index_after)}")
@@ -460,6 +492,7 @@ __all__ = [
     "FieldMemory",
     "MemoryModel",
     "VectorIndexBytes",
+    "added_field_bytes",
     "backup_disk_bytes",
     "backup_value_bytes",
     "hash_value_bytes",

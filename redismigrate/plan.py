@@ -526,6 +526,7 @@ def build_plan(
         force,
         isinstance(chosen, Online),
         key_sample,
+        shadow_fields(chosen),
     )
     moved = sorted(set(aliases) - {source.name, target.name})
     warnings.extend(alias_warnings(source.name, moved, aliases_listed, isinstance(chosen, Online)))
@@ -933,6 +934,13 @@ def _vector_changes(
     return out
 
 
+def shadow_fields(mode: Mode) -> dict[str, str] | None:
+    """The hash field an online run writes each re-encoded vector into, by field."""
+    if isinstance(mode, Online) and mode.reencode is not None:
+        return {f.field: f.shadow_field for f in mode.reencode.fields}
+    return None
+
+
 def _warnings(
     b: _Builder,
     source: IndexSchema,
@@ -943,6 +951,7 @@ def _warnings(
     force: bool,
     online: bool,
     key_sample: Sequence[str] = (),
+    shadow: Mapping[str, str] | None = None,
 ) -> list[str]:
     memory = model_memory(
         source=source,
@@ -952,6 +961,7 @@ def _warnings(
         renames=renames,
         online=online,
         key_sample=key_sample,
+        shadow_fields=shadow,
     )
     if online:
         out = [

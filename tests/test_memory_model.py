@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from redismigrate.backup import backup_size_on_disk
+from redismigrate.cli._render import memory_line
 from redismigrate.memory import (
     hash_value_bytes,
     listpack_entry_bytes,
@@ -27,6 +28,7 @@ from redismigrate.memory import (
 )
 from redismigrate.patch import SchemaPatch
 from redismigrate.render import ft_create_args
+from redismigrate.report import MigrationReport
 from redismigrate.schema import IndexSchema, VectorAttrs
 from redismigrate.server import EmbeddedRedis
 from redismigrate.sync import MigrationExecutor, MigrationPlanner
@@ -157,6 +159,8 @@ def test_plan_estimate_and_report_agree_and_match_the_server(
     # what the report measured itself (at the end of the run) agrees as well
     in_report = report.memory.measured_change_bytes
     assert in_report is not None and abs(model - in_report) <= 0.15 * abs(in_report)
+    assert memory_line(report.memory).startswith(f"Memory: frees about {mb(-model)} (model)")
+    assert MigrationReport.from_dict(report.to_dict()).memory == report.memory
     # and the backup's model is the size of its files (the plan copy aside)
     on_disk = backup_size_on_disk(tmp_path, "mm")
     assert abs(estimate.backup_disk_bytes - on_disk) <= 0.02 * on_disk, (

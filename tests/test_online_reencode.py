@@ -378,8 +378,9 @@ def test_float32_to_float16_online_under_queries_and_writes(server: str, tmp_pat
     assert done.counts.missing == 0 and done.counts.malformed == 0
     assert 0 < done.writes_seen <= app.updates + app.inserted  # some came before capture
     print(
-        f"\nonline re-encode of {DOCS:,} docs: {took:.1f} s, downtime "
-        f"{report.downtime_seconds} s; {app.summary()}; backfilled "
+        f"\nonline re-encode of {DOCS:,} docs: apply {report.total_seconds:.1f} s "
+        f"({took:.1f} s with the traffic), downtime {report.downtime_seconds} s; "
+        f"{app.summary()}; backfilled "
         f"{done.counts.backfilled:,}, mirrored {done.counts.mirrored:,} "
         f"({done.mirrored_after_switch} after the switch), skipped {done.counts.skipped}, "
         f"lag at the switch {done.lag_at_cut_over}; steps "
@@ -444,6 +445,8 @@ def test_killed_at_the_backfill_and_while_waiting_for_the_cut_over(
     assert "Online re-encoding (keep_shadow_field), stage done" in output
     header = read_progress(progress_path(backup, "b_idx"))
     assert header is not None and header.stage == "done" and header.runs == 3
+    checked = cli("validate", "--plan", str(plan_path), "--url", server)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     print(
         f"\nkilled twice, resumed: {app.summary()}; swept {done.counts.swept:,}, "
         f"mirrored {done.counts.mirrored:,}, waited {done.waited_for_cut_over_seconds} s"

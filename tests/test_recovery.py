@@ -320,7 +320,7 @@ def test_a_server_gone_mid_run_reports_where_and_how_to_resume(tmp_path: Path) -
         )
 
         def stop_server_once(step: str, done: int, total: int | None) -> None:
-            if step == "reencode" and own.info is not None:
+            if step == "reencode" and done > 0 and own.info is not None:
                 own.stop()
 
         report = MigrationExecutor().apply(

@@ -358,13 +358,30 @@ class AsyncMigrationExecutor:
         shadow = plan.mode.shadow_index
         write_document(plan_copy_path(run.backup_dir, plan.source.index_name), plan.to_dict())
         if plan.mode.reencode is not None:  # hash vectors, through shadow fields
-            validation, done = await reencode_online.apply_online_reencode(
-                run,
-                cut_over,
-                timeout=self.index_ready_timeout,
-                poll=self.poll_interval,
-                checkpoint_seconds=self.checkpoint_seconds,
-            )
+            try:
+                validation, done = await reencode_online.apply_online_reencode(
+                    run,
+                    cut_over,
+                    timeout=self.index_ready_timeout,
+                    poll=self.poll_interval,
+                    checkpoint_seconds=self.checkpoint_seconds,
+                )
+            except (BadInputError, anyio.get_cancelled_exc_class()):
+                raise
+            except Exception as exc:  # nothing to undo: the originals were never touched
+                return await self._report(
+                    run,
+                    "failed",
+                    None,
+                    error=f"{describe_error(run.halt or exc)} (online re-encoding: the "
+                    "documents keep their original field; the progress header in the backup "
+                    "directory says which stage it reached)",
+                    next_steps=[
+                        f"resume: {resume_command(None, run.backup_dir)}",
+                        f"or roll back: redismigrate rollback --backup-dir {run.backup_dir} "
+                        "--url URL",
+                    ],
+                )
             counts = done.counts
             run.reencoded = counts.backfilled + counts.swept + counts.mirrored
             run.ready_at = time.perf_counter()
@@ -441,7 +458,7 @@ class AsyncMigrationExecutor:
             stats = plan.source.stats_snapshot
             validation = await validate_live(
                 client,
-                plan,
+                reencode_online.as_built(plan),  # online re-encoding: the shadow schema
                 backup,
                 documents_at_switch=stats.num_docs + stats.hash_indexing_failures,
             )
@@ -1013,8 +1030,8 @@ class AsyncMigrationExecutor:
                 plan.source.index_name,
                 None if tick is None else lambda done: tick("indexing", done, expected),
             )
-            if tick is not None:
-                tick("indexing", indexed, indexed)
+            if tick is not None and indexed != expected:
+                tick("indexing", indexed, indexed)  # the end: done == total
         if recreate_index:
             await aliases.point_at_source(client, plan)
         if backup is not None:
@@ -1098,8 +1115,8 @@ class AsyncMigrationExecutor:
             keys_done += len(frame.keys)
             if tick is not None:
                 tick("restore", keys_done, keys_total)
-        if tick is not None:
-            tick("restore", keys_done, keys_done)
+        if tick is not None and keys_done != keys_total:
+            tick("restore", keys_done, keys_done)  # the end: done == total
         if check:
             pipe = client.pipeline(transaction=False)
             for name, field_name, _ in check:

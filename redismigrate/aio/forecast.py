@@ -140,6 +140,8 @@ async def forecast_quality(
     wire = Wire(client)
     try:
         picked = await pick_query_keys(client, plan, queries, seed=seed)
+        if not picked:
+            return {}
         read = await read_vectors(client, wire, schema, fields, picked)
         forecasters: dict[str, RecallForecaster] = {}
         for change in wanted:

@@ -232,7 +232,9 @@ class _OnlineReencode:
                 # killed after the switch: the writes it had not mirrored yet are found
                 # by comparing every document
                 await self._sweep("sweep")
-                self.save("switched", switched=True, switched_at=self.header.switched_at)
+                self.save(
+                    "switched", switched=True, switched_at=self.header.switched_at or now_iso()
+                )
             self.save("done")
             await client.delete(cut_over_key(plan.source.index_name))
             self.flag.unlink(missing_ok=True)
@@ -481,12 +483,9 @@ class _OnlineReencode:
         sample of shadows against the re-encoding of their originals."""
         started = time.perf_counter()
         plan = self.plan
-        as_built = msgspec.structs.replace(
-            plan, merged_target_schema=shadow_schema(plan.merged_target_schema, self.reencode)
-        )
         validation = await validate_live(
             self.client,
-            as_built,
+            as_built(plan),
             None,
             documents_at_switch=self.documents_at_switch
             or plan.source.stats_snapshot.num_docs
@@ -557,6 +556,15 @@ async def apply_online_reencode(
         run, control, timeout=timeout, poll=poll, checkpoint_seconds=checkpoint_seconds
     )
     return await stages.execute()
+
+
+def as_built(plan: MigrationPlan) -> MigrationPlan:
+    """``plan`` with the schema its run builds as the target: for an online re-encoding
+    the shadow schema (the vector read from its shadow field), else ``plan`` itself."""
+    if not isinstance(plan.mode, Online) or plan.mode.reencode is None:
+        return plan
+    built = shadow_schema(plan.merged_target_schema, plan.mode.reencode)
+    return msgspec.structs.replace(plan, merged_target_schema=built)
 
 
 # --------------------------------------------------------------------------- operator

@@ -655,18 +655,21 @@ def rollback(
     allow_eviction: AllowEvictionOption = False,
 ) -> None:
     """Restore every original vector byte, move keys and fields back, drop the target index."""
+    from redismigrate.cli._progress import StepProgress
     from redismigrate.sync import MigrationExecutor
 
     check_url(url)
     try:
-        result = MigrationExecutor().rollback(
-            backup_dir=backup_dir,
-            redis_url=url,
-            index_name=index,
-            recreate_index=recreate_index,
-            break_lock=break_lock,
-            allow_eviction=allow_eviction,
-        )
+        with StepProgress(console) as progress:
+            result = MigrationExecutor().rollback(
+                backup_dir=backup_dir,
+                redis_url=url,
+                index_name=index,
+                recreate_index=recreate_index,
+                break_lock=break_lock,
+                allow_eviction=allow_eviction,
+                progress_callback=progress,
+            )
     except KeyboardInterrupt:
         again = f"redismigrate rollback --backup-dir {backup_dir} --url URL" + (
             " --recreate-index" if recreate_index else ""

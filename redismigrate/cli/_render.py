@@ -136,7 +136,10 @@ def print_index(
 def print_plan_summary(console: Console, plan: MigrationPlan, path: object) -> None:
     console.print(f"Migration plan written to {path}")
     console.print(f"Index: {plan.source.index_name} -> {plan.target_index_name}")
-    console.print(f"Mode: {plan.mode.__struct_config__.tag}")
+    mode = str(plan.mode.__struct_config__.tag)
+    if isinstance(plan.mode, Online) and plan.mode.reencode is not None:
+        mode += f" ({plan.mode.reencode.variant}: hash vectors re-encoded into shadow fields)"
+    console.print(f"Mode: {mode}", markup=False, highlight=False)
     if plan.source.physical_index:
         console.print(f"({plan.source.index_name!r} is an alias of {plan.source.physical_index!r})")
     console.print(f"Supported: {plan.supported}")
