@@ -170,6 +170,9 @@ CASES = [
         ("validate", "--plan", "{dir}/plan.yaml", "--url", "redis://h:99999"),
         "port",
     ),
+    # cut-over
+    Case("cut-over-no-index", ("cut-over", "--index", "{dir}-no-such-index", *U), "no index"),
+    Case("cut-over-bad-url", ("cut-over", "--index", "x", "--url", "redis://h:99999"), "port"),
     # rollback
     Case("rollback-missing-dir", ("rollback", "--backup-dir", "{dir}/nope", *U), "does not exist"),
     Case("rollback-empty-dir", ("rollback", "--backup-dir", "{dir}/empty", *U), "no backup"),

@@ -81,9 +81,7 @@ async def test_estimate_gives_costs_and_a_recall_forecast_without_writing(
     assert estimate.memory_change_bytes == estimate.memory.change == plan_memory(plan).change
     assert estimate.memory.documents_change == DOCS * (80 - 160)
     assert estimate.memory.index_change == 2 * (81_920 - 163_840)
-    assert any(
-        f"frees about {mb(-estimate.memory_change_bytes)}" in w for w in plan.warnings
-    )
+    assert any(f"frees about {mb(-estimate.memory_change_bytes)}" in w for w in plan.warnings)
     assert estimate.aof_growth_bytes > DOCS * DIMS * 2
     assert estimate.rdb_snapshot_bytes > 0
     assert field.quality is not None

@@ -43,7 +43,12 @@ from redismigrate.aio.keys import (
 )
 from redismigrate.aio.ledger import read_history
 from redismigrate.aio.lock import RunGuard
-from redismigrate.aio.preflight import check_evictions, preflight, watch_evictions
+from redismigrate.aio.preflight import (
+    check_evictions,
+    preflight,
+    refuse_cluster,
+    watch_evictions,
+)
 from redismigrate.aio.steps import backup as backup_step
 from redismigrate.aio.steps import fields as fields_step
 from redismigrate.aio.steps import prefix as prefix_step
@@ -454,6 +459,7 @@ class AsyncMigrationExecutor:
         started_at = now_iso()
         started = time.perf_counter()
         async with connect(redis_url, redis_client) as client:
+            await refuse_cluster(client)  # one shard's index says nothing of the others
             # the application may have written since the migration: counted as it is now
             stats = plan.source.stats_snapshot
             validation = await validate_live(
@@ -572,7 +578,9 @@ class AsyncMigrationExecutor:
 
     def _written_during_run(self, run: Run) -> Callable[[bytes], bool] | None:
         capture = run.capture
-        quiet = capture is None or (capture.foreign_events == 0 and not run.skipped)
+        quiet = capture is None or (
+            capture.foreign_events == 0 and not run.skipped and not run.found_by_sweep
+        )
         if quiet and (run.concurrent is None or not run.concurrent.keys_written):
             return None
         change = run.plan.rename_operations.change_prefix
@@ -584,7 +592,9 @@ class AsyncMigrationExecutor:
             if capture is not None and not capture.complete:
                 return True
             return any(
-                n in run.skipped or (capture is not None and capture.written_by_application(n))
+                n in run.skipped
+                or n in run.found_by_sweep
+                or (capture is not None and capture.written_by_application(n))
                 for n in names
             )
 
@@ -612,6 +622,7 @@ class AsyncMigrationExecutor:
             run.client, run.wire, run.plan, run.header.fields, run.capture, touch=touch
         )
         reconciler.skipped = run.skipped
+        reconciler.found_by_sweep = run.found_by_sweep
         sweep = "the run was resumed; writes made while no run was going were not seen"
         run.concurrent = await reconciler.run(sweep_reason=sweep if run.resumed else None)
         run.timed("reconcile", started, run.concurrent.keys_written)

@@ -71,6 +71,7 @@ class Reconciler:
         self.touch = touch
         self.tally = _Tally()
         self.skipped: set[bytes] = set()  # keys guarded writes skipped: to look at again
+        self.found_by_sweep: set[bytes] = set()  # old-encoding writes only a sweep found
         changes = {vc.source_field: vc for vc in plan.vector_changes if vc.rewrite_documents}
         self.changes: list[tuple[bytes, VectorChange, int, int]] = [
             (
@@ -164,6 +165,9 @@ class Reconciler:
         rewritten: set[bytes] = set()
         if self.changes:
             rewritten = await self._reencode(keys, sweeping=sweeping)
+            if sweeping:
+                # written in the old encoding while no capture watched: the application's
+                self.found_by_sweep |= rewritten
         if self.touch and not sweeping:
             rest = [k for k in keys if k not in rewritten]
             done = await guarded.touch(self.wire, rest, capture=self.capture)

@@ -175,6 +175,8 @@ class Run:
         self.size_before = plan.source.stats_snapshot.total_mb
         self.capture: ChangeCapture | None = None
         self.skipped: set[bytes] = set()  # keys a guarded write left: the application's
+        # keys a sweep found in the old encoding (written while no capture watched)
+        self.found_by_sweep: set[bytes] = set()
         self.concurrent: ConcurrentWrites | None = None
         self.preflight: Preflight | None = None
         # INFO memory's used_memory and used_memory_dataset when the run started
