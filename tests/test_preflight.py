@@ -341,10 +341,35 @@ def test_growth_under_an_evicting_policy_is_refused_and_nothing_is_evicted(
         client.close()
 
 
+def _fill_until_evicting(url: str, stop: threading.Event | None = None) -> None:
+    """Write expiring junk until the server has evicted some (volatile-lru takes only
+    those), then, with ``stop``, go on until it is set."""
+    filler = redis.Redis.from_url(url)
+    start = int(filler.info("stats")["evicted_keys"])
+    junk = b"x" * (64 << 10)
+    n = 0
+    while True:
+        pipe = filler.pipeline(transaction=False)
+        for _ in range(16):
+            pipe.set(f"junk:{uuid.uuid4().hex}", junk, ex=600)
+            n += 1
+        with contextlib.suppress(redis.RedisError):
+            pipe.execute()
+        evicted = int(filler.info("stats")["evicted_keys"]) > start
+        if evicted and (stop is None or stop.is_set()):
+            break
+    filler.close()
+
+
 @pytest.mark.parametrize("when", ["backup", "after_drop"])
 def test_an_eviction_during_the_run_stops_it_and_undoes_it(
     when: str, own_server: str, tmp_path: Path
 ) -> None:
+    import anyio
+
+    from redismigrate.aio.executor import AsyncMigrationExecutor
+    from redismigrate.plan import MigrationPlan
+
     client = redis.Redis.from_url(own_server)
     client.flushall()
     name, prefix = "evict", "evict:"
@@ -358,44 +383,44 @@ def test_an_eviction_during_the_run_stops_it_and_undoes_it(
     client.config_set("maxmemory", used + (8 << 20))
     client.config_set("maxmemory-policy", "volatile-lru")  # only the filler's keys go
     stop = threading.Event()
-
-    def fill() -> None:
-        filler = redis.Redis.from_url(own_server)
-        if when == "after_drop":
-            while not stop.is_set():  # until the target (FLOAT16) index is being filled
-                with contextlib.suppress(redis.ResponseError):
-                    if b"FLOAT16" in repr(filler.execute_command("FT.INFO", name)).encode():
-                        break
-        junk = b"x" * (64 << 10)
-        n = 0
-        while not stop.is_set():
-            pipe = filler.pipeline(transaction=False)
-            for _ in range(16):
-                pipe.set(f"junk:{n}", junk, ex=600)
-                n += 1
-            with contextlib.suppress(redis.RedisError):
-                pipe.execute()
-        filler.close()
-
-    thread = threading.Thread(target=fill, daemon=True)
+    thread = threading.Thread(target=_fill_until_evicting, args=(own_server, stop), daemon=True)
     try:
-        thread.start()
-        while when == "backup" and int(client.info("stats")["evicted_keys"]) == 0:
-            threading.Event().wait(0.05)  # memory is full before the run starts
-        report = tmp_path / "report.yaml"
-        proc = cli(
-            "apply", "--plan", str(plan), "--backup-dir", str(tmp_path / "b"), "--url", own_server,
-            "--allow-eviction", "--report-out", str(report),
-        )  # fmt: skip
-        stop.set()
-        thread.join()
-        assert "Traceback" not in proc.stdout + proc.stderr
-        assert proc.returncode == 1, proc.stdout + proc.stderr
-        loaded = MigrationReport.load(report)
-        assert loaded.error is not None and "evicted" in loaded.error, loaded.error
+        if when == "backup":  # memory is full, and evicting, before the run starts
+            thread.start()
+            report_path = tmp_path / "report.yaml"
+            proc = cli(
+                "apply", "--plan", str(plan), "--backup-dir", str(tmp_path / "b"),
+                "--url", own_server, "--allow-eviction", "--report-out", str(report_path),
+            )  # fmt: skip
+            assert "Traceback" not in proc.stdout + proc.stderr
+            assert proc.returncode == 1, proc.stdout + proc.stderr
+            report = MigrationReport.load(report_path)
+        else:  # the first batch re-encoded (after the drop) fills memory until it evicts
+            filled = threading.Event()
+
+            def progress(step: str, done: int, total: int | None) -> None:
+                if step == "reencode" and done > 0 and not filled.is_set():
+                    filled.set()
+                    _fill_until_evicting(own_server)
+
+            async def run() -> MigrationReport:
+                return await AsyncMigrationExecutor().apply(
+                    MigrationPlan.load(plan),
+                    redis_url=own_server,
+                    backup_dir=tmp_path / "b",
+                    allow_eviction=True,
+                    progress_callback=progress,
+                )
+
+            report = anyio.run(run)
+            assert filled.is_set()
+        assert report.error is not None and "evicted" in report.error, report.error
         # stopped in the backup (nothing written yet), or after the drop and undone
-        assert loaded.undone == (when == "after_drop"), loaded
-        assert any(c.check == "eviction" and c.status == "warn" for c in loaded.preflight)
+        assert report.undone == (when == "after_drop"), report
+        assert any(c.check == "eviction" and c.status == "warn" for c in report.preflight)
+        stop.set()
+        if thread.is_alive():
+            thread.join()
         assert snapshot(client, prefix) == before  # every original byte back
         assert client.execute_command("FT.INFO", name)
     finally:
