@@ -439,3 +439,26 @@ async def test_an_apply_that_loses_its_lock_stops_and_resumes_later(
     entries = await executor.history(redis_client=aclient, index_name=index)
     assert [e.status for e in entries] == ["succeeded", "failed"]
     assert "lost the lock" in (entries[1].error or "")
+
+
+async def test_the_lock_is_renewed_when_every_connection_of_the_run_is_busy(
+    redis_url: str, ns: str
+) -> None:
+    from redismigrate.aio.lock import RedisLock
+
+    client = aioredis.Redis.from_url(redis_url, max_connections=1)
+    try:
+        lock = RedisLock(client, f"{ns}_busy", LockHolder.here("apply"), ttl=5.0)
+        assert await lock.acquire() is None
+        taken = await client.connection_pool.get_connection()  # the run's only connection
+        try:
+            with pytest.raises(redis.ConnectionError):
+                await client.ping()  # the run's pool has nothing left
+            assert await lock.renew()  # the renewal does not wait for it
+        finally:
+            await client.connection_pool.release(taken)
+        await lock.release()
+        await lock.close()
+        assert await client.get(lock_key(f"{ns}_busy")) is None
+    finally:
+        await client.aclose()

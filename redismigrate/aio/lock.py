@@ -89,6 +89,8 @@ class RedisLock:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._take_over = client.register_script(_TAKE_OVER)
+        self._own: aioredis.Redis | None = None
+        self._renew_own: Any = None
 
     def _denied(self, exc: BaseException) -> BadInputError:
         return ledger.permission_error("take the migration lock", self.key, exc)
@@ -131,12 +133,36 @@ class RedisLock:
         )
 
     async def renew(self) -> bool:
-        """Extend the lock; False when it is no longer ours."""
-        return bool(await self._renew(keys=[self.key], args=[self.value, self.ttl_ms]))
+        """Extend the lock; False when it is no longer ours.
+
+        Sent over a connection of its own: a run's busy pool (every connection taken by
+        its writers) must not keep the renewal waiting until the lock expires.
+        """
+        if self._own is None:
+            self._own = _separate_client(self.client)
+            self._renew_own = self._own.register_script(_RENEW)
+        assert self._renew_own is not None
+        return bool(await self._renew_own(keys=[self.key], args=[self.value, self.ttl_ms]))
+
+    async def close(self) -> None:
+        if self._own is not None:
+            with contextlib.suppress(rexc.RedisError, OSError):
+                await self._own.aclose()
+            self._own = None
 
     async def release(self) -> None:
         """Delete the lock if it is still ours."""
         await self._release(keys=[self.key], args=[self.value])
+
+
+def _separate_client(client: aioredis.Redis) -> aioredis.Redis:
+    """A client to the same server and database as ``client``, over a pool of its own."""
+    pool = client.connection_pool
+    return aioredis.Redis(
+        connection_pool=type(pool)(
+            connection_class=pool.connection_class, max_connections=2, **pool.connection_kwargs
+        )
+    )
 
 
 class DirectoryLock:
@@ -340,6 +366,7 @@ class RunGuard:
         for lock in self._locks:
             with contextlib.suppress(rexc.RedisError, OSError):
                 await lock.release()
+            await lock.close()
         self._locks = []
         if self._directory is not None:
             self._directory.release()
