@@ -16,6 +16,7 @@ The forecast searches 200 stored vectors among every stored vector of the index
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,19 @@ from redismigrate.quantize import _distances, calibrate, encode_batch, encode_qu
 from redismigrate.render import ft_create_args
 from redismigrate.schema import IndexSchema
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "minilm-docstrings-384.npz"
+_NAME = "minilm-docstrings-384.npz"
+# beside the checkout (../shared/data), or where REDISMIGRATE_TEST_DATA says, or the
+# workplace's shared folder when the checkout is elsewhere (a CI clone)
+_PLACES = [
+    *(
+        [Path(os.environ["REDISMIGRATE_TEST_DATA"])]
+        if os.environ.get("REDISMIGRATE_TEST_DATA")
+        else []
+    ),
+    Path(__file__).resolve().parents[2] / "shared" / "data",
+    Path("/work/shared/data"),
+]
+DATA = next((p / _NAME for p in _PLACES if (p / _NAME).exists()), _PLACES[0] / _NAME)
 K = 10
 TOLERANCE = 0.02
 
