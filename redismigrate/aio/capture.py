@@ -33,6 +33,8 @@ SYNC_TIMEOUT_SECONDS = 30.0
 # the user's notify-keyspace-events from before the first run that changed it
 ORIGINAL_KEY = "redismigrate:notify-keyspace-events:original"
 MARKER_PREFIX = b"redismigrate:capture:"
+# every capture says so here when it starts: the others stop switching notifications off
+HELLO_CHANNEL = b"redismigrate:capture-hello"
 # hash writes, generic (del, rename, expire), expired, evicted; module events (JSON)
 _WANTED_FLAGS = "Khgxed"
 _CLASS_ALIAS = "g$lshzxetd"  # what "A" stands for
@@ -106,6 +108,11 @@ class ChangeCapture:
         self._markers = itertools.count()  # tokens: unique on this capture's own channel
         self._marker_waiters: dict[bytes, asyncio.Future[None]] = {}
         self._restore_flags: str | None = None
+        # (off, on): CONFIG SET commands that switch hash events off and back on around
+        # the migrator's own writes in one transaction (aio/guarded.py); None: not allowed
+        self.quiet: tuple[bytes, bytes] | None = None
+        self.quiet_problem: str | None = None  # why quiet was given up, if it was
+        self._user_flags = ""
         self._subscribed: asyncio.Future[None] | None = None
         self._pending_subscriptions = 0
 
@@ -122,6 +129,7 @@ class ChangeCapture:
             current = await self._flags()
             wanted = _flags_with(current, _WANTED_FLAGS)
             saved = await self.client.get(ORIGINAL_KEY)
+            self._user_flags = _text(saved) if saved is not None else current
             if wanted != current:
                 if saved is None:
                     await self.client.set(ORIGINAL_KEY, current, nx=True)
@@ -143,11 +151,11 @@ class ChangeCapture:
         self._channel_head = head
         loop = asyncio.get_running_loop()
         self._subscribed = loop.create_future()
-        self._pending_subscriptions = len(patterns) + 1
+        self._pending_subscriptions = len(patterns) + 2
         transport.write(
             b"".join(setup)
             + pack(b"PSUBSCRIBE", *patterns)
-            + pack(b"SUBSCRIBE", self._marker_channel)
+            + pack(b"SUBSCRIBE", self._marker_channel, HELLO_CHANNEL)
         )
         try:
             await asyncio.wait_for(asyncio.shield(self._subscribed), SYNC_TIMEOUT_SECONDS)
@@ -163,6 +171,7 @@ class ChangeCapture:
                 wanted = _flags_with(current, _WANTED_FLAGS)
                 if wanted != current:
                     await self.client.config_set("notify-keyspace-events", wanted)
+                await self._allow_quiet(wanted)
             except rexc.RedisError as exc:
                 self.problem = f"keyspace notifications could not be enabled: {exc}"
         if self.problem is None:
@@ -170,6 +179,32 @@ class ChangeCapture:
         else:
             await self.stop()
         return self
+
+    async def _allow_quiet(self, flags: str) -> None:
+        """Allow quiet transactions when nobody else can be relying on hash events: the
+        user had them off before any run turned them on, and no other capture is live
+        (one starting later says hello, and quiet ends)."""
+        await execute(self.client, "PUBLISH", HELLO_CHANNEL, self._marker_channel)
+        if "h" in self._user_flags or "A" in self._user_flags or "A" in flags:
+            return
+        live = await execute(self.client, "PUBSUB", "CHANNELS", MARKER_PREFIX + b"*")
+        if any(channel != self._marker_channel for channel in live or []):
+            return
+        if self.quiet_problem is None:
+            off = flags.replace("h", "")
+            self.quiet = (
+                pack(b"CONFIG", b"SET", b"notify-keyspace-events", off.encode()),
+                pack(b"CONFIG", b"SET", b"notify-keyspace-events", flags.encode()),
+            )
+
+    def no_quiet(self, why: str) -> None:
+        """Stop switching notifications off around the migrator's writes."""
+        self.quiet = None
+        self.quiet_problem = self.quiet_problem or why
+
+    def lost(self, why: str) -> None:
+        """Capture can no longer vouch for seeing every write (``why``)."""
+        self._lost(why)
 
     async def _flags(self) -> str:
         config = await self.client.config_get("notify-keyspace-events")
@@ -182,6 +217,7 @@ class ChangeCapture:
             self._transport = None
             await asyncio.sleep(0)
         self.complete = False
+        self.quiet = None
         await self._restore()
 
     async def _restore(self) -> None:
@@ -286,7 +322,10 @@ class ChangeCapture:
 
     def _message(self, message: list[Any]) -> None:
         kind = message[0]
-        if kind == b"message" and len(message) == 3:
+        if kind == b"message" and len(message) == 3 and message[1] == HELLO_CHANNEL:
+            if message[2] != self._marker_channel:
+                self.no_quiet("another migration's change capture started")
+        elif kind == b"message" and len(message) == 3:
             waiter = self._marker_waiters.get(message[2])
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -310,6 +349,7 @@ class ChangeCapture:
         if self.problem is None:
             self.problem = why
         self.complete = False
+        self.quiet = None
         # waiters are woken, not failed: they look at ``complete`` (nobody may be waiting)
         if self._subscribed is not None and not self._subscribed.done():
             self._subscribed.set_result(None)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
+import redis.exceptions as rexc
 
 from redismigrate.aio.capture import ChangeCapture
 from redismigrate.aio.fastwire import TOUCH_FIELD, Caller, Wire, pack
@@ -141,21 +142,66 @@ async def _transact(
     if not writes:
         await conn.call(pack(b"UNWATCH"), 1)
         return outcome
-    if capture is not None:
-        capture.expect(events)
-    sent = pack(b"MULTI") + b"".join(writes) + pack(b"EXEC")
-    executed = (await conn.call(sent, len(writes) + 2))[-1]
-    if executed is None:
-        if capture is not None:
+    sent, count, quiet = _transaction(writes, events, capture)
+    done = _executed(await conn.call(sent, count, raise_errors=False), count, quiet, capture)
+    if not done:
+        if capture is not None and done is not None:
             # someone wrote one of these keys after the WATCH, and that write's event
             # may have been taken for one of the writes announced above: all are suspect
-            capture.unexpect(events)
+            if not quiet:
+                capture.unexpect(events)
             capture.suspect(keys)
         return None
+    return outcome
+
+
+def _transaction(
+    writes: list[bytes], events: Events, capture: ChangeCapture | None
+) -> tuple[bytes, int, bool]:
+    """The MULTI ... EXEC of ``writes``: (commands, their count, quiet).
+
+    Quiet: the transaction switches the hash class of keyspace notifications off around
+    the writes (capture.quiet says when that is allowed), so the server does not
+    publish the migrator's own writes and capture need not expect them. Inside the
+    transaction no other client runs, so no write of the application goes unseen.
+    Otherwise the events the writes will cause are announced to capture.
+    """
+    quiet = capture.quiet if capture is not None else None
+    if quiet is None:
+        if capture is not None:
+            capture.expect(events)
+        return pack(b"MULTI") + b"".join(writes) + pack(b"EXEC"), len(writes) + 2, False
+    off, on = quiet
+    return pack(b"MULTI") + off + b"".join(writes) + on + pack(b"EXEC"), len(writes) + 4, True
+
+
+def _executed(
+    replies: list[Any], count: int, quiet: bool, capture: ChangeCapture | None
+) -> bool | None:
+    """Whether the transaction of ``_transaction`` (its replies start ``replies``) went
+    through. False: aborted by a write to a watched key; None: not run because the
+    switch was refused. Either way it is to be read and decided again."""
+    executed = replies[count - 1]
+    if quiet and capture is not None:
+        if isinstance(replies[1], hiredis.ReplyError):
+            # the switch itself was refused (the user's rights changed): nothing ran
+            capture.no_quiet(f"switching notifications off was refused: {replies[1]}")
+            return None
+        if isinstance(executed, list):
+            if isinstance(executed[-1], hiredis.ReplyError):
+                capture.lost(f"switching notifications back on failed: {executed[-1]}")
+            if isinstance(executed[0], hiredis.ReplyError):
+                capture.no_quiet(f"switching notifications off failed: {executed[0]}")
+            executed = executed[1:-1]
+    for reply in replies[:count]:
+        if isinstance(reply, hiredis.ReplyError):
+            raise rexc.ResponseError(str(reply))  # refused when queued (OOM, rights)
+    if executed is None:
+        return False
     for reply in executed:
         if isinstance(reply, hiredis.ReplyError):
             raise hiredis.ReplyError(str(reply))  # not expected: the keys were checked
-    return outcome
+    return True
 
 
 async def _guarded(
@@ -239,17 +285,19 @@ async def _pipelined(
             await conn.call(pack(b"UNWATCH") + tail, 1 + tail_count)
             total.add(outcome)
             continue
-        capture.expect(events)
-        sent = pack(b"MULTI") + b"".join(writes) + pack(b"EXEC") + tail
-        executed = (await conn.call(sent, len(writes) + 2 + tail_count))[len(writes) + 1]
-        if executed is None:
-            capture.unexpect(events)
-            capture.suspect(group)
+        sent, count, quiet = _transaction(writes, events, capture)
+        replies = await conn.call(sent + tail, count + tail_count, raise_errors=False)
+        for reply in replies[count:]:
+            if isinstance(reply, hiredis.ReplyError):
+                raise rexc.ResponseError(str(reply))
+        done = _executed(replies, count, quiet, capture)
+        if not done:
+            if done is not None:
+                if not quiet:
+                    capture.unexpect(events)
+                capture.suspect(group)
             aborted.append(group)
             continue
-        for reply in executed:
-            if isinstance(reply, hiredis.ReplyError):
-                raise hiredis.ReplyError(str(reply))
         total.add(outcome)
     return aborted
 
