@@ -31,7 +31,7 @@ from redismigrate.aio.fastwire import TOUCH_FIELD, Caller, Wire, pack
 ATTEMPTS = 3
 # WATCH looks through the keys a connection already watches for each key it adds
 # (quadratic in their number): transactions stay small
-WATCH_GROUP = 100
+WATCH_GROUP = 40
 
 Events = list[tuple[bytes, int]]
 Decision = tuple[list[bytes], Events]
