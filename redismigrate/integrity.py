@@ -63,6 +63,9 @@ def rederive(plan: MigrationPlan) -> MigrationPlan:
         mode="online" if isinstance(plan.mode, Online) else "drop_recreate",
         physical_index=plan.source.physical_index or plan.source.index_name,
         unreported=plan.source.unreported,
+        keep_shadow_field=isinstance(plan.mode, Online)
+        and plan.mode.reencode is not None
+        and plan.mode.reencode.variant == "keep_shadow_field",
     )
 
 

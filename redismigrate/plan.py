@@ -372,6 +372,7 @@ def build_plan(
     aliases: Sequence[str] = (),
     aliases_listed: bool = False,
     unreported: Sequence[UnreportedAttribute] = (),
+    keep_shadow_field: bool = False,
 ) -> MigrationPlan:
     """Merge ``patch`` into the source schema and classify every change.
 
@@ -503,13 +504,11 @@ def build_plan(
                 "use --mode drop_recreate, or split the migration: the rest online, the "
                 "renames or the prefix change with drop_recreate",
             )
-        reencode, taken = shadow_reencode_for(source, vector_changes)
-        for problem in taken:
-            b.block(
-                "online re-encoding",
-                problem,
-                "rename that field first, or use --mode drop_recreate",
-            )
+        reencode, taken = shadow_reencode_for(
+            source, vector_changes, keep_shadow_field=keep_shadow_field
+        )
+        for problem, remedy in taken:
+            b.block("online re-encoding", problem, remedy)
         chosen = Online(
             shadow_index=shadow_name(target.name, other_indexes, physical_index or source.name),
             previous_physical_index=physical_index or source.name,

@@ -50,6 +50,9 @@ STEP_LABELS = {
     "sweep": "Sweep shadow field",
     "mirror": "Mirror app writes",
     "awaiting_cut_over": "Wait for cut-over (s)",
+    "awaiting_new_encoding": "Wait for new-encoding writes (s)",
+    "rewrite": "Rewrite originals in place",
+    "unshadow": "Remove shadow fields",
 }
 PLAIN_EVERY_SECONDS = 5.0
 NOTEBOOK_EVERY_SECONDS = 0.25

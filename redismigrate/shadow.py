@@ -12,11 +12,14 @@ The stages, in order (``STAGES``): change capture started; backfill (every docum
 shadow written); the shadow index built; mirroring (every application write to a
 covered key re-encoded into the shadow) and, with ``--postpone-cut-over``, waiting for
 the operator; the cut-over (the name moves to the shadow index in one MULTI/EXEC);
-switched (the writes seen up to the switch are mirrored); done. This milestone ends
-there: the ``keep_shadow_field`` variant, where the index keeps reading the shadow
-field. The in-place rewrite of the original field, the final index on it behind a
-second switch, the removal of the shadow fields and the throttle are not built yet
-(``NOT_YET_BUILT``).
+switched (the writes seen up to the switch are mirrored). The ``keep_shadow_field``
+variant ends there: the index keeps reading the shadow field. The ``finish`` variant
+(the default) goes on: it waits until the application writes the new encoding into
+the original field (``awaiting_new_encoding``), rewrites every original still in the
+old encoding in place (``rewriting``, each original backed up first), builds the final
+index on the original field (``final_index``), moves the name to it in a second
+MULTI/EXEC (``final_switch``) and removes the shadow fields (``removing_shadows``):
+the documents then look as after a drop_recreate migration.
 """
 
 from __future__ import annotations
@@ -33,20 +36,15 @@ import msgspec
 from redismigrate.backup import backup_paths
 from redismigrate.errors import BadInputError
 from redismigrate.files import write_document
-from redismigrate.schema import IndexSchema, Model, VectorField
+from redismigrate.schema import DATATYPE_BYTES, IndexSchema, Model, VectorField
 
 if TYPE_CHECKING:
     from redismigrate.plan import VectorChange
 
 # the shadow field of a hash field: ``<field>__rm`` (reserved: never an application field)
 SHADOW_SUFFIX = "__rm"
-VARIANT: Literal["keep_shadow_field"] = "keep_shadow_field"
-NOT_YET_BUILT = (
-    "the in-place rewrite of the original field to the new encoding",
-    "the final index on the original field behind a second switch",
-    "the removal of the shadow fields",
-    "the throttle (--max-rate) and the load guard",
-)
+Variant = Literal["finish", "keep_shadow_field"]
+NOT_YET_BUILT = ("the throttle (--max-rate) and the load guard",)
 # where a run waiting for a postponed cut-over looks for the operator's go
 CUT_OVER_KEY_PREFIX = "redismigrate:cut-over:"
 CUT_OVER_FLAG_SUFFIX = ".cut-over"
@@ -63,6 +61,11 @@ Stage = Literal[
     "awaiting_cut_over",
     "cut_over",
     "switched",
+    "awaiting_new_encoding",
+    "rewriting",
+    "final_index",
+    "final_switch",
+    "removing_shadows",
     "done",
 ]
 STAGES: tuple[Stage, ...] = (
@@ -73,6 +76,11 @@ STAGES: tuple[Stage, ...] = (
     "awaiting_cut_over",
     "cut_over",
     "switched",
+    "awaiting_new_encoding",
+    "rewriting",
+    "final_index",
+    "final_switch",
+    "removing_shadows",
     "done",
 )
 
@@ -93,31 +101,51 @@ class ShadowVector(Model, frozen=True, kw_only=True):
 class ShadowReencode(Model, frozen=True, kw_only=True):
     """How an online plan re-encodes hash vectors: into shadow fields.
 
-    ``variant`` says where the run ends: ``keep_shadow_field`` (the only one built so
-    far) stops after the cut-over, the index reading the shadow field from then on.
+    ``variant`` says where the run ends: ``finish`` rewrites the originals in place and
+    ends on an index over them with no shadow field left; ``keep_shadow_field`` stops
+    after the cut-over, the index reading the shadow field from then on.
     """
 
-    variant: Literal["keep_shadow_field"]
+    variant: Variant
     fields: list[ShadowVector]
 
 
 def shadow_reencode_for(
-    source: IndexSchema, vector_changes: Sequence[VectorChange]
-) -> tuple[ShadowReencode | None, list[str]]:
+    source: IndexSchema,
+    vector_changes: Sequence[VectorChange],
+    *,
+    keep_shadow_field: bool = False,
+) -> tuple[ShadowReencode | None, list[tuple[str, str]]]:
     """The shadow fields for the hash vectors ``vector_changes`` rewrite, and why they
-    cannot be had (a field of the source already uses a shadow field's name)."""
+    cannot be had, as (problem, remedy): a field of the source already uses a shadow
+    field's name; the ``finish`` variant for two encodings of one width (no write can be
+    told apart by its length)."""
     taken = {f.path or f.name for f in source.fields} | {f.name for f in source.fields}
     fields: list[ShadowVector] = []
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     for vc in vector_changes:
         if not vc.rewrite_documents:
             continue
+        same_width = DATATYPE_BYTES[vc.source_datatype] == DATATYPE_BYTES[vc.target_datatype]
+        if same_width and not keep_shadow_field:
+            problems.append(
+                (
+                    f"{vc.field!r}: {vc.source_datatype} and {vc.target_datatype} vectors have "
+                    "the same byte length, so the run cannot tell when the application writes "
+                    "the new encoding into the original field",
+                    "use --keep-shadow-field (the index keeps reading the shadow field), or "
+                    "--mode drop_recreate",
+                )
+            )
         field = source.field(vc.source_field)
         document_field = (field.path or field.name) if field is not None else vc.source_field
         shadow = shadow_field_name(document_field)
         if shadow in taken:
             problems.append(
-                f"the shadow field {shadow!r} of {vc.field!r} is a field of the index already"
+                (
+                    f"the shadow field {shadow!r} of {vc.field!r} is a field of the index already",
+                    "rename that field first, or use --mode drop_recreate",
+                )
             )
         fields.append(
             ShadowVector(
@@ -129,7 +157,8 @@ def shadow_reencode_for(
         )
     if not fields:
         return None, problems
-    return ShadowReencode(variant=VARIANT, fields=fields), problems
+    variant: Variant = "keep_shadow_field" if keep_shadow_field else "finish"
+    return ShadowReencode(variant=variant, fields=fields), problems
 
 
 def shadow_schema(target: IndexSchema, reencode: ShadowReencode | None) -> IndexSchema:
@@ -161,30 +190,50 @@ def shadow_warnings(
     ``shadow_index_bytes`` are the memory model's figures (redismigrate/memory.py) for
     the shadow vectors in the documents and the shadow index."""
     by_field = {vc.field: vc for vc in vector_changes}
+    finish = reencode.variant == "finish"
     out: list[str] = []
     for shadow in reencode.fields:
         vc = by_field[shadow.field]
         out.append(
             f"Online re-encoding ({reencode.variant}): {shadow.document_field!r} is left as "
-            f"it is ({vc.source_datatype}); every document gets its {vc.target_datatype} "
-            f"vector in the shadow field {shadow.shadow_field!r}, which the new index reads "
-            f"as {shadow.field!r} (queries keep the name). Every write the application makes "
-            "during the run is mirrored into it"
+            f"it is ({vc.source_datatype}) until the cut-over; every document gets its "
+            f"{vc.target_datatype} vector in the shadow field {shadow.shadow_field!r}, which "
+            f"the new index reads as {shadow.field!r} (queries keep the name). Every write "
+            "the application makes during the run is mirrored into it"
         )
-    out.append(
-        f"Memory at the peak: about {_mb(vectors + shadow_index_bytes)} more (shadow vectors "
-        f"{_mb(vectors)}, shadow index {_mb(shadow_index_bytes)}); the end frees only the old "
-        "index: both encodings stay in the documents in this variant"
-    )
     targets = ", ".join(sorted({by_field[s.field].target_datatype for s in reencode.fields}))
-    out.append(
-        "At the cut-over the application must switch too: KNN query vectors in "
-        f"{targets} (a query in the old encoding is refused with a blob size error: retry it "
-        "in the new one), and new vectors written in the new encoding into the shadow "
-        "field (the run stops mirroring at its end); use --postpone-cut-over and "
-        "`redismigrate cut-over` to choose the moment"
-    )
-    out.append("Not built yet (a later release): " + "; ".join(NOT_YET_BUILT))
+    if finish:
+        out.append(
+            f"Memory at the peak: about {_mb(vectors + shadow_index_bytes)} more (shadow "
+            f"vectors {_mb(vectors)}, shadow index {_mb(shadow_index_bytes)}); after the "
+            "cut-over the originals are rewritten in the new encoding (each backed up "
+            "first, for rollback), a final index on them takes the name in a second switch, "
+            "and the shadow fields are removed: the end frees the old index, the shadow "
+            "vectors and the old encoding"
+        )
+        out.append(
+            "At the cut-over the application must switch too: KNN query vectors in "
+            f"{targets} (a query in the old encoding is refused with a blob size error: retry "
+            "it in the new one), and vectors written in the new encoding into the original "
+            "field; the run waits for the first such write (or a second `redismigrate "
+            "cut-over`) before it rewrites the rest; use --postpone-cut-over and "
+            "`redismigrate cut-over` to choose the moment"
+        )
+    else:
+        out.append(
+            f"Memory at the peak: about {_mb(vectors + shadow_index_bytes)} more (shadow "
+            f"vectors {_mb(vectors)}, shadow index {_mb(shadow_index_bytes)}); the end frees "
+            "only the old index: both encodings stay in the documents in this variant"
+        )
+        out.append(
+            "At the cut-over the application must switch too: KNN query vectors in "
+            f"{targets} (a query in the old encoding is refused with a blob size error: retry "
+            "it in the new one), and new vectors written in the new encoding into the shadow "
+            "field (the run stops mirroring at its end); use --postpone-cut-over and "
+            "`redismigrate cut-over` to choose the moment"
+        )
+    if NOT_YET_BUILT:
+        out.append("Not built yet (a later release): " + "; ".join(NOT_YET_BUILT))
     return out
 
 
@@ -221,6 +270,8 @@ class ShadowCounts(Model, frozen=True, kw_only=True):
     skipped: int = 0  # guarded writes left: changed again meanwhile (done again later)
     missing: int = 0  # documents deleted before their shadow was written: not recreated
     malformed: int = 0  # originals of another byte length: no shadow (as the source)
+    rewritten: int = 0  # originals rewritten in place in the new encoding (finish)
+    shadows_removed: int = 0  # shadow fields removed at the end (finish)
 
     def plus(self, other: ShadowCounts) -> ShadowCounts:
         return ShadowCounts(
@@ -244,6 +295,9 @@ class ShadowReport(Model, frozen=True, kw_only=True):
     waited_for_cut_over_seconds: float = 0.0
     mirrored_after_switch: int = 0  # writes made up to the switch, mirrored right after it
     vectors_checked: int = 0  # sampled shadows compared with their original's re-encoding
+    # finish variant: what ended the wait for the new encoding, the final index
+    finish_started_by: str | None = None
+    final_index: str | None = None
     not_built: list[str] = []
 
 
@@ -275,6 +329,11 @@ class OnlineProgress(
     switched_at: str | None = None
     # this run waits for the operator's `redismigrate cut-over` since then (None: not)
     awaiting_since: str | None = None
+    # finish variant: the index on the original fields that takes the name last
+    final_index: str | None = None
+    # when the run saw the application write the new encoding (or was told to go on)
+    new_encoding_seen_at: str | None = None
+    final_switched_at: str | None = None
 
     def reached(self, stage: Stage) -> bool:
         return STAGES.index(self.stage) >= STAGES.index(stage)

@@ -164,6 +164,7 @@ class MigrationPlanner:
         overlap_checked_elsewhere: list[str] | None = None,
         mode: str | None = None,
         aliases: Sequence[str] = (),
+        keep_shadow_field: bool = False,
     ) -> MigrationPlan:
         """Snapshot ``index_name``, merge the requested change, and return the plan.
 
@@ -177,6 +178,9 @@ class MigrationPlanner:
         ``aliases`` names aliases of the index to move to the target (where the server
         cannot list them, FT.ALIASLIST being search 8.10+); each must point at the index,
         else BadInputError.
+
+        ``keep_shadow_field``: an online re-encoding stops after its cut-over, the index
+        reading the shadow fields (default: it finishes, rewriting the originals in place).
         """
         return _portal.run_sync(
             self._async.create_plan,
@@ -192,6 +196,7 @@ class MigrationPlanner:
             overlap_checked_elsewhere=overlap_checked_elsewhere,
             mode=mode,
             aliases=aliases,
+            keep_shadow_field=keep_shadow_field,
         )
 
     def estimate(

@@ -309,7 +309,7 @@ def make_plan(url: str, index: str, path: Path | None = None) -> MigrationPlan:
     if path is not None:  # as an operator does
         made = cli(
             "plan", "--index", index, "--mode", "online", "--url", url, "--plan-out", str(path),
-            "--schema-patch", str(write_patch(path.parent)),
+            "--schema-patch", str(write_patch(path.parent)), "--keep-shadow-field",
         )  # fmt: skip
         assert made.returncode == 0, made.stdout + made.stderr
         assert "Online re-encoding (keep_shadow_field)" in made.stdout
@@ -320,6 +320,7 @@ def make_plan(url: str, index: str, path: Path | None = None) -> MigrationPlan:
             redis_url=url,
             schema_patch=SchemaPatch.from_dict({"changes": TO_FLOAT16}),
             mode="online",
+            keep_shadow_field=True,
         )
     assert plan.supported, [str(b) for b in plan.diff_classification.blocked_reasons]
     assert isinstance(plan.mode, Online) and plan.mode.reencode is not None

@@ -151,6 +151,7 @@ class AsyncMigrationPlanner:
         overlap_checked_elsewhere: list[str] | None = None,
         mode: str | None = None,
         aliases: Sequence[str] = (),
+        keep_shadow_field: bool = False,
     ) -> MigrationPlan:
         """Snapshot ``index_name``, merge the requested change, and return the plan.
 
@@ -164,6 +165,9 @@ class AsyncMigrationPlanner:
         ``aliases`` names aliases of the index to move to the target (where the server
         cannot list them, FT.ALIASLIST being search 8.10+); each must point at the index,
         else BadInputError.
+
+        ``keep_shadow_field``: an online re-encoding stops after its cut-over, the index
+        reading the shadow fields (default: it finishes, rewriting the originals in place).
         """
         given = [
             x
@@ -195,6 +199,7 @@ class AsyncMigrationPlanner:
                 set(overlap_checked_elsewhere or ()),
                 mode,
                 aliases,
+                keep_shadow_field,
             )
 
     async def estimate(
@@ -272,6 +277,7 @@ class AsyncMigrationPlanner:
         overlap_checked_elsewhere: set[str],
         mode: str | None,
         aliases: Sequence[str] = (),
+        keep_shadow_field: bool = False,
     ) -> MigrationPlan:
         capabilities = await server_capabilities(client)
         described = await read_schema_and_stats(client, index_name)
@@ -316,6 +322,7 @@ class AsyncMigrationPlanner:
             aliases=user_aliases,
             aliases_listed=aliases_listed,
             unreported=unreported,
+            keep_shadow_field=keep_shadow_field,
         )
         data = await malformed_vectors(client, plan)
         if data.status != "pass":  # counted over every key: the plan says so

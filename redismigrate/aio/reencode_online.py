@@ -47,7 +47,7 @@ import redis.asyncio as aioredis
 from redismigrate.aio import aliases, online
 from redismigrate.aio.capture import ChangeCapture
 from redismigrate.aio.fastwire import Wire
-from redismigrate.aio.indexes import create_index, ft_info, read_schema_and_stats
+from redismigrate.aio.indexes import create_index, ft_info, list_indexes, read_schema_and_stats
 from redismigrate.aio.keys import is_cluster, scan_prefixes
 from redismigrate.aio.preflight import check_evictions
 from redismigrate.aio.shadow import (
@@ -56,15 +56,25 @@ from redismigrate.aio.shadow import (
     encode_rows,
     read_rows,
     remove_shadows,
+    rewrite_originals,
     sync_shadows,
 )
 from redismigrate.aio.steps.state import Run, crash_point
 from redismigrate.aio.validate import VECTOR_SAMPLE, validate_live
+from redismigrate.backup import BackupField, BackupHeader, VectorBackup
 from redismigrate.errors import BadInputError, IndexNotFound, RedisMigrateError
 from redismigrate.ftinfo import stats_from_ft_info
 from redismigrate.keytext import key_names, key_text
 from redismigrate.ledger import LockHolder, lock_key
-from redismigrate.plan import MigrationPlan, Online, now_iso, plan_hash
+from redismigrate.plan import (
+    MigrationPlan,
+    Online,
+    OtherIndex,
+    now_iso,
+    plan_hash,
+    schema_hash,
+    shadow_name,
+)
 from redismigrate.report import ValidationResult
 from redismigrate.shadow import (
     NOT_YET_BUILT,
@@ -151,6 +161,14 @@ class _OnlineReencode:
         self.documents_at_switch: int | None = None
         self.wait_started: float | None = None
         self.vectors_checked = 0
+        self.finish = self.reencode.variant == "finish"
+        self.rewrite = ShadowOutcome()  # originals rewritten in place (finish)
+        self.unshadowed = ShadowOutcome()  # shadow fields removed at the end (finish)
+        self.new_encoding_seen = False  # the application wrote the new encoding
+        self.finish_started_by: str | None = None
+        self.final_switched = False
+        self.backup: VectorBackup | None = None
+        self.backup_lock = anyio.Lock()
 
     # ---------------------------------------------------------------- the header
 
@@ -165,6 +183,8 @@ class _OnlineReencode:
             malformed=len(
                 set(self.backfill.malformed + self.swept.malformed + self.mirror.malformed)
             ),
+            rewritten=self.rewrite.written,
+            shadows_removed=self.unshadowed.removed,
         )
         return self.base.plus(mine)
 
@@ -189,7 +209,10 @@ class _OnlineReencode:
                 f"{run.backup_dir} holds the progress of a different plan for index "
                 f"{plan.source.index_name!r}; use another --backup-dir, or roll that one back"
             )
-        switched = await self._switched()
+        behind = await online.physical_name(client, plan.target_index_name)
+        final = found.final_index if found is not None else None
+        self.final_switched = final is not None and behind == final
+        switched = behind == self.shadow or self.final_switched
         if found is None and not switched:
             await self._check_source()
             await aliases.check_before_drop(client, plan)
@@ -230,11 +253,14 @@ class _OnlineReencode:
                 await self._before_switch()
             else:
                 # killed after the switch: the writes it had not mirrored yet are found
-                # by comparing every document
-                await self._sweep("sweep")
+                # by comparing every document (from the rewrite on, its sweeps do that)
+                if not (self.finish and self.header.reached("rewriting")):
+                    await self._sweep("sweep")
                 self.save(
                     "switched", switched=True, switched_at=self.header.switched_at or now_iso()
                 )
+            if self.finish:
+                await self._finish()
             self.save("done")
             await client.delete(cut_over_key(plan.source.index_name))
             self.flag.unlink(missing_ok=True)
@@ -243,6 +269,8 @@ class _OnlineReencode:
             with anyio.CancelScope(shield=True):
                 self.writes_seen += self.capture.foreign_events
                 await self.capture.stop()
+                if self.backup is not None:
+                    self.backup.close()
         return validation, self._report()
 
     async def _before_switch(self) -> None:
@@ -301,6 +329,10 @@ class _OnlineReencode:
             also=also,
         )
         crash_point("after_cut_over")
+        # the request that released the switch is used up: a new one tells a finishing
+        # run to go on without waiting for the application's first write
+        await self.client.delete(cut_over_key(plan.source.index_name))
+        self.flag.unlink(missing_ok=True)
         self.save("switched", switched=True, switched_at=now_iso(), awaiting_since=None)
         run.tick("cut_over", 1, 1)
         run.timed("cut_over", started)
@@ -315,9 +347,6 @@ class _OnlineReencode:
         run.timed("mirror", started, self.after_switch)
 
     # ---------------------------------------------------------------- the checks
-
-    async def _switched(self) -> bool:
-        return await online.physical_name(self.client, self.plan.target_index_name) == self.shadow
 
     async def _check_source(self) -> None:
         plan, client = self.plan, self.client
@@ -342,8 +371,16 @@ class _OnlineReencode:
     async def _ready(self) -> bool:
         """The shadow is fully indexed and holds as many documents (plus failures) as the
         live index."""
-        shadow = stats_from_ft_info(await ft_info(self.client, self.shadow))
-        live = stats_from_ft_info(await ft_info(self.client, self.plan.source.index_name))
+        return await self._caught_up(self.shadow, self.plan.source.index_name)
+
+    async def _final_ready(self) -> bool:
+        assert self.header is not None and self.header.final_index is not None
+        crash_point("final_index")
+        return await self._caught_up(self.header.final_index, self.plan.target_index_name)
+
+    async def _caught_up(self, new: str, serving: str) -> bool:
+        shadow = stats_from_ft_info(await ft_info(self.client, new))
+        live = stats_from_ft_info(await ft_info(self.client, serving))
         have = shadow.num_docs + shadow.hash_indexing_failures
         want = live.num_docs + live.hash_indexing_failures
         self.run.tick("indexing", have, want)
@@ -408,9 +445,19 @@ class _OnlineReencode:
         self.save()
 
     async def _mirror_keys(self, keys: set[bytes]) -> None:
+        rewriting = self.finish and self.header is not None and self.header.reached("rewriting")
         for batch in _keys_in(sorted(keys), self.run.batch_size):
+            if rewriting:
+                # an original the application wrote in the old encoding is rewritten too
+                done = await self._rewrite_batch(batch)
+                if self.capture is not None and done.skipped:
+                    self.capture.suspect(done.skipped)
+                if self.final_switched:
+                    continue  # the shadows are going: nothing reads them any more
             found = await sync_shadows(self.run.wire, batch, self.specs, self.capture)
             self.mirror.add(found)
+            if found.copied and self.header is not None and self.header.switched:
+                self.new_encoding_seen = True
             if self.capture is not None and found.skipped:
                 self.capture.suspect(found.skipped)
 
@@ -476,6 +523,205 @@ class _OnlineReencode:
             if waiting <= CUT_OVER_MAX_LAG:
                 return
 
+    # ---------------------------------------------------------------- finishing
+
+    async def _finish(self) -> None:
+        """After the cut-over: wait for the application's new encoding, rewrite the
+        originals, build the final index, switch to it, remove the shadows."""
+        assert self.header is not None
+        run = self.run
+        if not self.header.reached("rewriting"):
+            started = time.perf_counter()
+            self.wait_started = None
+            self.save("awaiting_new_encoding")
+            await self._mirror_until(self._new_encoding_arrived, "awaiting_new_encoding")
+            self.save("rewriting", new_encoding_seen_at=now_iso())
+            run.timed("awaiting_new_encoding", started)
+        self.finish_started_by = self.finish_started_by or "resumed"
+        self._open_backup()
+        if not self.final_switched:
+            started = time.perf_counter()
+            self.save("rewriting")
+            await self._scan("rewrite", self._rewrite_and_sync)
+            run.timed("rewrite", started, self.rewrite.written)
+            started = time.perf_counter()
+            final = self.header.final_index or await self._final_name()
+            self.save("final_index", final_index=final)
+            if await online.physical_name(self.client, final) is None:
+                await create_index(self.client, self.plan.merged_target_schema, index_name=final)
+            await self._mirror_until(self._final_ready, "indexing")
+            run.timed("final_index", started)
+            self.save("final_switch")
+            await self._final_switch(final)
+        else:
+            # killed after the second switch: an original written in the old encoding
+            # while nobody watched is found by reading every document
+            await self._scan("rewrite", self._rewrite_only)
+        started = time.perf_counter()
+        self.save("removing_shadows")
+        await self._scan("unshadow", self._unshadow)
+        run.timed("unshadow", started, self.unshadowed.removed)
+
+    async def _new_encoding_arrived(self) -> bool:
+        """The application wrote a vector in the new encoding after the switch, or the
+        operator said to go on (`redismigrate cut-over` again, or the flag file)."""
+        if self.new_encoding_seen:
+            self.finish_started_by = "the application wrote the new encoding"
+            return True
+        crash_point("awaiting_new_encoding")
+        if self.wait_started is None:
+            self.wait_started = time.perf_counter()
+        waited = time.perf_counter() - self.wait_started
+        self.run.tick("awaiting_new_encoding", int(waited), None)
+        if await self.client.exists(cut_over_key(self.plan.source.index_name)):
+            self.finish_started_by = "redismigrate cut-over"
+            return True
+        if self.flag.exists():
+            self.finish_started_by = f"flag file {self.flag}"
+            return True
+        return False
+
+    async def _final_name(self) -> str:
+        others = [
+            OtherIndex(name=n, storage_type="hash", prefixes=[])
+            for n in await list_indexes(self.client)
+        ]
+        return shadow_name(self.plan.source.index_name, others, self.shadow)
+
+    async def _final_switch(self, final: str) -> None:
+        """The second switch: the name (and the user aliases) to the final index, the
+        shadow index dropped, in one MULTI/EXEC; then the writes made up to it."""
+        run, plan = self.run, self.plan
+        started = time.perf_counter()
+        await self._mirror_until(self._final_ready, "indexing")
+        await self._catch_up()
+        await check_evictions(run)
+        assert self.capture is not None
+        crash_point("before_final_switch")
+        also: list[tuple[Any, ...]] = []
+        marker = None
+        if self.capture.complete:
+            channel, token, arrival = self.capture.marker()
+            also.append(("PUBLISH", channel, token))
+            marker = (token, arrival)
+        await online.cut_over(
+            self.client,
+            name=plan.target_index_name,
+            new_name=plan.target_index_name,
+            shadow=final,
+            aliases=plan.source.aliases,
+            also=also,
+        )
+        self.final_switched = True
+        self.save(final_switched_at=now_iso())
+        crash_point("after_final_switch")
+        if marker is not None and await self.capture.arrived(*marker):
+            await self._mirror_keys(self.capture.drain())
+        else:
+            await self._scan("rewrite", self._rewrite_only)
+        run.timed("final_switch", started)
+
+    def _open_backup(self) -> None:
+        """The backup of every original the rewrite replaces (rollback puts them back)."""
+        if self.backup is not None:
+            return
+        plan = self.plan
+        existing = VectorBackup.open(self.run.backup_dir, plan.source.index_name)
+        if existing is not None:
+            if existing.header.plan_hash != plan_hash(plan):
+                raise BadInputError(
+                    f"{existing.header_path} is the backup of another plan for index "
+                    f"{plan.source.index_name!r}; use another --backup-dir"
+                )
+            self.backup = existing
+            return
+        changes = {vc.source_field: vc for vc in plan.vector_changes}
+        header = BackupHeader(
+            index_name=plan.source.index_name,
+            plan_hash=plan_hash(plan),
+            source_schema_hash=plan.source.schema_hash,
+            target_schema_hash=schema_hash(plan.merged_target_schema),
+            fields={
+                spec.source_field: BackupField(
+                    source_datatype=changes[spec.source_field].source_datatype,
+                    target_datatype=changes[spec.source_field].target_datatype,
+                    dims=spec.dims,
+                    document_field=spec.document_field.decode(),
+                )
+                for spec in self.specs
+            },
+            batch_size=self.run.batch_size,
+        )
+        self.backup = VectorBackup.create(self.run.backup_dir, header)
+
+    async def _back_up(self, keys: list[bytes], vectors: dict[str, list[bytes | None]]) -> None:
+        backup = self.backup
+        assert backup is not None
+        async with self.backup_lock:
+            await anyio.to_thread.run_sync(lambda: backup.append_batch(keys, vectors))
+
+    async def _rewrite_batch(self, keys: list[bytes]) -> ShadowOutcome:
+        done = await rewrite_originals(
+            self.run.wire,
+            keys,
+            self.specs,
+            self.capture,
+            self._back_up,
+            shadows=not self.final_switched,
+        )
+        self.rewrite.add(done)
+        return done
+
+    async def _rewrite_and_sync(self, keys: list[bytes]) -> list[bytes]:
+        done = await self._rewrite_batch(keys)
+        found = await sync_shadows(self.run.wire, keys, self.specs, self.capture)
+        self.swept.add(found)
+        return done.skipped + found.skipped
+
+    async def _rewrite_only(self, keys: list[bytes]) -> list[bytes]:
+        return (await self._rewrite_batch(keys)).skipped
+
+    async def _unshadow(self, keys: list[bytes]) -> list[bytes]:
+        done = await remove_shadows(self.run.wire, keys, self.specs, only_our_encoding=False)
+        self.unshadowed.add(done)
+        return done.skipped
+
+    async def _scan(self, kind: str, work: Callable[[list[bytes]], Awaitable[list[bytes]]]) -> None:
+        """``work`` over every document under the prefixes, ``SWEEP_WORKERS`` batches at
+        once, with a mirror round between batches; keys it had to leave (written again
+        meanwhile) go back to change capture."""
+        expected = self.plan.source.stats_snapshot.num_docs or None
+        done = 0
+        last_save = time.monotonic()
+        send, receive = anyio.create_memory_object_stream[list[bytes]](SWEEP_WORKERS)
+
+        async def worker(batches: Any) -> None:
+            nonlocal done, last_save
+            async with batches:
+                async for keys in batches:
+                    left = await work(keys)
+                    if self.capture is not None and left:
+                        self.capture.suspect(left)
+                    done += len(keys)
+                    self.run.tick(kind, done, expected)
+                    if time.monotonic() - last_save >= self.checkpoint_seconds:
+                        last_save = time.monotonic()
+                        await anyio.to_thread.run_sync(self.save)
+                        await self._mirror_round()
+                    crash_point(f"during_{kind}")
+
+        async with anyio.create_task_group() as group:
+            with receive:
+                for _ in range(SWEEP_WORKERS):
+                    group.start_soon(worker, receive.clone())
+            async with send:
+                async for keys in scan_prefixes(
+                    self.client, self.prefixes, "hash", self.run.batch_size
+                ):
+                    await send.send(keys)
+        await self._mirror_round()
+        self.save()
+
     # ---------------------------------------------------------------- the outcome
 
     async def _validate(self) -> ValidationResult:
@@ -493,7 +739,7 @@ class _OnlineReencode:
         )
         sample = [names[0] for names in map(key_names, plan.source.keyspace.key_sample)]
         sample = sample[:VECTOR_SAMPLE]
-        if self.capture is not None:
+        if self.capture is not None and not self.finish:
             sample = [k for k in sample if not self.capture.written_by_application(k)]
         rows = await read_rows(self.run.wire, sample, self.specs)
         wanted = await encode_rows(rows, self.specs)
@@ -504,7 +750,16 @@ class _OnlineReencode:
                 continue
             checked += 1
             shadows = [row[2 * i + 1] for i in range(len(self.specs))]
-            if shadows != want:
+            if self.finish:
+                # every vector in the new encoding, in its original field; no shadow left
+                originals = [row[2 * i] for i in range(len(self.specs))]
+                new = all(
+                    v is None or spec.is_new(v)
+                    for v, spec in zip(originals, self.specs, strict=True)
+                )
+                if not new or any(v is not None for v in shadows):
+                    wrong.append(key_text(key))
+            elif shadows != want:
                 wrong.append(key_text(key))
         self.vectors_checked = checked
         if wrong:
@@ -514,7 +769,11 @@ class _OnlineReencode:
                 vectors_mismatched=wrong,
                 errors=[
                     *validation.errors,
-                    f"{len(wrong)} shadow vector(s) differ from the re-encoding of their original",
+                    f"{len(wrong)} vector(s) not in the new encoding in their original field, "
+                    "or a shadow field left"
+                    if self.finish
+                    else f"{len(wrong)} shadow vector(s) differ from the re-encoding of their "
+                    "original",
                 ],
             )
         validation = msgspec.structs.replace(
@@ -539,6 +798,8 @@ class _OnlineReencode:
             waited_for_cut_over_seconds=round(self.waited, 3),
             mirrored_after_switch=self.after_switch,
             vectors_checked=self.vectors_checked,
+            finish_started_by=self.finish_started_by,
+            final_index=self.header.final_index,
             not_built=list(NOT_YET_BUILT),
         )
 
@@ -563,6 +824,8 @@ def as_built(plan: MigrationPlan) -> MigrationPlan:
     the shadow schema (the vector read from its shadow field), else ``plan`` itself."""
     if not isinstance(plan.mode, Online) or plan.mode.reencode is None:
         return plan
+    if plan.mode.reencode.variant == "finish":
+        return plan  # it ends on the target schema itself
     built = shadow_schema(plan.merged_target_schema, plan.mode.reencode)
     return msgspec.structs.replace(plan, merged_target_schema=built)
 
@@ -583,11 +846,14 @@ async def request_cut_over(client: aioredis.Redis, index_name: str) -> str:
     if holder is None:
         return (
             f"cut-over of {index_name!r} requested; no run holds its lock now: an apply of "
-            "the postponed plan switches as soon as the shadow index is ready"
+            "the postponed plan switches as soon as the shadow index is ready (one that has "
+            "switched goes on to finish without waiting for the new encoding)"
         )
     return (
         f"cut-over of {index_name!r} requested: the run of {holder.describe()} switches "
-        "once the shadow index is built and the lag is near zero"
+        "once the shadow index is built and the lag is near zero (if it has switched "
+        "already, it goes on to finish without waiting for the application's first write "
+        "in the new encoding)"
     )
 
 
@@ -616,6 +882,12 @@ async def rollback_online_reencode(
     header = read_progress(path)
     if header is not None and header.plan_hash != plan_hash(plan):
         raise BadInputError(f"{path} belongs to another plan than the one kept beside it")
+    if header is not None and header.reached("rewriting"):
+        raise BadInputError(
+            f"the online run of {plan.source.index_name!r} reached stage {header.stage!r}: "
+            "rolling back after the originals were rewritten in place is not built yet; "
+            "finish the migration with `redismigrate apply` and migrate back with a new plan"
+        )
     shadow = plan.mode.shadow_index
     was_switched = (header is not None and header.switched) or (
         await online.physical_name(client, plan.target_index_name) == shadow

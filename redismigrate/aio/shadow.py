@@ -17,7 +17,7 @@ what is wrong.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,9 +43,25 @@ class ShadowSpec:
 
     document_field: bytes  # the original (the application's field)
     shadow_field: bytes
-    size: int  # byte length of a well-formed original
+    size: int  # byte length of a well-formed original in the old encoding
     dims: int
     encoding: Encoding
+    # byte length in the new encoding: an original of this length (written by the
+    # application after the cut-over) is copied as it is; the same as ``size`` only in
+    # the keep_shadow_field variant, where no original is ever taken as new
+    target_size: int = -1
+    source_field: str = ""  # its name in the source schema (the backup's field key)
+
+    @property
+    def tells_encodings_apart(self) -> bool:
+        return self.target_size > 0 and self.target_size != self.size
+
+    def is_new(self, value: Any) -> bool:
+        """``value`` is a vector in the new encoding (told apart by its length)."""
+        return self.tells_encodings_apart and value is not None and len(value) == self.target_size
+
+    def is_vector(self, value: Any) -> bool:
+        return value is not None and (len(value) == self.size or self.is_new(value))
 
     @classmethod
     def for_plan(cls, plan: MigrationPlan) -> list[ShadowSpec]:
@@ -62,6 +78,10 @@ class ShadowSpec:
                     size=vc.dims * DATATYPE_BYTES[vc.source_datatype],
                     dims=vc.dims,
                     encoding=vc.encoding,
+                    target_size=vc.dims * DATATYPE_BYTES[vc.target_datatype]
+                    if plan.mode.reencode.variant == "finish"
+                    else -1,
+                    source_field=vc.source_field,
                 )
             )
         return specs
@@ -71,7 +91,8 @@ class ShadowSpec:
 class ShadowOutcome:
     """What one call did, by document."""
 
-    written: int = 0  # shadows written (new or fixed)
+    written: int = 0  # shadows written (new or fixed); originals, for rewrite_originals
+    copied: int = 0  # of those, copies of an original already in the new encoding
     removed: int = 0  # shadows removed
     already: int = 0  # already right: nothing to do
     missing: int = 0  # documents that are not there (deleted): nothing written
@@ -81,6 +102,7 @@ class ShadowOutcome:
 
     def add(self, other: ShadowOutcome) -> None:
         self.written += other.written
+        self.copied += other.copied
         self.removed += other.removed
         self.already += other.already
         self.missing += other.missing
@@ -117,10 +139,14 @@ def _plain(value: Any) -> Any:
 
 
 async def encode_rows(rows: Sequence[Any], specs: Sequence[ShadowSpec]) -> list[list[bytes | None]]:
-    """Per key and field: the re-encoding of the original read (None: none, or not a
-    vector of this field's size)."""
+    """Per key and field: the re-encoding of the original read, the original itself
+    where it is in the new encoding already, or None (none, or not a vector)."""
     out: list[list[bytes | None]] = [[None] * len(specs) for _ in rows]
     for position, spec in enumerate(specs):
+        if spec.tells_encodings_apart:
+            for i, row in enumerate(rows):
+                if isinstance(row, list) and spec.is_new(row[2 * position]):
+                    out[i][position] = _plain(row[2 * position])
         where = [
             i
             for i, row in enumerate(rows)
@@ -151,7 +177,7 @@ def _sync_ops(
     for position, spec in enumerate(specs):
         original, shadow = row[2 * position], _plain(row[2 * position + 1])
         want = wanted[position]
-        if original is not None and len(original) != spec.size:
+        if original is not None and not spec.is_vector(original):
             malformed = True  # no vector of this field: no shadow either (as the source)
         if want is None:
             if shadow is not None:
@@ -301,11 +327,92 @@ async def write_shadows(
     total.missing += outcome.missing
     total.already += outcome.already
     total.skipped += outcome.skipped
-    for ops in done.values():
+    for key, ops in done.items():
         if any(verb == b"HSET" for verb, _, _ in ops):
             total.written += 1
+            originals = expected[key][0]
+            if any(spec.is_new(originals[i]) for i, spec in enumerate(specs)):
+                total.copied += 1
         else:
             total.removed += 1
+    return total
+
+
+BackupWriter = Callable[[list[bytes], dict[str, list[bytes | None]]], Awaitable[None]]
+
+
+async def rewrite_originals(
+    wire: Wire,
+    keys: Sequence[bytes],
+    specs: Sequence[ShadowSpec],
+    capture: ChangeCapture | None,
+    backup: BackupWriter,
+    *,
+    shadows: bool,
+) -> ShadowOutcome:
+    """Rewrite each original still in the old encoding in place, in the new one (and,
+    with ``shadows``, its shadow to the same bytes), guarded: only where the original
+    still holds the bytes that were read and backed up (``backup`` is awaited with them
+    before anything is written). An original in the new encoding already is left.
+    ``written`` counts the documents rewritten; ``skipped`` those the application
+    changed again each time (change capture brings them back)."""
+    total = ShadowOutcome()
+    todo = list(keys)
+    for _ in range(RETRIES):
+        if not todo:
+            break
+        rows = await read_rows(wire, todo, specs)
+        wanted = await encode_rows(rows, specs)
+        expected: dict[bytes, tuple[list[Any], list[Op]]] = {}
+        for key, row, want in zip(todo, rows, wanted, strict=True):
+            if not isinstance(row, list):
+                continue
+            if all(value is None for value in row):
+                total.missing += 1
+                continue
+            ops: list[Op] = []
+            for position, spec in enumerate(specs):
+                original = row[2 * position]
+                if original is None or len(original) != spec.size or spec.is_new(original):
+                    continue
+                new = want[position]
+                if new is None:
+                    continue
+                ops.append((b"HSET", spec.document_field, new))
+                if shadows and _plain(row[2 * position + 1]) != new:
+                    ops.append((b"HSET", spec.shadow_field, new))
+            if ops:
+                expected[key] = (_originals(row, len(specs)), ops)
+            else:
+                total.already += 1
+        if not expected:
+            todo = []
+            break
+        chosen = list(expected)
+        await backup(
+            chosen,
+            {
+                spec.source_field: [expected[k][0][i] for k in chosen]
+                for i, spec in enumerate(specs)
+            },
+        )
+
+        def decide(
+            key: bytes,
+            row: list[Any],
+            expected: dict[bytes, tuple[list[Any], list[Op]]] = expected,
+        ) -> list[Op] | None:
+            originals, ops = expected[key]
+            if _originals(row, len(specs)) != originals:
+                return None  # written since it was read: read, backed up, decided again
+            return ops
+
+        outcome, done = await _apply(wire, chosen, specs, decide, capture)
+        total.written += len(done)
+        total.missing += outcome.missing
+        total.already += outcome.already
+        todo = list(outcome.skipped)
+    total.skipped += todo
     return total
 
 

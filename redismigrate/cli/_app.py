@@ -354,6 +354,15 @@ def plan(
             "Default: online for index-only changes, else drop_recreate.",
         ),
     ] = None,
+    keep_shadow_field: Annotated[
+        bool,
+        typer.Option(
+            "--keep-shadow-field",
+            help="Online re-encoding: stop after the cut-over, the index reading the shadow "
+            "field (default: finish, rewriting the original field in place and removing "
+            "the shadow fields, with a second switch).",
+        ),
+    ] = False,
     alias: AliasOption = None,
     url: UrlOption = "redis://localhost:6379",
     show_commands: Annotated[
@@ -382,6 +391,7 @@ def plan(
         force=force,
         mode=mode,
         aliases=alias or (),
+        keep_shadow_field=keep_shadow_field,
     )
     result.dump(plan_out)
     _render.print_plan_summary(console, result, plan_out)

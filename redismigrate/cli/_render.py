@@ -298,16 +298,31 @@ def print_online_reencode(console: Console, report: MigrationReport) -> None:
         else ""
     )
     lag = f"; lag at the switch {done.lag_at_cut_over}" if done.lag_at_cut_over is not None else ""
+    if done.final_index is not None and done.stage == "done":
+        where = (
+            f"the name points at {done.final_index}, which reads the original fields in the "
+            "new encoding; no shadow field is left"
+        )
+    else:
+        where = f"the name points at {done.shadow_index}, which reads " + ", ".join(
+            done.shadow_fields
+        )
     lines = [
-        f"Online re-encoding ({done.variant}), stage {done.stage}: the name points at "
-        f"{done.shadow_index}, which reads {', '.join(done.shadow_fields)}",
+        f"Online re-encoding ({done.variant}), stage {done.stage}: {where}",
         f"  backfilled {c.backfilled:,}, mirrored {c.mirrored:,} (of {done.writes_seen:,} "
         f"writes seen; {done.mirrored_after_switch:,} right after the switch), swept "
         f"{c.swept:,}, skipped {c.skipped:,} (changed meanwhile: mirrored again), deleted "
         f"{c.missing:,}, malformed {c.malformed:,}",
         f"  change capture: {done.capture}; cut-over: {done.cut_over}{waited}{lag}",
-        "  not built yet: " + "; ".join(done.not_built),
     ]
+    if done.variant == "finish":
+        lines.append(
+            f"  finished after the cut-over ({done.finish_started_by or 'not yet'}): "
+            f"{c.rewritten:,} original(s) rewritten in place (backed up first), "
+            f"{c.shadows_removed:,} shadow field(s) removed"
+        )
+    if done.not_built:
+        lines.append("  not built yet: " + "; ".join(done.not_built))
     for line in lines:
         console.print(line, markup=False, highlight=False)
 
