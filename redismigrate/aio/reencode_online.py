@@ -882,7 +882,8 @@ async def rollback_online_reencode(
     header = read_progress(path)
     if header is not None and header.plan_hash != plan_hash(plan):
         raise BadInputError(f"{path} belongs to another plan than the one kept beside it")
-    if header is not None and header.reached("rewriting"):
+    finishing = plan.mode.reencode.variant == "finish"
+    if header is not None and finishing and header.reached("rewriting"):
         raise BadInputError(
             f"the online run of {plan.source.index_name!r} reached stage {header.stage!r}: "
             "rolling back after the originals were rewritten in place is not built yet; "
