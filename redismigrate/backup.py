@@ -881,6 +881,12 @@ class VectorBackup:
         """
         return _iter_frames(self._data_path, self._header, start)
 
+    def iter_frames_newest_first(self) -> Iterator[BackupBatch]:
+        """The committed batches, last appended first, one frame in memory at a time
+        (where a key was backed up more than once, its newest original comes first)."""
+        count = self.verify()  # every frame checked once, so the walk back can trust them
+        return _frames_newest_first(self._data_path, self._header, count)
+
     def iter_batches(
         self, start: int = 0
     ) -> Iterator[tuple[list[bytes], dict[bytes, dict[str, bytes]]]]:
@@ -1016,8 +1022,15 @@ def _iter_frames(data_path: Path, header: BackupHeader, start: int) -> Iterator[
 
 
 def _frames(
-    data_path: Path, header: BackupHeader, start: int, count: int, end: int
+    data_path: Path,
+    header: BackupHeader,
+    start: int,
+    count: int,
+    end: int,
+    origin: int | None = None,
 ) -> Iterator[BackupBatch]:
+    """Frames ``start`` to ``count - 1``, walking the prefixes from the first frame (or,
+    with ``origin``, the byte offset of frame ``start``, known from an earlier walk)."""
     if count == 0 and end == 0:
         return
     fields = set(header.fields)
@@ -1026,8 +1039,8 @@ def _frames(
     except FileNotFoundError:
         raise _missing_data(data_path, header) from None
     with handle:
-        offset = 0
-        for number in range(count):
+        offset = 0 if origin is None else origin
+        for number in range(0 if origin is None else start, count):
             if offset + FRAME_PREFIX_SIZE > end:
                 raise _corrupt(
                     data_path,
@@ -1072,12 +1085,28 @@ def _frames(
                 yield batch
                 del batch
             offset = frame_end
-        if offset != end:
+        if offset != end and count == header.dump_completed_batches:
             raise _corrupt(
                 data_path,
                 offset,
                 f"{end - offset} committed bytes follow the last counted batch",
             )
+
+
+def _frames_newest_first(
+    data_path: Path, header: BackupHeader, count: int
+) -> Iterator[BackupBatch]:
+    """Frames ``count - 1`` down to 0 (the data file was checked whole just before)."""
+    starts: list[int] = []
+    with open(data_path, "rb") as handle:
+        offset = 0
+        for _ in range(count):
+            starts.append(offset)
+            handle.seek(offset)
+            _, length, _, _ = FRAME_PREFIX.unpack(handle.read(FRAME_PREFIX_SIZE))
+            offset += FRAME_PREFIX_SIZE + length
+    for number in reversed(range(count)):
+        yield from _frames(data_path, header, number, number + 1, header.data_bytes, starts[number])
 
 
 def _frame_problem(batch: BackupBatch, number: int, fields: set[str]) -> str | None:

@@ -294,6 +294,21 @@ def code_meaning(encoding: Encoding) -> tuple[float, float] | None:
     return None
 
 
+def inverse_encoding(encoding: Encoding) -> Encoding | None:
+    """The encoding that takes ``encoding``'s output back to its source type (as close
+    as the target keeps it); None where there is none (a scale per vector, say)."""
+    if isinstance(encoding, Cast):
+        return Cast(source=encoding.target, target=encoding.source)
+    if encoding.source in FLOAT_DATATYPES and isinstance(encoding, (Int8Symmetric, Uint8Affine)):
+        meaning = code_meaning(encoding)
+        assert meaning is not None
+        scale, offset = meaning
+        return Dequantize(
+            source=encoding.target, target=encoding.source, scale=scale, offset=offset
+        )
+    return None
+
+
 # --------------------------------------------------------------------------- policy
 
 
@@ -753,6 +768,7 @@ __all__ = [
     "encode_batch",
     "encode_query",
     "encoding_for",
+    "inverse_encoding",
     "recall_at_k",
     "reencode_bytes",
     "stored_as_float64",

@@ -334,6 +334,9 @@ class OnlineProgress(
     # when the run saw the application write the new encoding (or was told to go on)
     new_encoding_seen_at: str | None = None
     final_switched_at: str | None = None
+    # a rollback of the finish variant after the second switch: the shadow-reading index
+    # it built again and moved the name to (a rerun of that rollback goes on from there)
+    rollback_index: str | None = None
 
     def reached(self, stage: Stage) -> bool:
         return STAGES.index(self.stage) >= STAGES.index(stage)

@@ -156,6 +156,20 @@ def test_round_trip_gives_back_exactly_what_was_written(tmp_path: Path) -> None:
     assert reopened.verify() == 3
 
 
+def test_frames_newest_first_come_back_in_reverse_and_are_checked(tmp_path: Path) -> None:
+    with write_batches(tmp_path) as backup:
+        newest_first = list(backup.iter_frames_newest_first())
+        assert [f.batch for f in newest_first] == [2, 1, 0]
+        assert newest_first == list(reversed(list(backup.iter_frames())))
+        # a flipped byte in the first frame is found before anything is handed out
+        offsets = frame_offsets(backup)
+        data = bytearray(backup.data_path.read_bytes())
+        data[offsets[0] + FRAME_PREFIX_SIZE + 3] ^= 0xFF
+        backup.data_path.write_bytes(bytes(data))
+        with pytest.raises(BackupCorrupt, match="checksum"):
+            next(backup.iter_frames_newest_first())
+
+
 def test_open_returns_none_without_a_backup_and_create_refuses_an_existing_one(
     tmp_path: Path,
 ) -> None:

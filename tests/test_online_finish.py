@@ -11,6 +11,7 @@ original field; zero failed queries, none answered from a half-built index.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ class SwitchingApplication(Application):
         keys = list(self.latest)
         number = 0
         turn = 0
+        fresh = f"{self.prefix}n{os.urandom(3).hex()}:"  # keys no earlier writer used
         while not self.stop_writes.is_set():
             turn += 1
             value32 = rng.standard_normal(DIMS).astype(np.float32)
@@ -74,7 +76,7 @@ class SwitchingApplication(Application):
                 self.latest[key] = value
                 self.updates += 1
             else:
-                key = f"{self.prefix}n{number}".encode()
+                key = f"{fresh}{number}".encode()
                 number += 1
                 client.hset(key, mapping={"title": "new", "price": 5, "embedding": value})
                 self.latest[key] = value
@@ -296,3 +298,91 @@ def test_same_width_encodings_need_keep_shadow_field(server: str) -> None:  # no
     assert kept.supported
     assert isinstance(kept.mode, Online) and kept.mode.reencode is not None
     assert kept.mode.reencode.variant == "keep_shadow_field"
+
+
+def float32_of(value: bytes) -> bytes:
+    return np.frombuffer(value, dtype=np.float16).astype(np.float32).tobytes()
+
+
+def assert_rolled_back(
+    client: redis.Redis, name: str, prefix: str, latest: dict[bytes, bytes], source: Any
+) -> None:
+    """Every document holds its float32 again: the bytes the application last wrote in
+    float32, byte for byte, or the float32 of the float16 it wrote after the cut-over;
+    no shadow field; the name serves the source schema with no failure."""
+    found = set(client.scan_iter(match=f"{prefix}*", count=5000))
+    assert found == set(latest), (len(found), len(latest))
+    keys = sorted(latest)
+    for first in range(0, len(keys), 5000):
+        batch = keys[first : first + 5000]
+        pipe = client.pipeline(transaction=False)
+        for key in batch:
+            pipe.hmget(key, "embedding", SHADOW)
+        for key, (original, shadow) in zip(batch, pipe.execute(), strict=True):
+            wanted = latest[key]
+            if len(wanted) == NEW_SIZE:
+                wanted = float32_of(wanted)
+            assert original == wanted, key
+            assert shadow is None, key
+    info = index_info(client, name)
+    assert info["attributes"] == source
+    assert int(info["hash_indexing_failures"]) == 0
+    assert int(info["num_docs"]) == len(latest)
+
+
+def test_rollback_of_a_finished_run_and_of_one_killed_after_the_second_switch(
+    server: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    client = redis.Redis.from_url(server, protocol=2)
+    latest = start(client, "r_idx", "r:", SMALL)
+    source = index_info(client, "r_idx")["attributes"]
+    plan = make_finish_plan(server, "r_idx")
+    runs = (
+        (None, tmp_path / "done"),
+        ("during_unshadow:3", tmp_path / "unshadow"),
+        ("final_index:2", tmp_path / "final"),
+    )
+    for crash_at, backup in runs:
+        app = SwitchingApplication(server, "r_idx", "r:", latest, deletes=False)
+        with app:
+            if crash_at is None:
+
+                def progress(
+                    step: str, done: int, total: int | None, app: SwitchingApplication = app
+                ) -> None:
+                    if step == "cut_over" and done == 1:
+                        app.switch_writes()
+
+                report = MigrationExecutor().apply(
+                    plan, redis_url=server, backup_dir=backup, progress_callback=progress
+                )
+                assert report.succeeded, (report.error, report.validation)
+            else:
+                plan_path = backup.with_suffix(".yaml")
+                plan = make_finish_plan(server, "r_idx", plan_path)
+                assert isinstance(plan.mode, Online)
+                shadow = plan.mode.shadow_index
+                run = apply_cli(server, plan_path, backup, crash_at=crash_at)
+                deadline = time.monotonic() + 60
+                while info_name(client, "r_idx") != shadow and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                app.switch_writes()
+                code, output = finished(run)
+                assert code == -9, output
+                header = read_progress(progress_path(backup, "r_idx"))
+                stage = "removing_shadows" if crash_at.startswith("during") else "final_index"
+                assert header is not None and header.stage == stage
+            time.sleep(0.3)
+            app.stop_writer()  # the application goes back to float32 with the rollback
+            rolled = cli("rollback", "--backup-dir", str(backup), "--url", server)
+            assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+            assert "put back from the backup" in rolled.stdout
+            time.sleep(0.3)
+        assert app.failed == 0, app.errors
+        assert app.incomplete == 0
+        assert app.encoding_retries >= 1  # KNN queries followed the switch back
+        assert_rolled_back(client, "r_idx", "r:", latest, source)
+        # the next migration starts from the source as it is now
+        latest = {k: (v if len(v) == OLD_SIZE else float32_of(v)) for k, v in latest.items()}
+        plan = make_finish_plan(server, "r_idx")

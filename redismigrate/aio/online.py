@@ -146,11 +146,14 @@ async def reverse(
     timeout: float,
     poll: float,
     tick: Callable[[str, int, int | None], None] | None = None,
+    serving: str | None = None,
 ) -> str:
     """Undo an online migration: before the cut-over drop the shadow; after it, build the
-    source schema under a new physical name and swap the name back the same way."""
+    source schema under a new physical name and swap the name back the same way.
+    ``serving``: the index the name was moved to, when not the plan's shadow index (a
+    rollback that rebuilt it under another name)."""
     assert isinstance(plan.mode, Online)
-    shadow = plan.mode.shadow_index
+    shadow = serving or plan.mode.shadow_index
     behind_target = await physical_name(client, plan.target_index_name)
     if behind_target != shadow:
         if await physical_name(client, shadow) == shadow:

@@ -33,6 +33,7 @@ then removes the shadow fields, guarded.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -43,9 +44,11 @@ from typing import Any
 import anyio
 import msgspec
 import redis.asyncio as aioredis
+import redis.exceptions as rexc
 
-from redismigrate.aio import aliases, online
+from redismigrate.aio import aliases, guarded, online
 from redismigrate.aio.capture import ChangeCapture
+from redismigrate.aio.connection import execute
 from redismigrate.aio.fastwire import Wire
 from redismigrate.aio.indexes import create_index, ft_info, list_indexes, read_schema_and_stats
 from redismigrate.aio.keys import is_cluster, scan_prefixes
@@ -56,6 +59,7 @@ from redismigrate.aio.shadow import (
     encode_rows,
     read_rows,
     remove_shadows,
+    return_originals,
     rewrite_originals,
     sync_shadows,
 )
@@ -75,6 +79,7 @@ from redismigrate.plan import (
     schema_hash,
     shadow_name,
 )
+from redismigrate.quantize import inverse_encoding, reencode_bytes
 from redismigrate.report import ValidationResult
 from redismigrate.shadow import (
     NOT_YET_BUILT,
@@ -582,11 +587,7 @@ class _OnlineReencode:
         return False
 
     async def _final_name(self) -> str:
-        others = [
-            OtherIndex(name=n, storage_type="hash", prefixes=[])
-            for n in await list_indexes(self.client)
-        ]
-        return shadow_name(self.plan.source.index_name, others, self.shadow)
+        return await _fresh_name(self.client, self.plan, self.shadow)
 
     async def _final_switch(self, final: str) -> None:
         """The second switch: the name (and the user aliases) to the final index, the
@@ -882,18 +883,18 @@ async def rollback_online_reencode(
     header = read_progress(path)
     if header is not None and header.plan_hash != plan_hash(plan):
         raise BadInputError(f"{path} belongs to another plan than the one kept beside it")
-    finishing = plan.mode.reencode.variant == "finish"
-    if header is not None and finishing and header.reached("rewriting"):
-        raise BadInputError(
-            f"the online run of {plan.source.index_name!r} reached stage {header.stage!r}: "
-            "rolling back after the originals were rewritten in place is not built yet; "
-            "finish the migration with `redismigrate apply` and migrate back with a new plan"
-        )
     shadow = plan.mode.shadow_index
-    was_switched = (header is not None and header.switched) or (
-        await online.physical_name(client, plan.target_index_name) == shadow
-    )
-    said = await online.reverse(client, plan, timeout=timeout, poll=poll)
+    behind = await online.physical_name(client, plan.target_index_name)
+    serving: str | None = None
+    restored = ""
+    if plan.mode.reencode.variant == "finish" and header is not None and header.switched:
+        serving, restored = await _finish_undone(
+            client, plan, backup_dir, header, behind, timeout=timeout, poll=poll
+        )
+        behind = serving
+    was_switched = (header is not None and header.switched) or behind == shadow
+    said = await online.reverse(client, plan, timeout=timeout, poll=poll, serving=serving)
+    said += restored
     specs = ShadowSpec.for_plan(plan)
     prefixes = list(plan.source.keyspace.prefixes)
     # a killed apply may have left notifications on: put the user's setting back
@@ -921,3 +922,123 @@ async def rollback_online_reencode(
         path.rename(f"{path}.rolled-back-{stamp}")
     cut_over_flag_path(backup_dir, plan.source.index_name).unlink(missing_ok=True)
     return said
+
+
+async def _finish_undone(
+    client: aioredis.Redis,
+    plan: MigrationPlan,
+    backup_dir: Path,
+    header: OnlineProgress,
+    behind: str | None,
+    *,
+    timeout: float,
+    poll: float,
+) -> tuple[str, str]:
+    """The finish variant's stages after the first switch undone, back to where the
+    name serves an index reading the shadow fields and every original is in the old
+    encoding again: what ``online.reverse`` starts from. Returns that index and what was
+    done (a clause of the rollback's sentence).
+
+    After the second switch, every shadow is written again (a copy of its original) and
+    the shadow schema built under a new name takes the name back first. Then the backed
+    up originals are put back where the original still holds what the rewrite wrote,
+    and an original the application wrote in the new encoding is turned back into the
+    old one (exactly, for float types). The index serving meanwhile reads the shadows,
+    which none of this touches: no query fails."""
+    assert isinstance(plan.mode, Online) and plan.mode.reencode is not None
+    path = progress_path(backup_dir, plan.source.index_name)
+    specs = ShadowSpec.for_plan(plan)
+    prefixes = list(plan.source.keyspace.prefixes)
+    shadow = plan.mode.shadow_index
+    wire = Wire(client, enabled=not await is_cluster(client))
+    done: list[str] = []
+    try:
+        serving = behind or shadow
+        if behind is not None and behind not in (shadow, header.rollback_index):
+            # the final index serves: shadows back, then a shadow index takes the name
+            copied = ShadowOutcome()
+            async for keys in scan_prefixes(client, prefixes, "hash", BATCH):
+                copied.add(await sync_shadows(wire, keys, specs, None))
+            serving = header.rollback_index or await _fresh_name(client, plan, shadow)
+            header = msgspec.structs.replace(header, rollback_index=serving, updated_at=now_iso())
+            write_progress(path, header)
+            if await online.physical_name(client, serving) != serving:
+                await create_index(
+                    client,
+                    shadow_schema(plan.merged_target_schema, plan.mode.reencode),
+                    index_name=serving,
+                )
+            await online.wait_until_caught_up(client, serving, behind, timeout=timeout, poll=poll)
+            await online.cut_over(
+                client,
+                name=plan.target_index_name,
+                new_name=plan.target_index_name,
+                shadow=serving,
+                aliases=plan.source.aliases,
+            )
+            done.append(
+                f"the shadow fields written again ({copied.written:,}) and read by {serving!r}, "
+                "which took the name back from the final index"
+            )
+        elif header.final_index is not None:
+            with contextlib.suppress(rexc.ResponseError):
+                await execute(client, "FT.DROPINDEX", header.final_index)
+        put_back = 0
+        backup = VectorBackup.open(backup_dir, plan.source.index_name)
+        if backup is not None:
+            try:
+                # newest first: where a key was backed up twice, its last original wins
+                for frame in backup.iter_frames_newest_first():
+                    for spec in specs:
+                        column = frame.vectors.get(spec.source_field) or []
+                        present = [
+                            (key, value)
+                            for key, value in zip(frame.keys, column, strict=True)
+                            if value is not None and len(value) == spec.size
+                        ]
+                        if not present:
+                            continue
+                        originals = [bytes(v) for _, v in present]
+                        encoded = reencode_bytes(originals, spec.encoding, spec.dims)
+                        out = await guarded.restore(
+                            wire,
+                            [k for k, _ in present],
+                            spec.document_field,
+                            originals,
+                            encoded,
+                            capture=None,
+                        )
+                        put_back += out.written
+            finally:
+                backup.close()
+        inverse = [inverse_encoding(spec.encoding) for spec in specs]
+        returned = ShadowOutcome()
+        resynced = ShadowOutcome()
+        async for keys in scan_prefixes(client, prefixes, "hash", BATCH):
+            returned.add(await return_originals(wire, keys, specs, inverse))
+            # a write no run mirrored (the run was killed) left a shadow behind its original
+            resynced.add(await sync_shadows(wire, keys, specs, None))
+    finally:
+        await wire.close()
+    if returned.left or returned.skipped:
+        stuck = returned.left + returned.skipped
+        shown = ", ".join(repr(key_text(k)) for k in stuck[:LEFT_SHOWN])
+        raise ShadowFieldsLeft(
+            f"{len(stuck):,} document(s) hold a vector the application wrote in the new "
+            f"encoding that cannot be turned back into the old one ({shown}); the name "
+            f"still serves {serving!r} (the new encoding): rewrite those vectors in the old "
+            "encoding, then run rollback again"
+        )
+    done.append(
+        f"{put_back:,} original(s) put back from the backup, {returned.written:,} written by "
+        "the application in the new encoding turned back into the old one, "
+        f"{resynced.written:,} shadow(s) that lagged behind their original brought up to date"
+    )
+    return serving, "; " + "; ".join(done)
+
+
+async def _fresh_name(client: aioredis.Redis, plan: MigrationPlan, taken: str) -> str:
+    others = [
+        OtherIndex(name=n, storage_type="hash", prefixes=[]) for n in await list_indexes(client)
+    ]
+    return shadow_name(plan.source.index_name, others, taken)

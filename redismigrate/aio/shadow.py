@@ -470,3 +470,62 @@ async def remove_shadows(
         todo = list(outcome.skipped)
     total.skipped += todo
     return total
+
+
+async def return_originals(
+    wire: Wire,
+    keys: Sequence[bytes],
+    specs: Sequence[ShadowSpec],
+    inverse: Sequence[Encoding | None],
+) -> ShadowOutcome:
+    """Rollback of the finish variant: each original still in the new encoding (written
+    by the application after the cut-over; the backed-up ones are put back before)
+    becomes its old encoding again through ``inverse[i]`` (None: no way back, the key
+    is ``left``), guarded. Its shadow is not touched (it holds the new encoding, which
+    the index serving meanwhile reads). ``written`` counts the documents changed."""
+    total = ShadowOutcome()
+    todo = list(keys)
+    for _ in range(RETRIES):
+        if not todo:
+            break
+        rows = await read_rows(wire, todo, specs)
+        expected: dict[bytes, tuple[list[Any], list[Op]]] = {}
+        for key, row in zip(todo, rows, strict=True):
+            if not isinstance(row, list) or all(value is None for value in row):
+                continue
+            ops: list[Op] = []
+            stuck = False
+            for position, spec in enumerate(specs):
+                original = row[2 * position]
+                if not spec.is_new(original):
+                    continue
+                way_back = inverse[position]
+                if way_back is None:
+                    stuck = True
+                    continue
+                old = reencode_bytes([_plain(original)], way_back, spec.dims)[0]
+                ops.append((b"HSET", spec.document_field, old))
+            if stuck:
+                total.left.append(key)
+            if ops:
+                expected[key] = (_originals(row, len(specs)), ops)
+            elif not stuck:
+                total.already += 1
+        if not expected:
+            todo = []
+            break
+
+        def decide(
+            key: bytes,
+            row: list[Any],
+            expected: dict[bytes, tuple[list[Any], list[Op]]] = expected,
+        ) -> list[Op] | None:
+            originals, ops = expected[key]
+            return ops if _originals(row, len(specs)) == originals else None
+
+        outcome, done = await _apply(wire, list(expected), specs, decide, None)
+        total.written += len(done)
+        total.missing += outcome.missing
+        todo = list(outcome.skipped)
+    total.skipped += todo
+    return total
