@@ -11,6 +11,7 @@ from redismigrate.plan import VectorChange
 from redismigrate.preflight import PreflightCheck
 from redismigrate.schema import IndexSchema, Model, schema_layout
 from redismigrate.shadow import ShadowReport
+from redismigrate.throttle import ThrottleReport
 
 REPORT_FORMAT_VERSION = 1
 MALFORMED_KEYS_LISTED = 100
@@ -150,6 +151,9 @@ class MigrationReport(Model, ReviewableFile, frozen=True, kw_only=True):
     online_reencode: ShadowReport | None = None
     # the schema the run built (the plan's merged target), written in full
     target_schema: IndexSchema | None = None
+    # how the writes made while the index served were throttled (redismigrate/throttle.py):
+    # set when the run had a max rate or the load guard backed off
+    throttle: ThrottleReport | None = None
 
     @property
     def succeeded(self) -> bool:

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 # the shadow field of a hash field: ``<field>__rm`` (reserved: never an application field)
 SHADOW_SUFFIX = "__rm"
 Variant = Literal["finish", "keep_shadow_field"]
-NOT_YET_BUILT = ("the throttle (--max-rate) and the load guard",)
+NOT_YET_BUILT: tuple[str, ...] = ()
 # where a run waiting for a postponed cut-over looks for the operator's go
 CUT_OVER_KEY_PREFIX = "redismigrate:cut-over:"
 CUT_OVER_FLAG_SUFFIX = ".cut-over"

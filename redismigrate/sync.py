@@ -289,6 +289,8 @@ class MigrationExecutor:
         allow_eviction: bool = False,
         postpone_cut_over: bool = False,
         cut_over_flag: str | Path | None = None,
+        max_rate: float | None = None,
+        wait_for_writes: bool = True,
     ) -> MigrationReport:
         """Apply ``plan``; resume where an earlier run with the same plan stopped.
 
@@ -311,7 +313,17 @@ class MigrationExecutor:
         An online plan that re-encodes hash vectors (aio/reencode_online.py) switches the
         name as soon as the shadow index is ready; with ``postpone_cut_over`` it keeps
         mirroring until `redismigrate cut-over` (``request_cut_over``) is run or the file
-        ``cut_over_flag`` (default: beside the backup) appears.
+        ``cut_over_flag`` (default: beside the backup) appears. After the cut-over the
+        ``finish`` variant waits for the application's first write in the new encoding
+        (or another cut-over request) before it rewrites the originals; without
+        ``wait_for_writes`` it goes on at once (an index nobody writes to).
+
+        ``max_rate`` (documents a second) throttles the writes a run makes while the
+        index serves (the online re-encoding's); `redismigrate throttle` (``set_max_rate``)
+        changes it while the run goes, and the run backs off on its own while the
+        server's PING round trip or memory crosses a limit. The report's ``throttle``
+        says how long it waited. BadInputError, before anything is touched, unless it is
+        None or positive.
 
         ``progress_callback(step, done, total)`` is called as each step goes: as it starts,
         per batch or poll, and last with ``done == total`` (``total`` None while unknown).
@@ -335,6 +347,8 @@ class MigrationExecutor:
             allow_eviction=allow_eviction,
             postpone_cut_over=postpone_cut_over,
             cut_over_flag=cut_over_flag,
+            max_rate=max_rate,
+            wait_for_writes=wait_for_writes,
         )
 
     def validate(
@@ -418,6 +432,27 @@ class MigrationExecutor:
         return _portal.run_sync(
             self._async.request_cut_over,
             index_name=index_name,
+            redis_url=redis_url,
+            redis_client=_portal.to_async_client(redis_client),
+        )
+
+    def set_max_rate(
+        self,
+        index_name: str,
+        max_rate: float | None,
+        *,
+        redis_url: str | None = None,
+        redis_client: redis.Redis | None = None,
+    ) -> str:
+        """Set the max rate (documents a second; None: no limit) of the runs on
+        ``index_name``: a running one follows it within about a second, a later one
+        started without ``max_rate`` starts with it (kept three days). Returns what will
+        happen, in one sentence; BadInputError when the rate is not positive (before
+        connecting) or no index or alias has that name."""
+        return _portal.run_sync(
+            self._async.set_max_rate,
+            index_name=index_name,
+            max_rate=max_rate,
             redis_url=redis_url,
             redis_client=_portal.to_async_client(redis_client),
         )

@@ -173,6 +173,16 @@ CASES = [
     # cut-over
     Case("cut-over-no-index", ("cut-over", "--index", "{dir}-no-such-index", *U), "no index"),
     Case("cut-over-bad-url", ("cut-over", "--index", "x", "--url", "redis://h:99999"), "port"),
+    # throttle
+    Case(
+        "throttle-no-index",
+        ("throttle", "--index", "{dir}-no-such-index", "--max-rate", "5", *U),
+        "no index",
+    ),
+    Case(
+        "throttle-zero-rate", ("throttle", "--index", "{index}", "--max-rate", "0", *U), "positive"
+    ),
+    Case("throttle-no-rate", ("throttle", "--index", "{index}", *U), "exactly one"),
     # rollback
     Case("rollback-missing-dir", ("rollback", "--backup-dir", "{dir}/nope", *U), "does not exist"),
     Case("rollback-empty-dir", ("rollback", "--backup-dir", "{dir}/empty", *U), "no backup"),

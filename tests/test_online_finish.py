@@ -382,3 +382,18 @@ def test_rollback_of_a_finished_run_and_of_one_killed_after_the_second_switch(
         # the next migration starts from the source as it is now
         latest = {k: (v if len(v) == OLD_SIZE else float32_of(v)) for k, v in latest.items()}
         plan = make_finish_plan(server, "r_idx")
+
+
+def test_finish_without_waiting_for_writes(server: str, tmp_path: Path) -> None:  # noqa: F811
+    """An index nobody writes to: `apply --no-wait-for-writes` finishes right after the
+    switch."""
+    client = redis.Redis.from_url(server, protocol=2)
+    latest = start(client, "q_idx", "q:", 2000)
+    plan_path = tmp_path / "plan.yaml"
+    make_finish_plan(server, "q_idx", plan_path)
+    code, output = finished(
+        apply_cli(server, plan_path, tmp_path / "backup", "--no-wait-for-writes"), timeout=120
+    )
+    assert code == 0, output
+    assert "apply --no-wait-for-writes" in output
+    assert_finished(client, "q_idx", "q:", latest)

@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 from redismigrate.aio import aliases, online, reencode_online
+from redismigrate.aio import throttle as throttle_io
 from redismigrate.aio.capture import ChangeCapture
 from redismigrate.aio.connection import connect
 from redismigrate.aio.fastwire import Wire
@@ -91,6 +92,7 @@ from redismigrate.report import (
     ValidationResult,
 )
 from redismigrate.schema import IndexSchema
+from redismigrate.throttle import check_max_rate
 
 __all__ = [
     "AsyncMigrationExecutor",
@@ -242,6 +244,8 @@ class AsyncMigrationExecutor:
         allow_eviction: bool = False,
         postpone_cut_over: bool = False,
         cut_over_flag: str | Path | None = None,
+        max_rate: float | None = None,
+        wait_for_writes: bool = True,
     ) -> MigrationReport:
         """Apply ``plan``; resume where an earlier run with the same plan stopped.
 
@@ -264,7 +268,17 @@ class AsyncMigrationExecutor:
         An online plan that re-encodes hash vectors (aio/reencode_online.py) switches the
         name as soon as the shadow index is ready; with ``postpone_cut_over`` it keeps
         mirroring until `redismigrate cut-over` (``request_cut_over``) is run or the file
-        ``cut_over_flag`` (default: beside the backup) appears.
+        ``cut_over_flag`` (default: beside the backup) appears. After the cut-over the
+        ``finish`` variant waits for the application's first write in the new encoding
+        (or another cut-over request) before it rewrites the originals; without
+        ``wait_for_writes`` it goes on at once (an index nobody writes to).
+
+        ``max_rate`` (documents a second) throttles the writes a run makes while the
+        index serves (the online re-encoding's); `redismigrate throttle` (``set_max_rate``)
+        changes it while the run goes, and the run backs off on its own while the
+        server's PING round trip or memory crosses a limit. The report's ``throttle``
+        says how long it waited. BadInputError, before anything is touched, unless it is
+        None or positive.
 
         ``progress_callback(step, done, total)`` is called as each step goes: as it starts,
         per batch or poll, and last with ``done == total`` (``total`` None while unknown).
@@ -277,6 +291,7 @@ class AsyncMigrationExecutor:
             raise BadInputError(f"the plan is blocked and cannot be applied: {reasons}")
         if batch_size < 1 or num_workers < 1:
             raise BadInputError("batch size and workers must be at least 1")
+        check_max_rate(max_rate)
         directory = check_backup_dir(backup_dir)
         async with connect(
             redis_url, redis_client, max_connections=max(32, num_workers * 4)
@@ -305,7 +320,16 @@ class AsyncMigrationExecutor:
                 ) as guard,
                 shown(progress, progress_callback) as reporting,
             ):
-                run = Run(plan, client, directory, batch_size, num_workers, reporting.steps)
+                run = Run(
+                    plan,
+                    client,
+                    directory,
+                    batch_size,
+                    num_workers,
+                    reporting.steps,
+                    throttle=throttle_io.Throttle(client, plan.source.index_name, max_rate),
+                )
+                await run.throttle.start()
                 run.preflight = checked
                 run.memory_before = await server_memory(client)
                 run.wire.enabled = not await is_cluster(client)
@@ -322,6 +346,7 @@ class AsyncMigrationExecutor:
                             reencode_online.CutOverControl(
                                 postpone=postpone_cut_over,
                                 flag_file=Path(cut_over_flag) if cut_over_flag else None,
+                                wait_for_writes=wait_for_writes,
                             ),
                         )
                     except Exception as exc:  # raised as it is, not in an exception group
@@ -942,6 +967,7 @@ class AsyncMigrationExecutor:
             malformed_vector_keys=run.malformed_keys,
             preflight=run.preflight.checks if run.preflight is not None else [],
             memory=await self._memory_use(run),
+            throttle=run.throttle.report(),
         )
 
     async def _memory_use(self, run: Run) -> MemoryUse:
@@ -1289,6 +1315,23 @@ class AsyncMigrationExecutor:
         will happen, in one sentence; BadInputError when no such index exists."""
         async with connect(redis_url, redis_client) as client:
             return await reencode_online.request_cut_over(client, index_name)
+
+    async def set_max_rate(
+        self,
+        index_name: str,
+        max_rate: float | None,
+        *,
+        redis_url: str | None = None,
+        redis_client: aioredis.Redis | None = None,
+    ) -> str:
+        """Set the max rate (documents a second; None: no limit) of the runs on
+        ``index_name``: a running one follows it within about a second, a later one
+        started without ``max_rate`` starts with it (kept three days). Returns what will
+        happen, in one sentence; BadInputError when the rate is not positive (before
+        connecting) or no index or alias has that name."""
+        check_max_rate(max_rate)
+        async with connect(redis_url, redis_client) as client:
+            return await throttle_io.set_max_rate(client, index_name, max_rate)
 
 
 class RollbackReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

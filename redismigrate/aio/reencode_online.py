@@ -110,6 +110,8 @@ class CutOverControl:
 
     postpone: bool = False
     flag_file: Path | None = None
+    # finish variant: wait for the application's first write in the new encoding
+    wait_for_writes: bool = True
 
 
 class ShadowFieldsLeft(RedisMigrateError):
@@ -426,6 +428,7 @@ class _OnlineReencode:
             nonlocal done, last_save
             async with batches:
                 async for keys in batches:
+                    await self.run.throttle.admit(len(keys))
                     found = await sync_shadows(wire, keys, self.specs, self.capture)
                     outcome.add(found)
                     if self.capture is not None and found.skipped:
@@ -573,6 +576,9 @@ class _OnlineReencode:
         if self.new_encoding_seen:
             self.finish_started_by = "the application wrote the new encoding"
             return True
+        if not self.control.wait_for_writes:
+            self.finish_started_by = "apply --no-wait-for-writes"
+            return True
         crash_point("awaiting_new_encoding")
         if self.wait_started is None:
             self.wait_started = time.perf_counter()
@@ -674,16 +680,18 @@ class _OnlineReencode:
         return done
 
     async def _rewrite_and_sync(self, keys: list[bytes]) -> list[bytes]:
+        # the rewrite brings each shadow up to date as well (a copy of an original the
+        # application wrote in the new encoding while no run mirrored)
         done = await self._rewrite_batch(keys)
-        found = await sync_shadows(self.run.wire, keys, self.specs, self.capture)
-        self.swept.add(found)
-        return done.skipped + found.skipped
+        return done.skipped
 
     async def _rewrite_only(self, keys: list[bytes]) -> list[bytes]:
         return (await self._rewrite_batch(keys)).skipped
 
     async def _unshadow(self, keys: list[bytes]) -> list[bytes]:
-        done = await remove_shadows(self.run.wire, keys, self.specs, only_our_encoding=False)
+        done = await remove_shadows(
+            self.run.wire, keys, self.specs, only_our_encoding=False, capture=self.capture
+        )
         self.unshadowed.add(done)
         return done.skipped
 
@@ -700,6 +708,7 @@ class _OnlineReencode:
             nonlocal done, last_save
             async with batches:
                 async for keys in batches:
+                    await self.run.throttle.admit(len(keys))
                     left = await work(keys)
                     if self.capture is not None and left:
                         self.capture.suspect(left)

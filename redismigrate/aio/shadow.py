@@ -364,6 +364,8 @@ async def rewrite_originals(
         rows = await read_rows(wire, todo, specs)
         wanted = await encode_rows(rows, specs)
         expected: dict[bytes, tuple[list[Any], list[Op]]] = {}
+        read: dict[bytes, list[Any]] = {}
+        copies: set[bytes] = set()  # only a shadow to bring up to date: nothing to back up
         for key, row, want in zip(todo, rows, wanted, strict=True):
             if not isinstance(row, list):
                 continue
@@ -371,31 +373,36 @@ async def rewrite_originals(
                 total.missing += 1
                 continue
             ops: list[Op] = []
+            rewrites = False
             for position, spec in enumerate(specs):
-                original = row[2 * position]
-                if original is None or len(original) != spec.size or spec.is_new(original):
+                original, new = row[2 * position], want[position]
+                if original is None or new is None:
                     continue
-                new = want[position]
-                if new is None:
-                    continue
-                ops.append((b"HSET", spec.document_field, new))
+                if len(original) == spec.size and not spec.is_new(original):
+                    ops.append((b"HSET", spec.document_field, new))
+                    rewrites = True
                 if shadows and _plain(row[2 * position + 1]) != new:
-                    ops.append((b"HSET", spec.shadow_field, new))
+                    ops.append((b"HSET", spec.shadow_field, new))  # a copy, or the encoding
             if ops:
                 expected[key] = (_originals(row, len(specs)), ops)
+                read[key] = row
+                if not rewrites:
+                    copies.add(key)
             else:
                 total.already += 1
         if not expected:
             todo = []
             break
         chosen = list(expected)
-        await backup(
-            chosen,
-            {
-                spec.source_field: [expected[k][0][i] for k in chosen]
-                for i, spec in enumerate(specs)
-            },
-        )
+        kept = [k for k in chosen if k not in copies]
+        if kept:
+            await backup(
+                kept,
+                {
+                    spec.source_field: [expected[k][0][i] for k in kept]
+                    for i, spec in enumerate(specs)
+                },
+            )
 
         def decide(
             key: bytes,
@@ -407,8 +414,9 @@ async def rewrite_originals(
                 return None  # written since it was read: read, backed up, decided again
             return ops
 
-        outcome, done = await _apply(wire, chosen, specs, decide, capture)
-        total.written += len(done)
+        outcome, done = await _apply(wire, chosen, specs, decide, capture, read)
+        total.written += len([k for k in done if k not in copies])
+        total.copied += len([k for k in done if k in copies])
         total.missing += outcome.missing
         total.already += outcome.already
         todo = list(outcome.skipped)
@@ -422,11 +430,14 @@ async def remove_shadows(
     specs: Sequence[ShadowSpec],
     *,
     only_our_encoding: bool,
+    capture: ChangeCapture | None = None,
 ) -> ShadowOutcome:
     """Remove the shadow fields of ``keys``, guarded: only where the shadow still holds
     what was read just before (and, with ``only_our_encoding``, what the migrator
     writes for the original as it is now: after the cut-over the application may have
-    written a shadow of its own, which is left and listed in ``left``)."""
+    written a shadow of its own, which is left and listed in ``left``). ``capture``
+    (started before this call) spares a second read of keys the application never
+    wrote."""
     total = ShadowOutcome()
     todo = list(keys)
     for _ in range(RETRIES):
@@ -463,7 +474,8 @@ async def remove_shadows(
                 if row[2 * i + 1] is not None
             ]
 
-        outcome, done = await _apply(wire, list(expected), specs, decide, None)
+        read = {key: expected[key] for key in expected}
+        outcome, done = await _apply(wire, list(expected), specs, decide, capture, read)
         total.removed += len(done)
         total.missing += outcome.missing
         total.already += outcome.already

@@ -531,6 +531,25 @@ def apply(
             "BACKUP_DIR/migration_backup_<index>.cut-over).",
         ),
     ] = None,
+    no_wait_for_writes: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait-for-writes",
+            help="Online re-encoding (finish): after the cut-over go on at once, instead of "
+            "waiting for the application's first write in the new encoding (for an index "
+            "nobody writes to).",
+        ),
+    ] = False,
+    max_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--max-rate",
+            metavar="N",
+            help="Write at most N documents a second while the index serves (online "
+            "re-encoding); change it while the run goes with `redismigrate throttle`. "
+            "Default: no limit (the run still backs off while the server is overloaded).",
+        ),
+    ] = None,
 ) -> None:
     """Apply a plan. Exit 0 only when the migration succeeded and validated."""
     from redismigrate.aio.executor import AsyncMigrationExecutor, check_backup_dir
@@ -538,8 +557,10 @@ def apply(
     from redismigrate.files import write_document
     from redismigrate.plan import MigrationPlan
     from redismigrate.sync import MigrationExecutor
+    from redismigrate.throttle import check_max_rate
 
     check_url(url)
+    check_max_rate(max_rate)
     loaded = MigrationPlan.load(plan)
     if not loaded.supported:
         from redismigrate.errors import BadInputError
@@ -568,6 +589,8 @@ def apply(
         "allow_eviction": allow_eviction,
         "postpone_cut_over": postpone_cut_over,
         "cut_over_flag": cut_over_flag,
+        "max_rate": max_rate,
+        "wait_for_writes": not no_wait_for_writes,
     }
     try:
         with StepProgress(console) as progress:
@@ -622,6 +645,30 @@ def cut_over(
 
     check_url(url)
     said = MigrationExecutor().request_cut_over(index, redis_url=url)
+    console.print(said, markup=False, highlight=False)
+
+
+@app.command("throttle")
+def throttle(
+    index: Annotated[str, typer.Option("--index", "-i", help="The index being migrated.")],
+    max_rate: Annotated[
+        float | None,
+        typer.Option("--max-rate", metavar="N", help="At most N documents a second."),
+    ] = None,
+    unlimited: Annotated[bool, typer.Option("--unlimited", help="Lift the max rate.")] = False,
+    url: UrlOption = "redis://localhost:6379",
+) -> None:
+    """Set the max rate of the run migrating an index, while it runs (within about a
+    second), or of the next apply started without --max-rate (kept three days)."""
+    from redismigrate.errors import BadInputError
+    from redismigrate.sync import MigrationExecutor
+    from redismigrate.throttle import check_max_rate
+
+    check_url(url)
+    if (max_rate is None) == (not unlimited):
+        raise BadInputError("give exactly one of --max-rate N or --unlimited")
+    check_max_rate(max_rate)
+    said = MigrationExecutor().set_max_rate(index, max_rate, redis_url=url)
     console.print(said, markup=False, highlight=False)
 
 

@@ -27,6 +27,7 @@ from redismigrate.schema import (
     type_name,
     vector_attrs_dict,
 )
+from redismigrate.throttle import ThrottleReport, rate_text
 from redismigrate.urls import redact_url
 
 if TYPE_CHECKING:
@@ -237,6 +238,23 @@ def memory_line(memory: MemoryUse) -> str:
     return text
 
 
+def throttle_line(throttle: ThrottleReport) -> str:
+    """How a run was throttled, in one line."""
+    if throttle.max_rate is None:
+        line = "Throttle: no max rate"
+    else:
+        line = f"Throttle: max rate {rate_text(throttle.max_rate)} ({throttle.set_by})"
+    if throttle.final_rate != throttle.max_rate:
+        line += f", {rate_text(throttle.final_rate)} at the end"
+    line += f"; waited {throttle.throttled_seconds:,.2f} s"
+    if throttle.backoffs:
+        line += (
+            f", {throttle.backoff_seconds:,.2f} s of it backing off ({throttle.backoffs} "
+            f"back-off(s); last: {throttle.backoff_reason})"
+        )
+    return line
+
+
 def print_report(console: Console, report: MigrationReport) -> None:
     print_preflight(console, report.preflight)
     console.print(f"Result: {report.result}")
@@ -272,6 +290,8 @@ def print_report(console: Console, report: MigrationReport) -> None:
         )
     if report.memory is not None:
         console.print(memory_line(report.memory), markup=False, highlight=False)
+    if report.throttle is not None:
+        console.print(throttle_line(report.throttle), markup=False, highlight=False)
     if report.validation is not None:
         v = report.validation
         console.print(

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from redismigrate.aio.capture import ChangeCapture
 from redismigrate.aio.fastwire import Wire
+from redismigrate.aio.throttle import Throttle
 from redismigrate.backup import (
     BackupBatch,
     BackupHeader,
@@ -150,6 +151,8 @@ class Run:
         batch_size: int,
         workers: int,
         progress: ProgressCallback | None,
+        *,
+        throttle: Throttle | None = None,
     ) -> None:
         self.plan = plan
         self.client = client
@@ -186,6 +189,8 @@ class Run:
         self.evictions_at_start: int | None = None
         self.malformed = 0  # vectors of another byte length than their field's
         self.malformed_keys: list[str] = []
+        # what writes while the index serves waits on: admit(n) before writing n documents
+        self.throttle = throttle or Throttle(client, plan.source.index_name)
 
     def note_malformed(self, keys: list[bytes]) -> None:
         self.malformed += len(keys)
