@@ -397,3 +397,27 @@ def test_finish_without_waiting_for_writes(server: str, tmp_path: Path) -> None:
     assert code == 0, output
     assert "apply --no-wait-for-writes" in output
     assert_finished(client, "q_idx", "q:", latest)
+
+
+def test_a_throttled_online_run_takes_at_least_n_over_the_rate(
+    server: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    client = redis.Redis.from_url(server, protocol=2)
+    count, rate = 10_000, 5000
+    latest = start(client, "t_idx", "t:", count)
+    plan = make_finish_plan(server, "t_idx")
+    report = MigrationExecutor().apply(
+        plan, redis_url=server, backup_dir=tmp_path / "b", max_rate=rate, wait_for_writes=False
+    )
+    assert report.succeeded, (report.error, report.validation)
+    steps = {t.step: t.seconds for t in report.timings}
+    # every pass over the documents (backfill, rewrite, shadow removal) is held to the
+    # rate; the bucket lends at most a tenth of a second's worth
+    for step in ("backfill", "rewrite", "unshadow"):
+        assert steps[step] >= count / rate - 0.1, (step, steps[step])
+    assert report.total_seconds >= 3 * count / rate - 0.3
+    throttle = report.throttle
+    assert throttle is not None and throttle.max_rate == rate
+    assert throttle.throttled_seconds > count / rate
+    assert_finished(client, "t_idx", "t:", latest)
