@@ -276,8 +276,7 @@ def main() -> None:
     if throttle is None or throttle.throttled_seconds == 0:
         print(
             "note: the run never waited on its throttle (the report's throttle: "
-            f"{throttle}); the online re-encoding calls run.throttle.admit(n) only once "
-            "its batch loops are wired to it"
+            f"{throttle}): the max rate was above what the run reached"
         )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
