@@ -431,6 +431,8 @@ class _OnlineReencode:
                     await self.run.throttle.admit(len(keys))
                     found = await sync_shadows(wire, keys, self.specs, self.capture)
                     outcome.add(found)
+                    if found.copied and self.header is not None and self.header.switched:
+                        self.new_encoding_seen = True  # written while no run mirrored
                     if self.capture is not None and found.skipped:
                         # the application wrote them meanwhile: mirrored later
                         self.capture.suspect(found.skipped)
