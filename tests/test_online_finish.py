@@ -186,7 +186,7 @@ def info_name(client: redis.Redis, name: str) -> str:
 
 def test_finish_killed_at_three_stages_ends_the_same(server: str, tmp_path: Path) -> None:  # noqa: F811
     client = redis.Redis.from_url(server, protocol=2)
-    latest = start(client, "k_idx", "k:", SMALL)
+    latest = start(client, "k_idx", "k:", DOCS)
     plan_path = tmp_path / "plan.yaml"
     make_finish_plan(server, "k_idx", plan_path)
     backup = tmp_path / "backup"
