@@ -44,6 +44,9 @@ if sys.platform != "win32":
 BACKUP_FORMAT = "redismigrate-vector-backup"
 MANIFEST_FORMAT = "redismigrate-vector-backup-manifest"
 BACKUP_VERSION = 2
+# a manifest naming the cluster primary of each shard; one without them stays version 2
+MANIFEST_CLUSTER_VERSION = 3
+MANIFEST_VERSIONS = (BACKUP_VERSION, MANIFEST_CLUSTER_VERSION)
 # the key, in a header / manifest file, of the sha256 over the rest of its content
 HEADER_CHECKSUM = "header_checksum"
 MANIFEST_CHECKSUM = "manifest_checksum"
@@ -144,8 +147,18 @@ class ShardInfo(Model, frozen=True, kw_only=True, omit_defaults=False):
     data: str
 
 
+class ShardNode(Model, frozen=True, kw_only=True, omit_defaults=False):
+    """The Redis Cluster primary whose keys a shard holds, as it was when the backup began."""
+
+    worker: int
+    node_id: str
+    address: str  # host:port
+    slots: list[tuple[int, int]]  # ranges, both ends included
+
+
 class Manifest(Model, frozen=True, kw_only=True, omit_defaults=False):
-    """The list of per-worker shards of a multi-worker backup."""
+    """The list of per-worker shards of a multi-worker backup; on a Redis Cluster, one
+    shard per primary, each named in ``nodes`` (format version 3)."""
 
     format: Literal["redismigrate-vector-backup-manifest"] = "redismigrate-vector-backup-manifest"
     version: int = BACKUP_VERSION
@@ -153,6 +166,7 @@ class Manifest(Model, frozen=True, kw_only=True, omit_defaults=False):
     plan_hash: str
     workers: int
     shards: list[ShardInfo]
+    nodes: list[ShardNode] | None = None  # not written when None (version 2)
 
 
 _BATCH_ENCODER = msgspec.msgpack.Encoder()
@@ -326,6 +340,8 @@ def content_checksum(data: Mapping[str, Any]) -> str:
 def _sealed(value: BackupHeader | Manifest) -> dict[str, Any]:
     """The file content of a header or manifest: its keys plus their checksum."""
     data: dict[str, Any] = msgspec.to_builtins(value)
+    if isinstance(value, Manifest) and value.nodes is None:
+        del data["nodes"]  # a version 2 manifest, as earlier releases read it
     key = MANIFEST_CHECKSUM if isinstance(value, Manifest) else HEADER_CHECKSUM
     data[key] = content_checksum(data)
     return data
@@ -364,7 +380,13 @@ def _read_json(path: Path, what: str) -> Any:
         raise BackupCorrupt(f"{what} {path} is not valid JSON: {_one_line(exc)}") from None
 
 
-def _check_format(data: Any, path: Path, what: str, expected_format: str) -> None:
+def _check_format(
+    data: Any,
+    path: Path,
+    what: str,
+    expected_format: str,
+    versions: tuple[int, ...] = (BACKUP_VERSION,),
+) -> None:
     if not isinstance(data, dict):
         raise BackupCorrupt(f"{what} {path} is not a JSON object")
     if data.get("format") != expected_format:
@@ -372,16 +394,18 @@ def _check_format(data: Any, path: Path, what: str, expected_format: str) -> Non
             f"{what} {path} has format {data.get('format')!r}, expected {expected_format!r}"
         )
     version = data.get("version", BACKUP_VERSION)
-    if version != BACKUP_VERSION or isinstance(version, bool):
+    if version not in versions or isinstance(version, bool):
         older = (
             " (written by an older redismigrate, without checksums: finish or roll it back "
             "with that version)"
             if version == 1
             else ""
         )
+        readable = " and ".join(str(v) for v in versions)
+        only = " only" if len(versions) == 1 else ""
         raise BackupError(
             f"{what} {path} is format version {version!r}; this redismigrate reads "
-            f"version {BACKUP_VERSION} only{older}"
+            f"version{'s' if len(versions) > 1 else ''} {readable}{only}{older}"
         )
 
 
@@ -1152,25 +1176,48 @@ def _without_repeats(
 # --------------------------------------------------------------------------- many workers
 
 
-def new_manifest(index_name: str, plan_hash: str, workers: int) -> Manifest:
-    """The manifest of a ``workers``-way backup, with the standard shard file names."""
+def new_manifest(
+    index_name: str, plan_hash: str, workers: int, nodes: Sequence[ShardNode] | None = None
+) -> Manifest:
+    """The manifest of a ``workers``-way backup, with the standard shard file names;
+    with ``nodes`` (a cluster's primaries, one per worker) format version 3."""
     if workers <= 0:
         raise ValueError(f"workers must be positive, got {workers}")
     shards = []
     for worker in range(workers):
         paths = backup_paths(".", index_name, worker)
         shards.append(ShardInfo(worker=worker, header=paths.header.name, data=paths.data.name))
-    return Manifest(index_name=index_name, plan_hash=plan_hash, workers=workers, shards=shards)
+    return Manifest(
+        version=BACKUP_VERSION if nodes is None else MANIFEST_CLUSTER_VERSION,
+        index_name=index_name,
+        plan_hash=plan_hash,
+        workers=workers,
+        shards=shards,
+        nodes=None if nodes is None else list(nodes),
+    )
 
 
 def _validate_manifest(manifest: Manifest, where: str) -> None:
     problems: list[str] = []
-    if manifest.version != BACKUP_VERSION:
-        problems.append(f"format version {manifest.version} (only {BACKUP_VERSION} is supported)")
+    if manifest.version not in MANIFEST_VERSIONS:
+        problems.append(
+            f"format version {manifest.version} (only {' and '.join(map(str, MANIFEST_VERSIONS))} "
+            "are supported)"
+        )
+    elif (manifest.nodes is not None) != (manifest.version == MANIFEST_CLUSTER_VERSION):
+        problems.append(
+            f"format version {manifest.version} "
+            + ("lists no cluster nodes" if manifest.nodes is None else "lists cluster nodes")
+        )
     if manifest.workers <= 0:
         problems.append("workers must be positive")
     if [s.worker for s in manifest.shards] != list(range(manifest.workers)):
         problems.append(f"shards must be workers 0..{manifest.workers - 1} in order")
+    if manifest.nodes is not None:
+        if [n.worker for n in manifest.nodes] != list(range(manifest.workers)):
+            problems.append(f"nodes must be workers 0..{manifest.workers - 1} in order")
+        if len({n.node_id for n in manifest.nodes}) != len(manifest.nodes):
+            problems.append("a cluster node is named for two shards")
     for shard in manifest.shards:
         for name in (shard.header, shard.data):
             if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
@@ -1198,7 +1245,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     """The manifest in ``path``; BackupError / BackupCorrupt (one line) when unusable."""
     manifest_path = Path(path)
     data = _read_json(manifest_path, "backup manifest")
-    _check_format(data, manifest_path, "backup manifest", MANIFEST_FORMAT)
+    _check_format(data, manifest_path, "backup manifest", MANIFEST_FORMAT, MANIFEST_VERSIONS)
     claimed = data.pop(MANIFEST_CHECKSUM, None)
     try:
         manifest = msgspec.convert(data, Manifest)

@@ -560,6 +560,20 @@ def group_by_primary(topology: ClusterTopology, keys: Sequence[bytes]) -> dict[s
     }
 
 
+def key_served_by(topology: ClusterTopology, node_id: str, base: str) -> str:
+    """``<base>:{<n>}`` for the first ``n`` whose slot primary ``node_id`` serves: a
+    name of the same purpose on each primary (what a node keeps of its own, such as
+    its keyspace-notification setting). TopologyError when it serves no slot."""
+    table = owner_table(topology)
+    if node_id not in table:
+        raise TopologyError(f"node {node_id[:8]} serves no slot of the cluster")
+    for n in range(1 << 22):  # a few tries per primary; tens of thousands for one slot
+        name = f"{base}:{{{n}}}"
+        if table[key_slot(name)] == node_id:
+            return name
+    raise TopologyError(f"no name {base}:{{n}} falls in a slot of node {node_id[:8]}")
+
+
 # ---------------------------------------------------------------------------- stability
 
 
@@ -799,6 +813,7 @@ __all__ = [
     "group_positions",
     "hash_tag",
     "judge_search",
+    "key_served_by",
     "key_slot",
     "migrations_of",
     "owner_of",

@@ -10,6 +10,9 @@ happened before it has been read, so a drain after it misses nothing.
 Where notifications cannot be had (the user may not run CONFIG SET, a connection
 cannot be made) or the subscription drops, ``complete`` is False: callers then sweep
 every key instead of trusting what was captured.
+
+On a Redis Cluster notifications are per node: :class:`ClusterCapture` runs one
+capture on every primary.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import hiredis
@@ -28,6 +31,8 @@ import redis.exceptions as rexc
 from redismigrate.aio.connection import execute
 from redismigrate.aio.fastwire import open_like, pack
 from redismigrate.aio.keys import glob_escape
+from redismigrate.cluster import ClusterTopology, key_served_by, key_slot, owner_table
+from redismigrate.errors import RedisMigrateError
 
 SYNC_TIMEOUT_SECONDS = 30.0
 # the user's notify-keyspace-events from before the first run that changed it
@@ -87,8 +92,11 @@ class _Subscriber(asyncio.Protocol):
 class ChangeCapture:
     """The keys the application wrote under ``prefixes`` since ``start``."""
 
-    def __init__(self, client: aioredis.Redis, prefixes: Sequence[str]) -> None:
+    def __init__(
+        self, client: aioredis.Redis, prefixes: Sequence[str], *, original_key: str = ORIGINAL_KEY
+    ) -> None:
         self.client = client
+        self._original_key = original_key
         # a prefix under another one would deliver its events twice
         self.prefixes = [
             p
@@ -105,6 +113,9 @@ class ChangeCapture:
         self._transport: asyncio.Transport | None = None
         self._channel_head = b""
         self._marker_channel = MARKER_PREFIX + secrets.token_hex(8).encode()
+        # the marker channels of the captures this one works with (on a cluster's other
+        # primaries): their hello is no other migration's
+        self.siblings: frozenset[bytes] = frozenset()
         self._markers = itertools.count()  # tokens: unique on this capture's own channel
         self._marker_waiters: dict[bytes, asyncio.Future[None]] = {}
         self._restore_flags: str | None = None
@@ -128,11 +139,11 @@ class ChangeCapture:
         try:
             current = await self._flags()
             wanted = _flags_with(current, _WANTED_FLAGS)
-            saved = await self.client.get(ORIGINAL_KEY)
+            saved = await self.client.get(self._original_key)
             self._user_flags = _text(saved) if saved is not None else current
             if wanted != current:
                 if saved is None:
-                    await self.client.set(ORIGINAL_KEY, current, nx=True)
+                    await self.client.set(self._original_key, current, nx=True)
                 await self.client.config_set("notify-keyspace-events", wanted)
             self._restore_flags = "" if (saved is not None or wanted != current) else None
         except rexc.RedisError as exc:
@@ -197,6 +208,11 @@ class ChangeCapture:
                 pack(b"CONFIG", b"SET", b"notify-keyspace-events", flags.encode()),
             )
 
+    @property
+    def marker_channel(self) -> bytes:
+        """The channel this capture's markers (and its hello) are published on."""
+        return self._marker_channel
+
     def no_quiet(self, why: str) -> None:
         """Stop switching notifications off around the migrator's writes."""
         self.quiet = None
@@ -229,10 +245,10 @@ class ChangeCapture:
             live = await execute(self.client, "PUBSUB", "CHANNELS", MARKER_PREFIX + b"*")
             if any(channel != self._marker_channel for channel in live or []):
                 return  # the last capture to stop puts it back
-            original = await self.client.get(ORIGINAL_KEY)
+            original = await self.client.get(self._original_key)
             if original is not None:
                 await self.client.config_set("notify-keyspace-events", _text(original))
-                await self.client.delete(ORIGINAL_KEY)
+                await self.client.delete(self._original_key)
 
     async def __aenter__(self) -> ChangeCapture:
         return await self.start()
@@ -323,7 +339,7 @@ class ChangeCapture:
     def _message(self, message: list[Any]) -> None:
         kind = message[0]
         if kind == b"message" and len(message) == 3 and message[1] == HELLO_CHANNEL:
-            if message[2] != self._marker_channel:
+            if message[2] != self._marker_channel and message[2] not in self.siblings:
                 self.no_quiet("another migration's change capture started")
         elif kind == b"message" and len(message) == 3:
             waiter = self._marker_waiters.get(message[2])
@@ -360,3 +376,132 @@ class ChangeCapture:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class ClusterCapture(ChangeCapture):
+    """Change capture on every primary of a cluster (keyspace notifications are per
+    node): a :class:`ChangeCapture` each, with its own subscription and markers, and
+    the user's setting kept under a key that primary serves. What the migrator says
+    of a key (``expect``, ``suspect``) and asks of it (``written_by_application``) goes
+    to the capture of the primary serving it; ``complete`` while every one is.
+
+    A ChangeCapture to the steps that take one; guarded writes on a cluster take each
+    primary's (``node``), as markers and quiet transactions belong to one node.
+    """
+
+    def __init__(
+        self,
+        clients: Mapping[str, aioredis.Redis],
+        topology: ClusterTopology,
+        prefixes: Sequence[str],
+    ) -> None:
+        self.nodes: dict[str, ChangeCapture] = {}
+        super().__init__(next(iter(clients.values())), prefixes)
+        self.topology = topology
+        self._owners = owner_table(topology)
+        self.nodes = {
+            node_id: ChangeCapture(
+                client, prefixes, original_key=key_served_by(topology, node_id, ORIGINAL_KEY)
+            )
+            for node_id, client in clients.items()
+        }
+        channels = frozenset(capture.marker_channel for capture in self.nodes.values())
+        for capture in self.nodes.values():
+            capture.siblings = channels
+
+    # the base class sets these as attributes; here they are every primary's
+    @property
+    def complete(self) -> bool:
+        return bool(self.nodes) and all(c.complete for c in self.nodes.values())
+
+    @complete.setter
+    def complete(self, value: bool) -> None:
+        if not value:
+            for capture in self.nodes.values():
+                capture.complete = False
+
+    @property
+    def problem(self) -> str | None:
+        for node_id, capture in self.nodes.items():
+            if capture.problem is not None:
+                return f"on primary {self.topology.label(node_id)}: {capture.problem}"
+        return None
+
+    @problem.setter
+    def problem(self, value: str | None) -> None:
+        pass  # each primary's capture keeps its own
+
+    @property
+    def foreign_events(self) -> int:
+        return sum(c.foreign_events for c in self.nodes.values())
+
+    @foreign_events.setter
+    def foreign_events(self, value: int) -> None:
+        pass  # counted by each primary's capture
+
+    @property
+    def pending(self) -> int:
+        return sum(c.pending for c in self.nodes.values())
+
+    def node(self, node_id: str) -> ChangeCapture:
+        """The capture of primary ``node_id``."""
+        return self.nodes[node_id]
+
+    def of(self, key: bytes) -> ChangeCapture:
+        """The capture of the primary serving ``key``."""
+        owner = self._owners[key_slot(key)]
+        if owner is None:
+            raise RedisMigrateError(f"slot {key_slot(key)} is served by no node of the cluster")
+        return self.nodes[owner]
+
+    async def start(self) -> ClusterCapture:
+        """Start every primary's capture (at once); incomplete if any one is."""
+        await asyncio.gather(*(c.start() for c in self.nodes.values()))
+        return self
+
+    async def stop(self) -> None:
+        """Stop every primary's capture (each one, whatever another raises)."""
+        results = await asyncio.gather(
+            *(c.stop() for c in self.nodes.values()), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    def expect(self, events: Iterable[tuple[bytes, int]]) -> None:
+        for key, count in events:
+            self.of(key).expect(((key, count),))
+
+    def unexpect(self, events: Iterable[tuple[bytes, int]]) -> None:
+        for key, count in events:
+            self.of(key).unexpect(((key, count),))
+
+    def suspect(self, keys: Iterable[bytes]) -> None:
+        for key in keys:
+            self.of(key).suspect((key,))
+
+    def written_by_application(self, key: bytes) -> bool:
+        return self.of(key).written_by_application(key)
+
+    def deleted(self, key: bytes) -> bool:
+        return self.of(key).deleted(key)
+
+    async def sync(self) -> None:
+        await asyncio.gather(*(c.sync() for c in self.nodes.values()))
+
+    def drain(self) -> set[bytes]:
+        found: set[bytes] = set()
+        for capture in self.nodes.values():
+            found |= capture.drain()
+        return found
+
+    def marker(self) -> tuple[bytes, bytes, asyncio.Future[None]]:
+        raise RedisMigrateError("markers are per primary: use ClusterCapture.node(id).marker()")
+
+    def no_quiet(self, why: str) -> None:
+        for capture in self.nodes.values():
+            capture.no_quiet(why)
+
+    def lost(self, why: str) -> None:
+        for capture in self.nodes.values():
+            capture.lost(why)

@@ -18,6 +18,9 @@ client is checked to be the node the topology names (CLUSTER MYID).
 - :meth:`~ClusterConnections.probe_search`: whether the search module runs with its
   coordinator (Redis 8) or alone on each shard (Redis Stack 7.4, refused).
 
+:class:`ClusterWire` is the fast wire (aio/fastwire.py) of every primary at once: bulk
+reads and writes with each key's commands sent to the primary serving its slot.
+
 A MOVED or ASK reply met here means the slots moved since the topology was read: it
 becomes :class:`~redismigrate.cluster.ClusterChanged`.
 """
@@ -25,7 +28,7 @@ becomes :class:`~redismigrate.cluster.ClusterChanged`.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from functools import partial
 from typing import Any, TypeAlias
@@ -36,6 +39,7 @@ import redis.exceptions as rexc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from redismigrate.aio.connection import CONNECT_TIMEOUT_SECONDS, client_from_url, execute
+from redismigrate.aio.fastwire import Caller, Wire
 from redismigrate.aio.keys import SCAN_COUNT, glob_escape
 from redismigrate.aio.topology import cluster_reply
 from redismigrate.cluster import (
@@ -52,6 +56,7 @@ from redismigrate.cluster import (
     compare,
     disagreements,
     group_by_primary,
+    group_positions,
     judge_search,
     key_slot,
     migrations_of,
@@ -61,7 +66,7 @@ from redismigrate.cluster import (
     parse_cluster_slots,
     search_version,
 )
-from redismigrate.errors import BadInputError, ConnectionFailed
+from redismigrate.errors import BadInputError, ConnectionFailed, RedisMigrateError
 from redismigrate.keytext import key_text
 from redismigrate.urls import redact_text, redact_url, url_password
 
@@ -98,8 +103,9 @@ def _first_error(exc: BaseException) -> BaseException:
     return next((e for e in leaves if not isinstance(e, plumbing)), leaves[0])
 
 
-async def _gather(calls: Sequence[Callable[[], Coroutine[Any, Any, None]]]) -> None:
-    """Run ``calls`` concurrently; the first real error is raised as itself."""
+async def gather_all(calls: Sequence[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+    """Run ``calls`` concurrently (one task each); the first real error is raised as
+    itself, not inside an exception group."""
     try:
         async with anyio.create_task_group() as group:
             for call in calls:
@@ -215,6 +221,14 @@ class ClusterConnections:
     def _answers(self, node: NodeInfo) -> AbstractContextManager[None]:
         return _answers(f"cluster node {node.label}", self._password)
 
+    def answers(self, node_id: str) -> AbstractContextManager[None]:
+        """Errors of primary ``node_id`` as one line naming it; MOVED / ASK (the slots
+        moved) as ClusterChanged."""
+        node = self.topology.node(node_id)
+        if node is None:
+            raise KeyError(node_id)
+        return self._answers(node)
+
     async def _verify(self) -> None:
         async def check(node: NodeInfo) -> None:
             with self._answers(node):
@@ -226,7 +240,7 @@ class ClusterConnections:
                     "topology says (an address the cluster announces that leads elsewhere?)"
                 )
 
-        await _gather([partial(check, node) for node in self.primaries])
+        await gather_all([partial(check, node) for node in self.primaries])
 
     # ------------------------------------------------------------ stability
 
@@ -265,7 +279,7 @@ class ClusterConnections:
                         f"as {line.failing}"
                     )
 
-        await _gather([partial(ask, node) for node in self.primaries])
+        await gather_all([partial(ask, node) for node in self.primaries])
         if not views:
             raise ConnectionFailed(f"no primary of the cluster answered: {'; '.join(problems)}")
         reference = self.pinned if self.pinned in views else sorted(views)[0]
@@ -465,13 +479,109 @@ class ClusterConnections:
         async def ask(node: NodeInfo) -> None:
             found[node.node_id] = await self._search_facts(node)
 
-        await _gather([partial(ask, node) for node in self.primaries])
+        await gather_all([partial(ask, node) for node in self.primaries])
         nodes = [found[p.node_id] for p in self.primaries]
         return judge_search(nodes, len(self.primaries))
 
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.aclose()
+
+
+# ---------------------------------------------------------------------------- the wire
+
+
+class ClusterWire(Wire):
+    """Bulk reads and writes on a cluster: each key's commands go to the primary
+    serving its slot, over that primary's own :class:`Wire` (raw connections where
+    they can be made), the primaries at once. Guarded writes (aio/guarded.py) over it
+    make one transaction per slot. A MOVED or ASK reply becomes ClusterChanged.
+
+    A :class:`Wire` to the steps that take one; it has no single connection
+    (``connection`` is refused: a conversation belongs to one primary, ``wires[id]``).
+    """
+
+    def __init__(self, connections: ClusterConnections) -> None:
+        super().__init__(connections.client(connections.pinned))
+        self.connections = connections
+        self.topology = connections.topology
+        self.wires = {node_id: Wire(client) for node_id, client in connections.clients.items()}
+
+    def answers(self, node_id: str) -> AbstractContextManager[None]:
+        """See :meth:`ClusterConnections.answers`."""
+        return self.connections.answers(node_id)
+
+    def slot_groups(self, keys: Sequence[bytes], size: int) -> dict[str, list[Sequence[bytes]]]:
+        """``{primary node id: groups of its keys}``: each group's keys share one slot
+        (at most ``size`` of them), in the order of ``keys``."""
+        table = owner_table(self.topology)
+        slots: dict[int, list[bytes]] = {}
+        for key in keys:
+            slots.setdefault(key_slot(key), []).append(key)
+        groups: dict[str, list[Sequence[bytes]]] = {}
+        for slot, members in slots.items():
+            owner = table[slot]
+            if owner is None:
+                raise TopologyError(f"slot {slot} is served by no node of the cluster")
+            mine = groups.setdefault(owner, [])
+            mine.extend(members[start : start + size] for start in range(0, len(members), size))
+        return groups
+
+    async def per_primary(
+        self, keys: Sequence[bytes], work: Callable[[str, list[int]], Awaitable[None]]
+    ) -> None:
+        """``work(primary node id, positions of its keys in keys)`` for every primary
+        holding some of ``keys``, at once; its errors as ``answers`` gives them."""
+        groups = group_positions(self.topology, keys)
+
+        async def run(node_id: str, positions: list[int]) -> None:
+            with self.answers(node_id):
+                await work(node_id, positions)
+
+        await gather_all(
+            [partial(run, node_id, positions) for node_id, positions in groups.items()]
+        )
+
+    async def read_columns(
+        self, keys: Sequence[bytes], fields: Sequence[bytes], value_size: int = -1
+    ) -> list[list[Any]]:
+        """As :meth:`Wire.read_columns`, each primary asked for its keys."""
+        columns: list[list[Any]] = [[None] * len(keys) for _ in fields]
+
+        async def read(node_id: str, positions: list[int]) -> None:
+            found = await self.wires[node_id].read_columns(
+                [keys[p] for p in positions], fields, value_size
+            )
+            for column, values in zip(columns, found, strict=True):
+                for position, value in zip(positions, values, strict=True):
+                    column[position] = value
+
+        await self.per_primary(keys, read)
+        return columns
+
+    async def hset_many(self, items: Sequence[tuple[bytes, bytes, bytes]]) -> None:
+        async def write(node_id: str, positions: list[int]) -> None:
+            await self.wires[node_id].hset_many([items[p] for p in positions])
+
+        await self.per_primary([key for key, _, _ in items], write)
+
+    async def touch_many(self, keys: Sequence[bytes]) -> None:
+        async def touch(node_id: str, positions: list[int]) -> None:
+            await self.wires[node_id].touch_many([keys[p] for p in positions])
+
+        await self.per_primary(keys, touch)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Caller]:
+        raise RedisMigrateError(
+            "a cluster has no single connection for a conversation: use the wire of the "
+            "primary serving the keys (ClusterWire.wires)"
+        )
+        yield  # pragma: no cover
+
+    async def close(self) -> None:
+        for wire in self.wires.values():
+            await wire.close()
 
 
 @asynccontextmanager
@@ -522,9 +632,11 @@ async def connect_cluster(
 __all__ = [
     "PROBE_NAME",
     "ClusterConnections",
+    "ClusterWire",
     "KeyBatch",
     "NotACluster",
     "connect_cluster",
+    "gather_all",
     "node_client",
     "read_topology",
 ]

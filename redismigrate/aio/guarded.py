@@ -12,18 +12,26 @@ was deleted: a missing key never matches.
 A WATCHed transaction costs the server a read of each value on top of the write; a
 Lua script comparing the bytes costs several times more (each argument becomes a Lua
 string), which is why it is not used.
+
+On a Redis Cluster (a :class:`~redismigrate.aio.cluster.ClusterWire` given for the
+wire) WATCH and MULTI refuse keys of different slots: there the transactions hold the
+keys of one slot each and go to the primary serving it, the primaries at once, each
+with its own change capture (``ClusterCapture.node``). One server's transactions are
+made as before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import hiredis
 import redis.exceptions as rexc
 
-from redismigrate.aio.capture import ChangeCapture
+from redismigrate.aio.capture import ChangeCapture, ClusterCapture
+from redismigrate.aio.cluster import ClusterWire, gather_all
 from redismigrate.aio.fastwire import TOUCH_FIELD, Caller, Wire, pack
 
 # a batch whose transaction keeps being aborted is split into single keys after this
@@ -204,21 +212,11 @@ def _executed(
     return True
 
 
-async def _guarded(
-    wire: Wire,
-    keys: Sequence[bytes],
-    read: Callable[[bytes], bytes],
-    value_size: int,
+def _decider(
     decide_one: Callable[[bytes, Any, list[bytes], Events, Outcome], None],
-    capture: ChangeCapture | None,
-    unwritten: Callable[[bytes], bool] | None = None,
-    vouched: Callable[[Sequence[bytes]], tuple[Decision, Outcome] | None] | None = None,
-) -> Outcome:
-    """Run ``decide_one`` over ``keys`` in WATCHed transactions, retrying aborted ones.
-
-    ``vouched``, when given, decides a whole group that change capture vouched for in
-    one go (the common case, kept fast); None from it: decide key by key.
-    """
+    vouched: Callable[[Sequence[bytes]], tuple[Decision, Outcome] | None] | None,
+) -> Callable[[Sequence[bytes]], Callable[[list[Any]], tuple[Decision, Outcome]]]:
+    """``decide_for(group)``: what to write for a group's replies (see ``_guarded``)."""
 
     def decide_for(batch: Sequence[bytes]) -> Callable[[list[Any]], tuple[Decision, Outcome]]:
         def decide(replies: list[Any]) -> tuple[Decision, Outcome]:
@@ -235,6 +233,27 @@ async def _guarded(
 
         return decide
 
+    return decide_for
+
+
+async def _guarded(
+    wire: Wire,
+    keys: Sequence[bytes],
+    read: Callable[[bytes], bytes],
+    value_size: int,
+    decide_one: Callable[[bytes, Any, list[bytes], Events, Outcome], None],
+    capture: ChangeCapture | None,
+    unwritten: Callable[[bytes], bool] | None = None,
+    vouched: Callable[[Sequence[bytes]], tuple[Decision, Outcome] | None] | None = None,
+) -> Outcome:
+    """Run ``decide_one`` over ``keys`` in WATCHed transactions, retrying aborted ones.
+
+    ``vouched``, when given, decides a whole group that change capture vouched for in
+    one go (the common case, kept fast); None from it: decide key by key.
+    """
+    decide_for = _decider(decide_one, vouched)
+    if isinstance(wire, ClusterWire):
+        return await _by_slot(wire, keys, read, value_size, decide_for, capture, unwritten)
     total = Outcome()
     groups = [keys[start : start + WATCH_GROUP] for start in range(0, len(keys), WATCH_GROUP)]
     async with wire.connection() as conn:
@@ -246,6 +265,44 @@ async def _guarded(
             total.add(
                 await _guarded_group(conn, group, read, value_size, decide_for, capture, unwritten)
             )
+    return total
+
+
+async def _by_slot(
+    wire: ClusterWire,
+    keys: Sequence[bytes],
+    read: Callable[[bytes], bytes],
+    value_size: int,
+    decide_for: Callable[[Sequence[bytes]], Callable[[list[Any]], tuple[Decision, Outcome]]],
+    capture: ChangeCapture | None,
+    unwritten: Callable[[bytes], bool] | None,
+) -> Outcome:
+    """``_guarded`` on a cluster: the keys of each primary in groups of one slot (WATCH
+    and MULTI refuse keys of several), on a connection to that primary, with its own
+    capture; the primaries at once."""
+    if capture is not None and not isinstance(capture, ClusterCapture):
+        raise TypeError("guarded writes on a cluster need its ClusterCapture (or none)")
+    total = Outcome()
+
+    async def on(node_id: str, groups: list[Sequence[bytes]]) -> None:
+        mine = capture.node(node_id) if capture is not None else None
+        outcome = Outcome()
+        with wire.answers(node_id):
+            async with wire.wires[node_id].connection() as conn:
+                if unwritten is not None and mine is not None and mine.complete:
+                    groups = await _pipelined(
+                        conn, groups, read, value_size, decide_for, mine, unwritten, outcome
+                    )
+                for group in groups:
+                    outcome.add(
+                        await _guarded_group(
+                            conn, group, read, value_size, decide_for, mine, unwritten
+                        )
+                    )
+        total.add(outcome)
+
+    groups = wire.slot_groups(keys, WATCH_GROUP)
+    await gather_all([partial(on, node_id, found) for node_id, found in groups.items()])
     return total
 
 

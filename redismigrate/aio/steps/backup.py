@@ -7,7 +7,7 @@ Undone by nothing: it writes only to the backup directory.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
@@ -26,11 +26,19 @@ def source_path(plan: MigrationPlan, source_field: str) -> str:
     return field.path or field.name
 
 
-async def back_up(run: Run, batches: AsyncIterator[list[bytes]], checkpoint_seconds: float) -> None:
+async def back_up(
+    run: Run,
+    batches: AsyncIterator[list[bytes]],
+    checkpoint_seconds: float,
+    *,
+    shard_of: Callable[[list[bytes]], int] | None = None,
+) -> None:
     """Back up every original vector of the fields to re-encode, batch by batch.
 
     One enumeration feeds the writers: with one worker the header's own data file,
     with several one shard each (read with its own connection, written in parallel).
+    Batches go to the shards in turn, or to shard ``shard_of(keys)`` (a cluster's
+    backup: the shard of the primary holding them).
     """
     started = time.perf_counter()
     assert run.backups is not None
@@ -94,7 +102,8 @@ async def back_up(run: Run, batches: AsyncIterator[list[bytes]], checkpoint_seco
                 group.start_soon(shard_writer, target, inbox)
             position = 0
             async for keys in batches:
-                await outboxes[position % len(outboxes)].send(keys)
+                shard = position % len(outboxes) if shard_of is None else shard_of(keys)
+                await outboxes[shard].send(keys)
                 position += 1
             for outbox in outboxes:
                 await outbox.aclose()

@@ -23,7 +23,8 @@ from redismigrate.plan import PrefixChange
 SHOWN_KEYS = 5
 
 
-def _shown(keys: Sequence[bytes]) -> str:
+def shown_keys(keys: Sequence[bytes]) -> str:
+    """The first few of ``keys`` for a message, and how many more there are."""
     names = ", ".join(repr(key_text(k)) for k in keys[:SHOWN_KEYS])
     more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
     return names + more
@@ -39,7 +40,7 @@ async def refuse_keys_under_new_prefix(client: aioredis.Redis, change: PrefixCha
             break
     if found:
         raise BadInputError(
-            f"keys already exist under the new prefix {change.new!r} ({_shown(found)}); "
+            f"keys already exist under the new prefix {change.new!r} ({shown_keys(found)}); "
             "moving documents there could collide, and a rollback could not tell them apart"
         )
 
@@ -65,7 +66,7 @@ def refuse_collisions(taken: Sequence[bytes], change: PrefixChange) -> None:
     if taken:
         raise BadInputError(
             f"{len(taken)} document(s) cannot move to prefix {change.new!r}: a key with the "
-            f"new name already exists for {_shown(taken)}; nothing was changed"
+            f"new name already exists for {shown_keys(taken)}; nothing was changed"
         )
 
 
@@ -114,7 +115,7 @@ async def move(
     moved, taken = await rename_batch(client, pairs, capture)
     if taken:
         raise KeyCollision(
-            f"cannot move {_shown([old for old, _ in taken])} to prefix {change.new!r}: "
+            f"cannot move {shown_keys([old for old, _ in taken])} to prefix {change.new!r}: "
             "a key with the new name appeared during the run; nothing was overwritten"
         )
     return moved
