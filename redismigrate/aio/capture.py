@@ -321,7 +321,8 @@ class ChangeCapture:
     async def arrived(self, token: bytes, arrival: asyncio.Future[None]) -> bool:
         """True once the marker came back; False when capture broke meanwhile."""
         try:
-            await asyncio.wait_for(asyncio.shield(arrival), SYNC_TIMEOUT_SECONDS)
+            if not arrival.done():  # most often it is back already: no timer needed
+                await asyncio.wait_for(asyncio.shield(arrival), SYNC_TIMEOUT_SECONDS)
             return self.complete
         except (asyncio.TimeoutError, rexc.RedisError) as exc:
             self._lost(f"notifications stopped arriving: {exc or 'timed out'}")
