@@ -3,7 +3,10 @@
 While the shadow builds, the live index keeps serving and every write is indexed by
 both (the server indexes synchronously on write). When the shadow holds as many
 documents as the live index, one MULTI/EXEC drops the old definition and points the
-name at the shadow as an alias: queries never see a missing index.
+name at the shadow as an alias: queries never see a missing index. Where FT.* commands
+may not run inside MULTI (a Redis Cluster with the search coordinator),
+``cut_over_in_steps`` sends the same switch one command at a time (redismigrate.cutover
+describes its orders and the window between the alias move and the drop).
 """
 
 from __future__ import annotations
@@ -14,9 +17,17 @@ from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
+import redis.exceptions as rexc
 
 from redismigrate.aio.connection import execute
 from redismigrate.aio.indexes import create_index, ft_info
+from redismigrate.cutover import (
+    ALIAS_THEN_DROP,
+    DROP_THEN_ALIAS,
+    CutOverSteps,
+    alias_already_there,
+    alias_name_taken,
+)
 from redismigrate.errors import BadInputError, IndexNotFound, RedisMigrateError
 from redismigrate.estimate import shadow_index_bytes
 from redismigrate.ftinfo import IndexStats, stats_from_ft_info, text
@@ -131,6 +142,143 @@ async def cut_over(
         pipe.execute_command(*command)
     await pipe.execute()
     return current
+
+
+class _Sender:
+    """Sends the cut-over's commands one at a time and notes when the first one started."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self.first: float | None = None
+
+    async def send(self, *args: Any) -> float:
+        """Send one command; returns the perf_counter time it started."""
+        started = time.perf_counter()
+        if self.first is None:
+            self.first = started
+        await execute(self.client, *args)
+        return started
+
+
+async def _point_alias(sender: _Sender, alias: str, index: str) -> float | None:
+    """Make ``alias`` an alias of ``index`` unless it resolves there already (an
+    interrupted run did it); the perf_counter time the command started, None when none
+    was needed."""
+    behind = await physical_name(sender.client, alias)
+    if behind == index:
+        return None
+    return await sender.send("FT.ALIASADD" if behind is None else "FT.ALIASUPDATE", alias, index)
+
+
+async def cut_over_in_steps(
+    client: aioredis.Redis,
+    *,
+    name: str,
+    new_name: str,
+    shadow: str,
+    aliases: Sequence[str] = (),
+    also: Sequence[Sequence[Any]] = (),
+    previous: str | None = None,
+    alias_first: bool = True,
+) -> CutOverSteps:
+    """``cut_over`` without MULTI/EXEC, one command at a time, for a Redis Cluster whose
+    search coordinator refuses FT.* commands inside a transaction. The same effect:
+    ``new_name`` and the user ``aliases`` end up pointing at ``shadow``, the index
+    ``name`` served is dropped, then the ``also`` commands are sent.
+
+    The order keeps ``new_name`` resolvable where the server allows it: the user aliases
+    move first (FT.ALIASUPDATE), then
+
+    - ``name`` a plain index: FT.ALIASADD new_name shadow, then FT.DROPINDEX name. Until
+      the drop, lookups of the name still reach the index of that name; after it, the
+      alias. Where the server refuses an alias named like an existing index (search 8:
+      "Alias conflicts with an existing index name"), or with ``alias_first=False``,
+      FT.DROPINDEX name comes first and FT.ALIASADD after, and the name resolves to no
+      index in between (``order`` says ``drop_then_alias``);
+    - ``name`` an alias: FT.ALIASUPDATE name shadow (or, to rename, FT.ALIASADD new_name
+      shadow and FT.ALIASDEL name), then FT.DROPINDEX of the index it pointed at.
+
+    Every step is skipped when an earlier run that was killed between two commands did it
+    already, so calling again with the same arguments completes the cut-over. Once the
+    name no longer leads to the old index, only ``previous`` (the physical index the name
+    served before the cut-over, ``Online.previous_physical_index``) says which index is
+    left to drop when the name was an alias; without it that drop is left undone
+    (``dropped`` None). With ``previous`` given, a name that now serves any other index
+    is refused before anything is sent.
+
+    IndexNotFound when ``shadow`` does not exist (nothing sent); a server error from any
+    command propagates, and a rerun picks up from where it stopped.
+    """
+    if await physical_name(client, shadow) != shadow:
+        raise IndexNotFound(f"the shadow index {shadow!r} does not exist; nothing was switched")
+    if previous == shadow:
+        raise BadInputError(f"the index to drop ({previous!r}) is the shadow index itself")
+    current = await physical_name(client, name)
+    if previous is not None and current not in (None, shadow, previous):
+        raise RedisMigrateError(
+            f"{name!r} now serves index {current!r}, not {previous!r} as when the cut-over "
+            "was planned; nothing was switched"
+        )
+    sender = _Sender(client)
+    resumed = False
+    for alias in dict.fromkeys(aliases):
+        if alias in (name, new_name):
+            continue
+        if await physical_name(client, alias) == shadow:
+            resumed = True
+            continue
+        await sender.send("FT.ALIASUPDATE", alias, shadow)
+
+    order = ALIAS_THEN_DROP
+    dropped: str | None = None
+    drop_started: float | None = None
+    end: float | None = None
+    if current is not None and current != shadow and current == name:
+        # a plain index: its name becomes an alias of the shadow
+        if new_name != name:
+            resumed |= await _point_alias(sender, new_name, shadow) is None
+        elif alias_first:
+            try:
+                await sender.send("FT.ALIASADD", new_name, shadow)
+            except rexc.ResponseError as exc:
+                if not alias_name_taken(str(exc)):
+                    raise
+                # an alias of that name exists already, hidden by the index (an earlier
+                # run added it), or the server refuses to let an alias shadow an index
+                resumed |= alias_already_there(str(exc))
+        drop_started = await sender.send("FT.DROPINDEX", name)
+        dropped = name
+        end = time.perf_counter()
+        if await _point_alias(sender, new_name, shadow) is not None:
+            order = DROP_THEN_ALIAS
+            end = time.perf_counter()
+    elif current is not None and current != shadow:
+        # an alias: move it (or add the new name and remove the old), drop what it served
+        if new_name == name:
+            await sender.send("FT.ALIASUPDATE", name, shadow)
+        else:
+            resumed |= await _point_alias(sender, new_name, shadow) is None
+            await sender.send("FT.ALIASDEL", name)
+        await sender.send("FT.DROPINDEX", current)
+        dropped = current
+        end = time.perf_counter()
+    else:
+        # an earlier run moved the name already (or dropped a plain index and was killed
+        # before the alias was added): finish what is left
+        resumed = True
+        drop_started = await _point_alias(sender, new_name, shadow)
+        if drop_started is not None:  # the drop was in the earlier run: this call's part
+            order = DROP_THEN_ALIAS
+            end = time.perf_counter()
+        if previous is not None and await physical_name(client, previous) == previous:
+            await sender.send("FT.DROPINDEX", previous)
+            dropped = previous
+            end = time.perf_counter()
+    start = drop_started if order == DROP_THEN_ALIAS else sender.first
+    window = end - start if start is not None and end is not None else 0.0
+    for command in also:
+        await execute(client, *command)
+    return CutOverSteps(dropped=dropped, order=order, window_seconds=window, resumed=resumed)
 
 
 async def source_matches(client: aioredis.Redis, plan: MigrationPlan, live: IndexSchema) -> bool:
