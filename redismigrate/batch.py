@@ -40,6 +40,7 @@ class BatchPlan(Model, ReviewableFile, frozen=True, kw_only=True):
 
     version: int = BATCH_FORMAT_VERSION
     batch_id: str
+    # asked of every index's plan (online, drop_recreate), or per_index: each plan chose
     mode: str = "drop_recreate"
     failure_policy: FailurePolicy = "fail_fast"
     requires_quantization: bool = False

@@ -66,6 +66,9 @@ def rederive(plan: MigrationPlan) -> MigrationPlan:
         keep_shadow_field=isinstance(plan.mode, Online)
         and plan.mode.reencode is not None
         and plan.mode.reencode.variant == "keep_shadow_field",
+        wait_for_new_encoding=not isinstance(plan.mode, Online)
+        or plan.mode.reencode is None
+        or plan.mode.reencode.wait_for_new_encoding,
     )
 
 

@@ -72,6 +72,8 @@ LABEL_BYTES = 8  # FLAT: id -> label table
 BACKUP_FRAME_PREFIX = 16
 BACKUP_HEADER_FILE_BYTES = 1200  # the header JSON beside the data
 DEFAULT_BATCH_SIZE = 500
+# memory a run may use: at most this share of the free memory (the preflight's margin)
+ROOM_MARGIN = 0.8
 
 
 # ---------------------------------------------------------------------------- allocator
@@ -315,6 +317,28 @@ class MemoryModel(Model, frozen=True, kw_only=True):
     @property
     def index_change(self) -> int:
         return sum(f.index_after - f.index_before for f in self.fields)
+
+
+class MemoryRoom(Model, frozen=True, kw_only=True):
+    """The server's memory when a plan is made (INFO memory): ``used_memory``,
+    ``maxmemory`` (0: no limit) and ``total_system_memory`` (0: not reported)."""
+
+    used: int
+    maxmemory: int = 0
+    system: int = 0
+
+    def fits(self, growth: int, margin: float = ROOM_MARGIN) -> tuple[bool, str]:
+        """Whether ``growth`` more bytes fit in ``margin`` of the free memory: under
+        maxmemory where one is set, else under the machine's memory; and why, in words."""
+        if self.maxmemory > 0:
+            limit, what = self.maxmemory, "maxmemory"
+        elif self.system > 0:
+            limit, what = self.system, "the machine's memory (no maxmemory)"
+        else:
+            return True, "the server sets no maxmemory and does not report its machine's memory"
+        free = max(limit - self.used, 0)
+        text = f"{mb(free)} free under {what}, at most {int(margin * 100)}% of it used"
+        return growth <= int(free * margin), text
 
 
 def average_key_bytes(keys: Iterable[str], default: int = 16) -> int:

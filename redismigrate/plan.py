@@ -21,7 +21,7 @@ from redismigrate.errors import SchemaError
 from redismigrate.files import ReviewableFile, convert_document
 from redismigrate.ftinfo import IndexStats
 from redismigrate.limits import index_problems
-from redismigrate.memory import mb, memory_sentence, model_memory
+from redismigrate.memory import MemoryRoom, mb, memory_sentence, model_memory
 from redismigrate.patch import FieldRename, SchemaChanges, SchemaPatch, parse_field
 from redismigrate.quantize import Encoding, ReEncodingRefused, calibrate, uint8_policy
 from redismigrate.schema import (
@@ -373,13 +373,21 @@ def build_plan(
     aliases_listed: bool = False,
     unreported: Sequence[UnreportedAttribute] = (),
     keep_shadow_field: bool = False,
+    memory_room: MemoryRoom | None = None,
+    wait_for_new_encoding: bool | None = None,
 ) -> MigrationPlan:
     """Merge ``patch`` into the source schema and classify every change.
 
-    ``mode`` is ``online``, ``drop_recreate`` or None (online where no document needs
-    rewriting, else drop_recreate). ``physical_index`` is the index behind the source
-    name when that name is an alias. ``aliases`` are the source's user aliases, moved to
-    the target; ``aliases_listed`` says the server listed them all (else only those named).
+    ``mode`` is ``online``, ``drop_recreate`` or None: online where no document needs
+    rewriting, and for re-encoding hash vectors where the shadow vectors and index fit
+    in ``memory_room`` (the server's memory; None: not known, so drop_recreate); else
+    drop_recreate. ``wait_for_new_encoding`` (an online re-encoding waits after its
+    cut-over for the application's first new-encoding write) defaults to True for
+    ``mode="online"``, False where the planner chose online.
+
+    ``physical_index`` is the index behind the source name when that name is an alias.
+    ``aliases`` are the source's user aliases, moved to the target; ``aliases_listed``
+    says the server listed them all (else only those named).
 
     ``vector_samples`` maps a source vector field name to stored vectors (decoded to
     float) used to calibrate integer encodings; ``previous_encodings`` maps a field
@@ -493,6 +501,20 @@ def build_plan(
     if mode is not None and mode not in MODES:
         raise SchemaError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     chosen: Mode = DropRecreate()
+    mode_note = None
+    if mode is None and rewrites == ["vector re-encoding"]:
+        mode, mode_note = _default_reencode_mode(
+            source,
+            target,
+            source_stats,
+            vector_changes,
+            renames,
+            key_sample,
+            memory_room,
+            keep_shadow_field=keep_shadow_field,
+        )
+        if wait_for_new_encoding is None:
+            wait_for_new_encoding = False
     if mode == "online" or (mode is None and not rewrites):
         # hash vectors are re-encoded into shadow fields; renames and moves cannot be
         others = [what for what in rewrites if what != "vector re-encoding"]
@@ -505,7 +527,10 @@ def build_plan(
                 "renames or the prefix change with drop_recreate",
             )
         reencode, taken = shadow_reencode_for(
-            source, vector_changes, keep_shadow_field=keep_shadow_field
+            source,
+            vector_changes,
+            keep_shadow_field=keep_shadow_field,
+            wait_for_new_encoding=wait_for_new_encoding is not False,
         )
         for problem, remedy in taken:
             b.block("online re-encoding", problem, remedy)
@@ -530,6 +555,8 @@ def build_plan(
     moved = sorted(set(aliases) - {source.name, target.name})
     warnings.extend(alias_warnings(source.name, moved, aliases_listed, isinstance(chosen, Online)))
     warnings.extend(unreported_warnings(b, source, target, unreported))
+    if mode_note:
+        warnings.insert(0, mode_note)
     if isinstance(chosen, Online) and chosen.reencode is not None:
         peak = model_memory(
             source=source,
@@ -934,6 +961,62 @@ def _vector_changes(
             )
         )
     return out
+
+
+def _default_reencode_mode(
+    source: IndexSchema,
+    target: IndexSchema,
+    stats: IndexStats,
+    vector_changes: Sequence[VectorChange],
+    renames: RenameOperations,
+    key_sample: Sequence[str],
+    room: MemoryRoom | None,
+    *,
+    keep_shadow_field: bool,
+) -> tuple[str, str]:
+    """The mode the planner picks for a plan whose only document rewrite is re-encoding
+    hash vectors, and the sentence saying why: online where shadow fields can be had and
+    their peak fits in the server's free memory, else drop_recreate."""
+    reencode, taken = shadow_reencode_for(
+        source, vector_changes, keep_shadow_field=keep_shadow_field
+    )
+    if taken or reencode is None:
+        why = taken[0][0] if taken else "no hash vector to shadow"
+        return "drop_recreate", (
+            f"Mode drop_recreate (chosen by the planner): online re-encoding cannot be had "
+            f"here: {why}"
+        )
+    growth = model_memory(
+        source=source,
+        target=target,
+        stats=stats,
+        vector_changes=vector_changes,
+        renames=renames,
+        online=True,
+        key_sample=key_sample,
+        shadow_fields={f.field: f.shadow_field for f in reencode.fields},
+    ).peak_growth
+    if room is None:
+        return "drop_recreate", (
+            "Mode drop_recreate (chosen by the planner): the server's free memory was not "
+            "read, so online re-encoding (zero downtime, about "
+            f"{mb(growth)} more at its peak) was not chosen; --mode online asks for it"
+        )
+    fits, why = room.fits(growth)
+    if not fits:
+        return "drop_recreate", (
+            f"Mode drop_recreate (chosen by the planner): online re-encoding would need "
+            f"about {mb(growth)} more at its peak, and {why}: the index is dropped and "
+            "rebuilt instead (queries fail until it is built); free memory or raise "
+            "maxmemory and plan again for zero downtime"
+        )
+    return "online", (
+        f"Mode online (chosen by the planner): zero downtime; about {mb(growth)} more at "
+        f"the peak, {why}. It takes longer than --mode drop_recreate (every vector is "
+        "written twice and two indexes are built) and finishes straight after the "
+        "cut-over; plan with --mode online to have it wait for the application's first "
+        "new-encoding write, or --mode drop_recreate for a shorter run with downtime"
+    )
 
 
 def shadow_fields(mode: Mode) -> dict[str, str] | None:

@@ -15,6 +15,7 @@ import msgspec
 
 from redismigrate.errors import RedisMigrateError
 from redismigrate.limits import schema_problems
+from redismigrate.memory import ROOM_MARGIN
 from redismigrate.schema import IndexSchema, Model
 
 PREFLIGHT_FORMAT_VERSION = 1
@@ -22,7 +23,7 @@ Status = Literal["pass", "warn", "block"]
 # the checks, in the order they are shown
 CHECKS = ("topology", "permissions", "parameters", "memory", "eviction", "disk", "data")
 # memory a run may use: at most this share of the headroom under maxmemory
-MEMORY_MARGIN = 0.8
+MEMORY_MARGIN = ROOM_MARGIN
 # free disk a backup needs: its estimated size times this, plus a fixed reserve
 DISK_MARGIN = 1.2
 DISK_RESERVE_BYTES = 64 << 20

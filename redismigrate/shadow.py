@@ -108,6 +108,10 @@ class ShadowReencode(Model, frozen=True, kw_only=True):
 
     variant: Variant
     fields: list[ShadowVector]
+    # finish: after the cut-over, wait for the application's first write in the new
+    # encoding before rewriting (a plan made with --mode online); a plan where the
+    # planner chose online goes on at once, as drop_recreate would
+    wait_for_new_encoding: bool = True
 
 
 def shadow_reencode_for(
@@ -115,6 +119,7 @@ def shadow_reencode_for(
     vector_changes: Sequence[VectorChange],
     *,
     keep_shadow_field: bool = False,
+    wait_for_new_encoding: bool = True,
 ) -> tuple[ShadowReencode | None, list[tuple[str, str]]]:
     """The shadow fields for the hash vectors ``vector_changes`` rewrite, and why they
     cannot be had, as (problem, remedy): a field of the source already uses a shadow
@@ -158,7 +163,8 @@ def shadow_reencode_for(
     if not fields:
         return None, problems
     variant: Variant = "keep_shadow_field" if keep_shadow_field else "finish"
-    return ShadowReencode(variant=variant, fields=fields), problems
+    wait = wait_for_new_encoding or keep_shadow_field  # keep_shadow_field: nothing to wait for
+    return ShadowReencode(variant=variant, fields=fields, wait_for_new_encoding=wait), problems
 
 
 def shadow_schema(target: IndexSchema, reencode: ShadowReencode | None) -> IndexSchema:
@@ -215,9 +221,15 @@ def shadow_warnings(
             "At the cut-over the application must switch too: KNN query vectors in "
             f"{targets} (a query in the old encoding is refused with a blob size error: retry "
             "it in the new one), and vectors written in the new encoding into the original "
-            "field; the run waits for the first such write (or a second `redismigrate "
-            "cut-over`) before it rewrites the rest; use --postpone-cut-over and "
-            "`redismigrate cut-over` to choose the moment"
+            "field; "
+            + (
+                "the run waits for the first such write (or a second `redismigrate "
+                "cut-over`) before it rewrites the rest"
+                if reencode.wait_for_new_encoding
+                else "the run does not wait for such a write: it rewrites the rest straight "
+                "after the cut-over (plan with --mode online to have it wait)"
+            )
+            + "; use --postpone-cut-over and `redismigrate cut-over` to choose the moment"
         )
     else:
         out.append(

@@ -484,8 +484,12 @@ class BatchMigrationPlanner:
         plan_out: str | Path | None = None,
         plans_dir: str | Path | None = None,
         aliases: Sequence[str] = (),
+        mode: str | None = None,
     ) -> BatchPlan:
         """Write a plan file per applicable index (or a skip_reason) and return the batch plan.
+
+        ``mode`` (online or drop_recreate) is asked of every index's plan; by default each
+        plan picks its own, as a single plan does.
 
         Refuses when two applicable indexes share keys (one prefix is a string prefix of
         the other). With ``plan_out``, the batch plan is written there and the per-index
@@ -505,6 +509,7 @@ class BatchMigrationPlanner:
             plan_out=plan_out,
             plans_dir=plans_dir,
             aliases=aliases,
+            mode=mode,
         )
 
 

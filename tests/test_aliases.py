@@ -135,7 +135,7 @@ async def test_a_user_alias_answers_after_drop_recreate_and_after_rollback(
     aclient: aioredis.Redis, sync_client: redis.Redis, indexed: str, ns: str, tmp_path: Path
 ) -> None:
     alias = f"{ns}_ua"
-    made = await plan(aclient, indexed, REENCODE_AND_ADD, aliases=(alias,))
+    made = await plan(aclient, indexed, REENCODE_AND_ADD, aliases=(alias,), mode="drop_recreate")
     assert made.mode.__struct_config__.tag == "drop_recreate"
     assert made.source.aliases == [alias]
     assert f"source:\n  index_name: {indexed}" in made.to_yaml()
@@ -173,7 +173,7 @@ async def test_an_automatic_undo_points_the_alias_back_at_the_source(
 ) -> None:
     """A failure after the drop is undone: the recreated source gets its alias again."""
     alias = f"{ns}_ua"
-    made = await plan(aclient, indexed, REENCODE_AND_ADD, aliases=(alias,))
+    made = await plan(aclient, indexed, REENCODE_AND_ADD, aliases=(alias,), mode="drop_recreate")
     calls = 0
 
     async def failing(client: Any, plan: MigrationPlan) -> list[str]:
@@ -196,7 +196,7 @@ async def test_apply_refuses_when_an_alias_moved_after_planning(
     aclient: aioredis.Redis, sync_client: redis.Redis, indexed: str, ns: str, tmp_path: Path
 ) -> None:
     alias = f"{ns}_ua"
-    made = await plan(aclient, indexed, REENCODE_AND_ADD, aliases=(alias,))
+    made = await plan(aclient, indexed, REENCODE_AND_ADD, aliases=(alias,), mode="drop_recreate")
     other = make_schema(f"{ns}_other", f"{ns}:o:", "hash")
     sync_client.execute_command(*ft_create_args(other))
     sync_client.execute_command("FT.ALIASUPDATE", alias, other.name)
@@ -244,6 +244,7 @@ async def test_drop_recreate_after_an_online_migration_acts_on_the_index_behind_
         indexed,
         {"update_fields": [{"name": "embedding", "attrs": {"datatype": "float16"}}]},
         aliases=(alias,),
+        mode="drop_recreate",
     )
     assert made.mode.__struct_config__.tag == "drop_recreate"
     assert made.source.physical_index == shadow
@@ -275,6 +276,7 @@ async def test_drop_recreate_by_name_after_online_without_any_user_alias(
         aclient,
         indexed,
         {"update_fields": [{"name": "embedding", "attrs": {"datatype": "float16"}}]},
+        mode="drop_recreate",
     )
     assert made.source.aliases == []  # the name is the index, not an alias to move
     await apply(aclient, made, tmp_path / "d")

@@ -74,7 +74,8 @@ def batch_plan(
 ) -> subprocess.CompletedProcess[str]:
     return cli(
         "batch-plan", "--pattern", f"{ns}_b*", "--schema-patch", str(tmp_path / "patch.yaml"),
-        "--plan-out", str(tmp_path / "batch.yaml"), "--url", redis_url, *extra,
+        "--plan-out", str(tmp_path / "batch.yaml"), "--url", redis_url, "--mode",
+        "drop_recreate", *extra,
     )  # fmt: skip
 
 

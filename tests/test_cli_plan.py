@@ -41,7 +41,9 @@ def test_a_supported_plan_exits_0_and_loads_back(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "Supported: True" in result.stdout
-    assert "Mode: drop_recreate" in result.stdout
+    # the planner's default for re-encoding hash vectors where the memory fits
+    assert "Mode: online (finish: hash vectors re-encoded into shadow fields)" in result.stdout
+    assert "Mode online (chosen by the planner)" in result.stdout
     assert "float32 -> float16" in result.stdout
     plan = MigrationPlan.load(out)
     assert plan.supported and plan.vector_changes[0].target_datatype == "float16"

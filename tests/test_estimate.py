@@ -66,6 +66,7 @@ async def test_estimate_gives_costs_and_a_recall_forecast_without_writing(
                 }
             }
         ),
+        mode="drop_recreate",
     )
     before = changes_since_save(sync_client)
     estimate = await planner.estimate(plan, redis_client=aclient, aof_enabled=True)
@@ -100,7 +101,7 @@ def test_estimate_cli(redis_url: str, clustered_index: IndexSchema, tmp_path: Pa
     plan_path = tmp_path / "plan.yaml"
     made = cli(
         "plan", "--index", clustered_index.name, "--schema-patch", str(patch),
-        "--url", redis_url, "--plan-out", str(plan_path),
+        "--url", redis_url, "--plan-out", str(plan_path), "--mode", "drop_recreate",
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     shown = cli("estimate", "--plan", str(plan_path), "--url", redis_url)

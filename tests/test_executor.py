@@ -226,6 +226,7 @@ async def test_reencoding_is_bit_exact_to_the_plan_rule(
         live,
         {"update_fields": [{"name": "embedding", "attrs": {"datatype": datatype}}]},
         tmp_path,
+        "drop_recreate",
     )
     after = snapshot(sync_client, live.prefixes[0], storage)
     assert after.keys() == before.keys()

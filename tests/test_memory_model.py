@@ -136,6 +136,7 @@ def test_plan_estimate_and_report_agree_and_match_the_server(
                         }
                     }
                 ),
+                mode="drop_recreate",
             )
             estimate = planner.estimate(plan, redis_url=url)
             before = _settled(client)

@@ -574,7 +574,8 @@ def test_online_mode_takes_hash_reencoding_only(server: str) -> None:
     edited = _replace(plan.mode.reencode, fields=[field])
     tampered = seal_plan(_replace(plan, mode=_replace(plan.mode, reencode=edited)))
     assert any("mode.reencode" in p for p in plan_problems(tampered))
-    # renames and prefix changes still need drop_recreate; the default stays drop_recreate
+    # renames and prefix changes still need drop_recreate; the default is online (the
+    # memory fits), finishing without waiting for the application (tests/test_default_mode.py)
     for changes in (
         {**TO_FLOAT16, "rename_fields": [{"old_name": "title", "new_name": "name"}]},
         {**TO_FLOAT16, "index": {"prefix": "p2:"}},
@@ -590,7 +591,8 @@ def test_online_mode_takes_hash_reencoding_only(server: str) -> None:
     default = MigrationPlanner().create_plan(
         "p_idx", redis_url=server, schema_patch=SchemaPatch.from_dict({"changes": TO_FLOAT16})
     )
-    assert default.mode.__struct_config__.tag == "drop_recreate"
+    assert isinstance(default.mode, Online) and default.mode.reencode is not None
+    assert default.mode.reencode.wait_for_new_encoding is False
 
 
 def test_the_progress_header_refuses_an_edit(tmp_path: Path) -> None:

@@ -173,8 +173,9 @@ def plan_file(url: str, index: str, tmp: Path, changes: dict[str, Any]) -> Path:
     patch = write_patch(tmp / f"{index}.patch.yaml", changes)
     out = tmp / f"{index}.plan.yaml"
     proc = cli(
-        "plan", "--index", index, "--schema-patch", str(patch), "--plan-out", str(out), "--url", url
-    )
+        "plan", "--index", index, "--schema-patch", str(patch), "--plan-out", str(out),
+        "--url", url, "--mode", "drop_recreate",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
 
@@ -241,6 +242,8 @@ def test_plan_and_estimate_show_the_checklist(
         str(out),
         "--url",
         redis_url,
+        "--mode",
+        "drop_recreate",
     )
     assert proc.returncode == 0, proc.stderr
     assert "Preflight:" in proc.stdout

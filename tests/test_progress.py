@@ -60,7 +60,7 @@ def make_plan(redis_url: str, index: str, tmp_path: Path) -> Path:
     plan = tmp_path / "plan.yaml"
     made = subprocess.run(
         [sys.executable, "-m", "redismigrate", "plan", "--index", index, "--url", redis_url,
-         "--schema-patch", str(patch), "--plan-out", str(plan)],
+         "--schema-patch", str(patch), "--plan-out", str(plan), "--mode", "drop_recreate"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
@@ -335,6 +335,7 @@ def test_the_blocking_api_shows_progress_for_apply_rollback_and_a_batch(
         indexes=[index],
         schema_patch_path=tmp_path / "patch.yaml",
         plan_out=tmp_path / "batch.yaml",
+        mode="drop_recreate",
     )
     seen: list[tuple[str, int, int, str]] = []
     batch = BatchMigrationExecutor().apply(

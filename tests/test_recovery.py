@@ -57,6 +57,7 @@ def make_plan(redis_url: str, index: str, target_type: str, path: Path) -> Path:
                 }
             }
         ),
+        mode="drop_recreate",
     )
     assert plan.supported
     plan.dump(path)
@@ -317,6 +318,7 @@ def test_a_server_gone_mid_run_reports_where_and_how_to_resume(tmp_path: Path) -
                     }
                 }
             ),
+            mode="drop_recreate",
         )
 
         def stop_server_once(step: str, done: int, total: int | None) -> None:

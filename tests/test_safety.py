@@ -76,7 +76,10 @@ def index_stats(client: redis.Redis, name: str) -> Any:
 
 async def make_plan(aclient: aioredis.Redis, name: str, changes: dict[str, Any]) -> Any:
     plan = await AsyncMigrationPlanner().create_plan(
-        name, redis_client=aclient, schema_patch=SchemaPatch.from_dict({"changes": changes})
+        name,
+        redis_client=aclient,
+        schema_patch=SchemaPatch.from_dict({"changes": changes}),
+        mode="drop_recreate",
     )
     assert plan.supported, [str(b) for b in plan.diff_classification.blocked_reasons]
     return plan

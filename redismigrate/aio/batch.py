@@ -98,8 +98,12 @@ class AsyncBatchMigrationPlanner:
         plan_out: str | Path | None = None,
         plans_dir: str | Path | None = None,
         aliases: Sequence[str] = (),
+        mode: str | None = None,
     ) -> BatchPlan:
         """Write a plan file per applicable index (or a skip_reason) and return the batch plan.
+
+        ``mode`` (online or drop_recreate) is asked of every index's plan; by default each
+        plan picks its own, as a single plan does.
 
         Refuses when two applicable indexes share keys (one prefix is a string prefix of
         the other). With ``plan_out``, the batch plan is written there and the per-index
@@ -145,6 +149,7 @@ class AsyncBatchMigrationPlanner:
                     schema_patch=patch,
                     overlap_checked_elsewhere=chosen,
                     aliases=assigned.get(name, ()),
+                    mode=mode,
                 )
                 if plan.supported:
                     entry = BatchIndexEntry(
@@ -182,6 +187,7 @@ class AsyncBatchMigrationPlanner:
         )
         batch = BatchPlan(
             batch_id=new_batch_id(),
+            mode=mode or "per_index",
             failure_policy=policy,
             requires_quantization=any(e.lossy for e in entries),
             shared_patch=patch,

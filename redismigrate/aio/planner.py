@@ -28,7 +28,7 @@ from redismigrate.errors import BadInputError
 from redismigrate.estimate import RECALL_QUERIES, MigrationEstimate, build_estimate
 from redismigrate.ftinfo import pairs_to_dict, schema_from_ft_info
 from redismigrate.keytext import key_text
-from redismigrate.memory import average_key_bytes
+from redismigrate.memory import MemoryRoom, average_key_bytes
 from redismigrate.patch import SchemaPatch, diff_schemas, target_schema_notes
 from redismigrate.plan import MigrationPlan, OtherIndex, build_plan, seal_plan
 from redismigrate.preflight import Preflight
@@ -307,7 +307,9 @@ class AsyncMigrationPlanner:
                     samples[field.name] = await sample_vectors(
                         client, source, field, sample_keys_for_vectors
                     )
+        room = await memory_room(client)
         plan = build_plan(
+            memory_room=room,
             source_schema=source,
             source_stats=described.stats,
             key_sample=[key_text(k) for k in keys],
@@ -330,6 +332,19 @@ class AsyncMigrationPlanner:
         if notes:
             plan = seal_plan(msgspec.structs.replace(plan, warnings=[*plan.warnings, *notes]))
         return plan
+
+
+async def memory_room(client: aioredis.Redis) -> MemoryRoom | None:
+    """The server's memory as INFO reports it; None where INFO is not allowed."""
+    try:
+        memory = await client.info("memory")
+    except rexc.ResponseError:
+        return None
+    return MemoryRoom(
+        used=int(memory.get("used_memory", 0) or 0),
+        maxmemory=int(memory.get("maxmemory", 0) or 0),
+        system=int(memory.get("total_system_memory", 0) or 0),
+    )
 
 
 def _fields_needing_samples(source: IndexSchema, patch: SchemaPatch) -> set[str]:

@@ -383,15 +383,25 @@ class _OnlineReencode:
     async def _final_ready(self) -> bool:
         assert self.header is not None and self.header.final_index is not None
         crash_point("final_index")
-        return await self._caught_up(self.header.final_index, self.plan.target_index_name)
+        return await self._caught_up(
+            self.header.final_index, self.plan.target_index_name, at_least=True
+        )
 
-    async def _caught_up(self, new: str, serving: str) -> bool:
+    async def _caught_up(self, new: str, serving: str, *, at_least: bool = False) -> bool:
+        """``new`` is built and holds as many documents plus failures as ``serving``.
+
+        ``at_least`` (the final index, which reads the originals): more is fine. Each
+        write of the old encoding the application makes to an original counts one
+        failure there until the mirror rewrites it, and the server never takes a count
+        back; a document missing from it once its scan is done is such a write in flight.
+        """
         shadow = stats_from_ft_info(await ft_info(self.client, new))
         live = stats_from_ft_info(await ft_info(self.client, serving))
         have = shadow.num_docs + shadow.hash_indexing_failures
         want = live.num_docs + live.hash_indexing_failures
-        self.run.tick("indexing", have, want)
-        if not shadow.indexing and shadow.percent_indexed >= 1.0 and have == want:
+        self.run.tick("indexing", min(have, want), want)
+        enough = have >= want if at_least else have == want
+        if not shadow.indexing and shadow.percent_indexed >= 1.0 and enough:
             self.documents_at_switch = want
             return True
         return False
@@ -581,6 +591,10 @@ class _OnlineReencode:
         if not self.control.wait_for_writes:
             self.finish_started_by = "apply --no-wait-for-writes"
             return True
+        reencode = self.plan.mode.reencode if isinstance(self.plan.mode, Online) else None
+        if reencode is not None and not reencode.wait_for_new_encoding:
+            self.finish_started_by = "the plan (online chosen by the planner: no wait)"
+            return True
         crash_point("awaiting_new_encoding")
         if self.wait_started is None:
             self.wait_started = time.perf_counter()
@@ -748,6 +762,7 @@ class _OnlineReencode:
             documents_at_switch=self.documents_at_switch
             or plan.source.stats_snapshot.num_docs
             + plan.source.stats_snapshot.hash_indexing_failures,
+            failures_by_application=self.finish,
         )
         sample = [names[0] for names in map(key_names, plan.source.keyspace.key_sample)]
         sample = sample[:VECTOR_SAMPLE]

@@ -351,7 +351,9 @@ def plan(
             "--mode",
             help="online (no downtime: index-only changes, and hash vector re-encoding "
             "through shadow fields; not renames or prefix changes) or drop_recreate. "
-            "Default: online for index-only changes, else drop_recreate.",
+            "Default: online for index-only changes, and for hash re-encoding where the "
+            "shadow fits in the free memory (then not waiting for the application's new "
+            "encoding after the cut-over; --mode online waits); else drop_recreate.",
         ),
     ] = None,
     keep_shadow_field: Annotated[
@@ -769,6 +771,14 @@ def batch_plan(
         str, typer.Option("--failure-policy", help="fail_fast or continue_on_error.")
     ] = "fail_fast",
     alias: AliasOption = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode",
+            help="online or drop_recreate for every index (default: each index's plan "
+            "picks, as `plan` does).",
+        ),
+    ] = None,
     url: UrlOption = "redis://localhost:6379",
 ) -> None:
     """Plan one patch across many indexes: a plan file per index, or why it is skipped."""
@@ -789,6 +799,7 @@ def batch_plan(
         failure_policy=failure_policy,
         plan_out=plan_out,
         aliases=alias or (),
+        mode=mode,
     )
     _render.print_batch_plan(console, result, plan_out)
 
