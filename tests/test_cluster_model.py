@@ -46,12 +46,30 @@ from redismigrate.cluster import (
     tagged_key,
 )
 from redismigrate.ledger import lock_key
+from redismigrate.plan import OtherIndex, shadow_name
 
 A = "a1" * 20  # primary of 0-5460
 B = "b2" * 20  # primary of 5461-10921
 C = "c3" * 20  # primary of 10922-16383
 R = "d4" * 20  # replica of A
 HOST = "127.0.0.1"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=8), st.integers(0, 5))
+def test_a_shadow_index_keeps_the_hash_tag_of_its_source(head: str, tag: str, taken: int) -> None:
+    """Issue #16 item 5: the shadow and final index names (``<name>__rm<n>``) keep any
+    hash tag of the source name, so they hash to the source name's slot."""
+    name = f"{head}{{{tag}}}"
+    others = [
+        OtherIndex(name=f"{name}__rm{n}", storage_type="hash", prefixes=[])
+        for n in range(1, taken + 1)
+    ]
+    shadow = shadow_name(name, others, name)
+    assert shadow == f"{name}__rm{taken + 1}"
+    if hash_tag(name.encode()) is not None:
+        assert key_slot(shadow) == key_slot(name)
+        assert hash_tag(shadow.encode()) == hash_tag(name.encode())
 
 
 # ---------------------------------------------------------------------------- replies
