@@ -913,13 +913,29 @@ async def rollback_online_reencode(
     behind = await online.physical_name(client, plan.target_index_name)
     serving: str | None = None
     restored = ""
+    back = False
     if plan.mode.reencode.variant == "finish" and header is not None and header.switched:
+        # a rollback killed after it switched the name back to the source schema: the
+        # name stays there (moving it to a shadow-reading index again would fail every
+        # query the application sends in the old encoding meanwhile)
+        back = (
+            behind is not None
+            and behind not in (shadow, header.rollback_index, header.final_index)
+            and await _serves_source(client, plan, behind)
+        )
         serving, restored = await _finish_undone(
-            client, plan, backup_dir, header, behind, timeout=timeout, poll=poll
+            client, plan, backup_dir, header, behind, back=back, timeout=timeout, poll=poll
         )
         behind = serving
     was_switched = (header is not None and header.switched) or behind == shadow
-    said = await online.reverse(client, plan, timeout=timeout, poll=poll, serving=serving)
+    if back:
+        said = (
+            f"the name {plan.source.index_name!r} serves the source schema again (as "
+            f"{behind!r}, switched back by an earlier rollback)"
+        )
+    else:
+        said = await online.reverse(client, plan, timeout=timeout, poll=poll, serving=serving)
+    crash_point("rollback_reversed")
     said += restored
     specs = ShadowSpec.for_plan(plan)
     prefixes = list(plan.source.keyspace.prefixes)
@@ -931,6 +947,7 @@ async def rollback_online_reencode(
     try:
         async for keys in scan_prefixes(client, prefixes, "hash", BATCH):
             total.add(await remove_shadows(wire, keys, specs, only_our_encoding=was_switched))
+            crash_point("rollback_unshadowing")
     finally:
         await wire.close()
     await client.delete(cut_over_key(plan.source.index_name))
@@ -957,6 +974,7 @@ async def _finish_undone(
     header: OnlineProgress,
     behind: str | None,
     *,
+    back: bool = False,
     timeout: float,
     poll: float,
 ) -> tuple[str, str]:
@@ -970,7 +988,12 @@ async def _finish_undone(
     up originals are put back where the original still holds what the rewrite wrote,
     and an original the application wrote in the new encoding is turned back into the
     old one (exactly, for float types). The index serving meanwhile reads the shadows,
-    which none of this touches: no query fails."""
+    which none of this touches: no query fails.
+
+    ``back``: the name serves the source schema again already (``behind``, switched
+    back by a rollback killed after that): it stays there, only the documents are
+    checked again (which a rerun finds done, but for the shadows of originals the
+    application wrote since, brought up to date so that their removal takes them)."""
     assert isinstance(plan.mode, Online) and plan.mode.reencode is not None
     path = progress_path(backup_dir, plan.source.index_name)
     specs = ShadowSpec.for_plan(plan)
@@ -980,7 +1003,7 @@ async def _finish_undone(
     done: list[str] = []
     try:
         serving = behind or shadow
-        if behind is not None and behind not in (shadow, header.rollback_index):
+        if behind is not None and not back and behind not in (shadow, header.rollback_index):
             # the final index serves: shadows back, then a shadow index takes the name
             copied = ShadowOutcome()
             async for keys in scan_prefixes(client, prefixes, "hash", BATCH):
@@ -988,6 +1011,7 @@ async def _finish_undone(
             serving = header.rollback_index or await _fresh_name(client, plan, shadow)
             header = msgspec.structs.replace(header, rollback_index=serving, updated_at=now_iso())
             write_progress(path, header)
+            crash_point("rollback_shadows_written")
             if await online.physical_name(client, serving) != serving:
                 await create_index(
                     client,
@@ -1002,6 +1026,7 @@ async def _finish_undone(
                 shadow=serving,
                 aliases=plan.source.aliases,
             )
+            crash_point("rollback_name_back")
             done.append(
                 f"the shadow fields written again ({copied.written:,}) and read by {serving!r}, "
                 "which took the name back from the final index"
@@ -1035,6 +1060,7 @@ async def _finish_undone(
                             capture=None,
                         )
                         put_back += out.written
+                    crash_point("rollback_restoring")  # after each frame put back
             finally:
                 backup.close()
         inverse = [inverse_encoding(spec.encoding) for spec in specs]
@@ -1061,6 +1087,17 @@ async def _finish_undone(
         f"{resynced.written:,} shadow(s) that lagged behind their original brought up to date"
     )
     return serving, "; " + "; ".join(done)
+
+
+async def _serves_source(client: aioredis.Redis, plan: MigrationPlan, name: str) -> bool:
+    """The index ``name`` has the plan's source schema."""
+    try:
+        live = await read_schema_and_stats(client, name)
+    except IndexNotFound:
+        return False
+    return await online.source_matches(
+        client, plan, live.comparable_to(plan.source.schema_snapshot)
+    )
 
 
 async def _fresh_name(client: aioredis.Redis, plan: MigrationPlan, taken: str) -> str:
