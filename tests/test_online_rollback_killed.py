@@ -57,6 +57,7 @@ SCENARIOS = (
     ("rollback_shadows_written",),
     ("rollback_name_back",),
     ("rollback_restoring:3", "rollback_unshadowing:2"),  # killed twice
+    ("rollback_source_built",),  # inside online.reverse: the rerun must use that index
     ("rollback_reversed",),
     ("rollback_unshadowing:4",),
 )
@@ -142,6 +143,13 @@ def check_killed(
         assert behind == rollback_index
         assert 0 < old < len(keys), old
         assert shadows == len(keys)
+    elif name == "rollback_source_built":
+        # the source schema is built beside the shadow-reading index, which still serves
+        assert behind == rollback_index
+        built = indexes(client) - {rollback_index}
+        assert len(built) == 1, indexes(client)
+        assert index_info(client, built.pop())["attributes"] == source
+        assert old == len(keys) and shadows == len(keys)
     elif name == "rollback_reversed":
         # the source schema serves again; every original is float32, the shadows remain
         assert index_info(client, INDEX)["attributes"] == source

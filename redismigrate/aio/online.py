@@ -11,6 +11,7 @@ describes its orders and the window between the alias move and the drop).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,7 +32,7 @@ from redismigrate.cutover import (
 from redismigrate.errors import BadInputError, IndexNotFound, RedisMigrateError
 from redismigrate.estimate import shadow_index_bytes
 from redismigrate.ftinfo import IndexStats, stats_from_ft_info, text
-from redismigrate.plan import MigrationPlan, Online, schema_hash, shadow_name
+from redismigrate.plan import MigrationPlan, Online, OtherIndex, schema_hash, shadow_name
 from redismigrate.schema import IndexSchema
 
 SHADOW_READY_TIMEOUT = 3600.0
@@ -287,6 +288,27 @@ async def source_matches(client: aioredis.Redis, plan: MigrationPlan, live: Inde
     return schema_hash(renamed(live, plan.source.index_name)) == plan.source.schema_hash
 
 
+async def _built_by_an_earlier_rollback(
+    client: aioredis.Redis, plan: MigrationPlan, others: Sequence[OtherIndex], serving: str
+) -> str | None:
+    """An index ``<source>__rm<n>`` (not ``serving``) with the plan's source schema."""
+    from redismigrate.aio.indexes import read_schema_and_stats
+
+    pattern = re.compile(rf"^{re.escape(plan.source.index_name)}__rm(\d+)$")
+    candidates = sorted(
+        (o.name for o in others if o.name != serving and pattern.match(o.name)),
+        key=lambda n: -int(n.rsplit("__rm", 1)[1]),
+    )
+    for name in candidates:
+        try:
+            live = await read_schema_and_stats(client, name)
+        except IndexNotFound:
+            continue
+        if await source_matches(client, plan, live.comparable_to(plan.source.schema_snapshot)):
+            return name
+    return None
+
+
 async def reverse(
     client: aioredis.Redis,
     plan: MigrationPlan,
@@ -309,13 +331,18 @@ async def reverse(
             return "dropped the shadow index before the cut-over"
         return "nothing to undo: the shadow index does not exist"
     from redismigrate.aio.indexes import list_indexes
-    from redismigrate.plan import OtherIndex
+    from redismigrate.aio.steps.state import crash_point
 
     others = [
         OtherIndex(name=n, storage_type="hash", prefixes=[]) for n in await list_indexes(client)
     ]
-    back = shadow_name(plan.source.index_name, others, shadow)
-    await create_index(client, plan.source.schema_snapshot, index_name=back)
+    # a rollback killed after it built the source schema left that index: use it, or
+    # it would stay behind, unused, indexing every write
+    back = await _built_by_an_earlier_rollback(client, plan, others, shadow)
+    if back is None:
+        back = shadow_name(plan.source.index_name, others, shadow)
+        await create_index(client, plan.source.schema_snapshot, index_name=back)
+    crash_point("rollback_source_built")
     await wait_until_caught_up(client, back, shadow, timeout=timeout, poll=poll, tick=tick)
     await cut_over(
         client,
