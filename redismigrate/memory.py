@@ -308,6 +308,7 @@ class MemoryModel(Model, frozen=True, kw_only=True):
     other_change: int = 0  # renamed keys and hash fields
     change: int = 0  # used_memory after the run minus before (negative: frees)
     peak_growth: int = 0  # the most used_memory grows during the run (online: the shadow)
+    shadow_documents: int = 0  # of that, shadow vectors in the documents (online re-encoding)
     backup_disk: int = 0
 
     @property
@@ -370,18 +371,23 @@ def model_memory(
     batch_size: int = DEFAULT_BATCH_SIZE,
     listpack_value: int = HASH_MAX_LISTPACK_VALUE,
     shadow_fields: Mapping[str, str] | None = None,
+    finish: bool = False,
 ) -> MemoryModel:
     """The memory change and backup size of migrating ``source`` to ``target``.
 
     ``shadow_fields`` maps a re-encoded field to the hash field an online run writes
-    its new vectors into (``redismigrate.shadow``): the documents keep the original
-    value and gain the new one, nothing is backed up.
+    its new vectors into (``redismigrate.shadow``): at the peak the documents hold the
+    original value and the new one. Without ``finish`` (the keep_shadow_field variant)
+    they keep both to the end and nothing is backed up; with it the originals are
+    rewritten in place (backed up first) and the shadows removed: the end is that of a
+    drop_recreate run.
     """
     docs = stats.num_docs + stats.hash_indexing_failures
     key_bytes = average_key_bytes(key_sample)
     by_target = {vc.field: vc for vc in vector_changes}
     fields: list[FieldMemory] = []
     backed_up: list[tuple[str, int]] = []
+    shadow_documents = 0
     for field in target.vector_fields:
         source_name = _source_name(field, renames, vector_changes)
         before_field = source.field(source_name)
@@ -401,8 +407,9 @@ def model_memory(
                 table=before_attrs.bytes_per_vector > listpack_value,
                 listpack_value=listpack_value,
             )
+            shadow_documents += docs * grown
             doc_before, doc_after = 0, docs * grown
-        elif rewrite:
+        if rewrite and (shadow is None or finish):
             one_before, one_after = hash_value_bytes(
                 before_attrs.bytes_per_vector,
                 after_attrs.bytes_per_vector,
@@ -447,7 +454,11 @@ def model_memory(
         peak = int(other_index + vector_after + untouched)
         if not target.vector_fields:
             peak = int(other_index + vector_mb * MIB)
-        peak += sum(f.documents_after - f.documents_before for f in fields)
+        peak += (
+            shadow_documents
+            if finish
+            else sum(f.documents_after - f.documents_before for f in fields)
+        )
     else:
         # the source index is dropped first: the run never holds more than the end state
         peak = max(change_total, 0)
@@ -457,6 +468,7 @@ def model_memory(
         other_change=other,
         change=change_total,
         peak_growth=peak,
+        shadow_documents=shadow_documents,
         backup_disk=backup_disk_bytes(
             docs, backed_up, average_key_bytes=key_bytes, batch_size=batch_size
         ),
@@ -478,6 +490,7 @@ def plan_memory(plan: MigrationPlan, *, batch_size: int = DEFAULT_BATCH_SIZE) ->
         online=isinstance(plan.mode, Online),
         key_sample=plan.source.keyspace.key_sample,
         batch_size=batch_size,
+        finish=reencode is not None and reencode.variant == "finish",
         shadow_fields=shadow,
     )
 

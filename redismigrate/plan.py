@@ -551,6 +551,9 @@ def build_plan(
         isinstance(chosen, Online),
         key_sample,
         shadow_fields(chosen),
+        finish=isinstance(chosen, Online)
+        and chosen.reencode is not None
+        and chosen.reencode.variant == "finish",
     )
     moved = sorted(set(aliases) - {source.name, target.name})
     warnings.extend(alias_warnings(source.name, moved, aliases_listed, isinstance(chosen, Online)))
@@ -567,8 +570,9 @@ def build_plan(
             online=True,
             key_sample=key_sample,
             shadow_fields=shadow_fields(chosen),
+            finish=chosen.reencode.variant == "finish",
         )
-        vectors = sum(f.documents_after - f.documents_before for f in peak.fields)
+        vectors = peak.shadow_documents
         warnings.extend(
             shadow_warnings(chosen.reencode, vector_changes, vectors, peak.peak_growth - vectors)
         )
@@ -995,6 +999,7 @@ def _default_reencode_mode(
         online=True,
         key_sample=key_sample,
         shadow_fields={f.field: f.shadow_field for f in reencode.fields},
+        finish=reencode.variant == "finish",
     ).peak_growth
     if room is None:
         return "drop_recreate", (
@@ -1037,6 +1042,7 @@ def _warnings(
     online: bool,
     key_sample: Sequence[str] = (),
     shadow: Mapping[str, str] | None = None,
+    finish: bool = False,
 ) -> list[str]:
     memory = model_memory(
         source=source,
@@ -1047,6 +1053,7 @@ def _warnings(
         online=online,
         key_sample=key_sample,
         shadow_fields=shadow,
+        finish=finish,
     )
     if online:
         out = [
@@ -1063,7 +1070,10 @@ def _warnings(
     for vc in vector_changes:
         if vc.lossy:
             kept = (
-                "the documents keep the original bytes (the new vectors go to a shadow field)"
+                "the original bytes are kept in the backup (the originals are rewritten "
+                "after the cut-over, each backed up first)"
+                if vc.rewrite_documents and online and finish
+                else "the documents keep the original bytes (the new vectors go to a shadow field)"
                 if vc.rewrite_documents and online
                 else "the original bytes are kept in the backup"
                 if vc.rewrite_documents
