@@ -25,7 +25,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeAlias, TypeVar, overload
 
 import anyio
 import redis
@@ -34,9 +34,11 @@ import redis.asyncio.connection as aconnection
 import redis.connection as sconnection
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from redis.asyncio.retry import Retry as AsyncRetry
+from redis.cluster import RedisCluster
 from redis.retry import Retry as SyncRetry
 from redis.sentinel import SentinelConnectionPool
 
+from redismigrate.aio.connection import COPIED_CONNECTION_KWARGS as _COPIED_KWARGS
 from redismigrate.errors import BadInputError
 
 _P = ParamSpec("_P")
@@ -173,50 +175,6 @@ def run_sync(async_fn: Callable[_P, Awaitable[_T]], /, *args: _P.args, **kwargs:
     return result
 
 
-# Plain-data connection settings a redis.asyncio connection takes just as the sync one
-# does. Left out on purpose: the sync client's callbacks, event dispatcher and maintenance
-# handlers (bound to sync machinery), client-side caching (sync only), and
-# decode_responses, which redismigrate always sets to False for its own clients.
-_COPIED_KWARGS = frozenset(
-    {
-        "host",
-        "port",
-        "path",
-        "db",
-        "username",
-        "password",
-        "credential_provider",
-        "socket_timeout",
-        "socket_connect_timeout",
-        "socket_keepalive",
-        "socket_keepalive_options",
-        "socket_type",
-        "socket_read_size",
-        "retry_on_timeout",
-        "retry_on_error",
-        "health_check_interval",
-        "client_name",
-        "lib_name",
-        "lib_version",
-        "driver_info",
-        "protocol",
-        "legacy_responses",
-        "encoding",
-        "encoding_errors",
-        "ssl_keyfile",
-        "ssl_certfile",
-        "ssl_cert_reqs",
-        "ssl_include_verify_flags",
-        "ssl_exclude_verify_flags",
-        "ssl_ca_certs",
-        "ssl_ca_data",
-        "ssl_ca_path",
-        "ssl_check_hostname",
-        "ssl_min_version",
-        "ssl_ciphers",
-        "ssl_password",
-    }
-)
 _OCSP_KWARGS = ("ssl_validate_ocsp", "ssl_validate_ocsp_stapled", "ssl_ocsp_context")
 
 
@@ -235,12 +193,20 @@ def _async_connection_class(
     )
 
 
+# what the blocking API takes as ``redis_client``: a client of one server, or of a
+# Redis Cluster (redismigrate then talks to its nodes itself)
+SyncRedisClient: TypeAlias = redis.Redis | RedisCluster
+
+
 @overload
 def to_async_client(client: None) -> None: ...
 @overload
-def to_async_client(client: redis.Redis) -> aioredis.Redis: ...
-def to_async_client(client: redis.Redis | None) -> aioredis.Redis | None:
+def to_async_client(client: SyncRedisClient) -> aioredis.Redis: ...
+def to_async_client(client: SyncRedisClient | None) -> aioredis.Redis | None:
     """A redis.asyncio twin of the blocking ``client``: same server, credentials, TLS, db.
+
+    For a RedisCluster, the twin of its client of one primary: redismigrate finds the
+    cluster's other nodes from there.
 
     The twin has its own connection pool (a sync pool cannot serve an event loop); its
     connections are opened on the portal loop and closed by :func:`run_sync` when the
@@ -249,6 +215,21 @@ def to_async_client(client: redis.Redis | None) -> aioredis.Redis | None:
     """
     if client is None:
         return None
+    if isinstance(client, RedisCluster):
+        primaries = client.get_primaries()  # type: ignore[no-untyped-call]
+        node = primaries[0].redis_connection if primaries else None
+        if not isinstance(node, redis.Redis):
+            raise BadInputError(
+                "redis_client= is a RedisCluster with no client of a primary node; pass "
+                "redis_url=redis+cluster://<any node> instead"
+            )
+        # its connect callback is the cluster client's own (READONLY on replicas), not
+        # the caller's: a primary's twin does without it
+        return _twin(node, cluster_node=True)
+    return _twin(client)
+
+
+def _twin(client: redis.Redis, *, cluster_node: bool = False) -> aioredis.Redis:
     if isinstance(client, aioredis.Redis):
         raise BadInputError(
             "redis_client= of the blocking API must be a redis.Redis, not a "
@@ -271,7 +252,7 @@ def to_async_client(client: redis.Redis | None) -> aioredis.Redis | None:
             "redis_client= asks for OCSP validation, which redis.asyncio does not do; "
             "pass redis_url= (rediss://...) to connect without it"
         )
-    if source.get("redis_connect_func") is not None:
+    if source.get("redis_connect_func") is not None and not cluster_node:
         raise BadInputError(
             "redis_client= has a custom connect callback, which cannot run on the async "
             "client; pass redis_url= instead"

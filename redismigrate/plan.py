@@ -1059,7 +1059,7 @@ def _warnings(
         out = [
             "No downtime: the target is built as a second index over the same keys while the "
             "current one serves, then the name moves to it in one step; until then the "
-            f"server holds both (about {mb(memory.peak_growth)} more for the index)"
+            f"server holds both (about {mb(memory.peak_growth)} more at the peak)"
         ]
     else:
         out = [

@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import redis
-
 from redismigrate import _portal
+from redismigrate._portal import SyncRedisClient
 from redismigrate.aio.batch import (
     AsyncBatchMigrationExecutor,
     AsyncBatchMigrationPlanner,
@@ -74,7 +73,7 @@ class IndexInspector:
         self._async = AsyncIndexInspector()
 
     def list_indexes(
-        self, *, redis_url: str | None = None, redis_client: redis.Redis | None = None
+        self, *, redis_url: str | None = None, redis_client: SyncRedisClient | None = None
     ) -> list[str]:
         """Names of every index on the server, sorted."""
         return _portal.run_sync(
@@ -88,7 +87,7 @@ class IndexInspector:
         index_name: str,
         *,
         redis_url: str | None = None,
-        redis_client: redis.Redis | None = None,
+        redis_client: SyncRedisClient | None = None,
     ) -> IndexDescription:
         """The full schema and the FT.INFO counters of ``index_name``.
 
@@ -105,7 +104,7 @@ class IndexInspector:
         )
 
     def capabilities(
-        self, *, redis_url: str | None = None, redis_client: redis.Redis | None = None
+        self, *, redis_url: str | None = None, redis_client: SyncRedisClient | None = None
     ) -> ServerCapabilities:
         """Versions of Redis and its search and JSON modules.
 
@@ -118,7 +117,7 @@ class IndexInspector:
         )
 
     def describe_all(
-        self, *, redis_url: str | None = None, redis_client: redis.Redis | None = None
+        self, *, redis_url: str | None = None, redis_client: SyncRedisClient | None = None
     ) -> list[IndexDescription]:
         """Every index on the server, described, in name order.
 
@@ -154,7 +153,7 @@ class MigrationPlanner:
         index_name: str,
         *,
         redis_url: str | None = None,
-        redis_client: redis.Redis | None = None,
+        redis_client: SyncRedisClient | None = None,
         schema_patch_path: str | Path | None = None,
         schema_patch: SchemaPatch | None = None,
         target_schema_path: str | Path | None = None,
@@ -204,7 +203,7 @@ class MigrationPlanner:
         plan: MigrationPlan,
         *,
         redis_url: str | None = None,
-        redis_client: redis.Redis | None = None,
+        redis_client: SyncRedisClient | None = None,
         aof_enabled: bool = False,
         quality_queries: int = QUALITY_QUERIES,
     ) -> MigrationEstimate:
@@ -229,7 +228,7 @@ class MigrationPlanner:
         plan: MigrationPlan,
         *,
         redis_url: str | None = None,
-        redis_client: redis.Redis | None = None,
+        redis_client: SyncRedisClient | None = None,
         command: Command = "apply",
         backup_dir: str | Path | None = None,
         allow_eviction: bool = False,
@@ -276,7 +275,7 @@ class MigrationExecutor:
         plan: MigrationPlan,
         *,
         redis_url: str | None = None,
-        redis_client: redis.Redis | None = None,
+        redis_client: SyncRedisClient | None = None,
         backup_dir: str | Path | None = None,
         batch_size: int = 500,
         num_workers: int = 1,
@@ -356,7 +355,7 @@ class MigrationExecutor:
         plan: MigrationPlan,
         *,
         redis_url: str | None = None,
-        redis_client: redis.Redis | None = None,
+        redis_client: SyncRedisClient | None = None,
         backup_dir: str | Path | None = None,
     ) -> MigrationReport:
         """Check the live index against ``plan``; with ``backup_dir``, also sampled vectors."""
@@ -373,7 +372,7 @@ class MigrationExecutor:
         *,
         backup_dir: str | Path,
         redis_url: str | None = None,
-        redis_client: redis.Redis | None = None,
+        redis_client: SyncRedisClient | None = None,
         index_name: str | None = None,
         recreate_index: bool = False,
         break_lock: bool = False,
@@ -404,7 +403,7 @@ class MigrationExecutor:
         self,
         *,
         redis_url: str | None = None,
-        redis_client: redis.Redis | None = None,
+        redis_client: SyncRedisClient | None = None,
         index_name: str | None = None,
         limit: int | None = None,
     ) -> list[LedgerEntry]:
@@ -423,7 +422,7 @@ class MigrationExecutor:
         index_name: str,
         *,
         redis_url: str | None = None,
-        redis_client: redis.Redis | None = None,
+        redis_client: SyncRedisClient | None = None,
     ) -> str:
         """Release the postponed cut-over of an online re-encoding of ``index_name``: the
         run waiting on it switches the name once the shadow index is built and the lag
@@ -442,7 +441,7 @@ class MigrationExecutor:
         max_rate: float | None,
         *,
         redis_url: str | None = None,
-        redis_client: redis.Redis | None = None,
+        redis_client: SyncRedisClient | None = None,
     ) -> str:
         """Set the max rate (documents a second; None: no limit) of the runs on
         ``index_name``: a running one follows it within about a second, a later one
@@ -474,7 +473,7 @@ class BatchMigrationPlanner:
         self,
         *,
         redis_url: str | None = None,
-        redis_client: redis.Redis | None = None,
+        redis_client: SyncRedisClient | None = None,
         pattern: str | None = None,
         indexes: list[str] | None = None,
         indexes_file: str | Path | None = None,
@@ -531,7 +530,7 @@ class BatchMigrationExecutor:
         *,
         batch_plan_path: str | Path,
         redis_url: str | None = None,
-        redis_client: redis.Redis | None = None,
+        redis_client: SyncRedisClient | None = None,
         state_path: str | Path = "batch_state.yaml",
         report_dir: str | Path | None = None,
         backup_dir: str | Path | None = None,
@@ -579,7 +578,7 @@ class BatchMigrationExecutor:
         *,
         state_path: str | Path,
         redis_url: str | None = None,
-        redis_client: redis.Redis | None = None,
+        redis_client: SyncRedisClient | None = None,
         retry_failed: bool = False,
         accept_data_loss: bool = False,
         backup_dir: str | Path | None = None,

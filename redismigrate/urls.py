@@ -7,7 +7,10 @@ from urllib.parse import unquote, urlsplit
 
 from redismigrate.errors import BadInputError
 
-SUPPORTED_SCHEMES = ("redis", "rediss", "unix")
+SUPPORTED_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+# a Redis Cluster named as such: the URL's host is any node of it (seed), reached as
+# the plain scheme; a cluster is also recognised from a plain URL to one of its nodes
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _SCHEME = r"[a-zA-Z][a-zA-Z0-9+.-]*://"
 # a URL inside text runs from its scheme to the next whitespace or the next URL
 _URL_IN_TEXT = re.compile(rf"(?P<scheme>{_SCHEME})(?P<rest>(?:(?!{_SCHEME})\S)*)")
@@ -156,4 +159,16 @@ def check_url(url: str) -> str:
     if parts.scheme != "unix" and db and not db.isdigit():
         what = "its database" if ambiguous else f"database {db!r}"
         raise BadInputError(f"malformed Redis URL {shown!r}: {what} is not a number{hint}")
+    if parts.scheme in CLUSTER_SCHEMES and db not in ("", "0"):
+        raise BadInputError(
+            f"malformed Redis URL {shown!r}: a Redis Cluster has database 0 only, not {db}"
+        )
     return url
+
+
+def node_url(url: str) -> str:
+    """``url`` with a cluster scheme (``redis+cluster://``) as the plain one its seed node
+    is reached by; any other URL unchanged."""
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    return f"{plain}{sep}{rest}" if plain is not None else url

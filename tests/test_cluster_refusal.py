@@ -24,10 +24,11 @@ import numpy as np
 import pytest
 import redis
 import redis.asyncio as aioredis
+import redis.cluster
 import redis.exceptions as rexc
 from redis.crc import key_slot
 
-from redismigrate import AsyncIndexInspector, MigrationPlanner
+from redismigrate import AsyncIndexInspector, AsyncMigrationPlanner, MigrationPlanner
 from redismigrate.aio.topology import (
     ClusterUnsupported,
     Topology,
@@ -36,6 +37,7 @@ from redismigrate.aio.topology import (
     describe_topology,
     topology_check,
 )
+from redismigrate.patch import SchemaPatch
 from redismigrate.preflight import PreflightBlocked
 from redismigrate.server import EmbeddedRedis
 from tests.cluster import Cluster, running_cluster
@@ -284,7 +286,10 @@ async def test_describe_topology_on_each_cluster_node(deployment: Deployment) ->
             found = await describe_topology(client)
         finally:
             await client.aclose()
-        assert found == Topology(cluster_enabled=True, role="master", connected_replicas=0)
+        assert (found.cluster_enabled, found.role, found.connected_replicas) == (True, "master", 0)
+        # the cluster was probed from this node: 3 primaries, each shard's search alone
+        assert found.cluster_primaries == 3 and found.coordinator is False
+        assert any("answered MOVED" in reason for reason in found.search_reasons)
         assert topology_check(found).status == "block"
 
 
@@ -508,3 +513,90 @@ async def test_a_replica_is_refused_and_its_primary_counts_it(tmp_path: Path) ->
             finally:
                 replica.close()
                 primary.close()
+
+
+# ------------------------------------------------------- a cluster named as such (#16)
+
+
+def test_topology_check_says_whether_the_search_coordinator_runs() -> None:
+    without = topology_check(
+        Topology(
+            cluster_enabled=True,
+            role="master",
+            cluster_primaries=3,
+            coordinator=False,
+            search_reasons=(
+                "FT.INFO of an index name in another shard's slot was answered MOVED 866 "
+                "127.0.0.1:7001 on abcd1234 (127.0.0.1:7000): index names are keys",
+            ),
+        )
+    )
+    assert without.status == "block"
+    assert "Redis Cluster of 3 primaries without the search coordinator" in without.detail
+    assert "redirected to the node holding it on abcd1234" in without.detail
+    assert "MOVED" not in without.detail  # said in words, not as the raw reply
+    assert "issue 16" in without.detail
+    with_it = topology_check(
+        Topology(cluster_enabled=True, role="master", cluster_primaries=3, coordinator=True)
+    )
+    assert with_it.status == "block"
+    assert "Redis Cluster of 3 primaries with the search coordinator" in with_it.detail
+
+
+def test_a_cluster_url_is_refused_naming_the_missing_coordinator(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """``redis+cluster://`` names the cluster by any node: plan and apply are refused in
+    one line that says why (no search coordinator on Redis Stack 7.4), nothing changed."""
+    cluster = deployment.cluster
+    seed = f"redis+cluster://{cluster.nodes[1].address}"
+    patch = tmp_path / "patch.yaml"
+    patch.write_text(PATCH)
+    planned = cli(
+        "plan", "-i", deployment.names[0], "--schema-patch", str(patch),
+        "--plan-out", str(tmp_path / "p.yaml"), "--url", seed,
+    )  # fmt: skip
+    applied = cli(
+        "apply", "--plan", str(deployment.plans[0]), "--backup-dir", str(tmp_path / "b"),
+        "--url", seed,
+    )  # fmt: skip
+    for result in (planned, applied):
+        line = assert_refused(result, BLOCKED)
+        assert "Redis Cluster of 3 primaries without the search coordinator" in line, line
+    assert not (tmp_path / "p.yaml").exists()
+    assert snapshot(cluster) == deployment.before
+    # a cluster has database 0 only
+    wrong_db = cli("index", "list", "--url", f"{seed}/2")
+    assert wrong_db.returncode == 2 and "database 0 only" in wrong_db.stderr, _shown(wrong_db)
+
+
+async def test_a_cluster_client_is_taken_and_refused_with_the_reason(
+    deployment: Deployment,
+) -> None:
+    """The async API takes a redis.asyncio RedisCluster and the blocking one a
+    redis.cluster RedisCluster: both are read through and refused the same way."""
+    cluster = deployment.cluster
+    host, port = cluster.nodes[2].address.split(":")
+    patch = SchemaPatch.from_dict(
+        {"changes": {"update_fields": [{"name": "v", "attrs": {"datatype": "float16"}}]}}
+    )
+    async_cluster = aioredis.RedisCluster(host=host, port=int(port))
+    try:
+        with pytest.raises(PreflightBlocked, match="without the search coordinator"):
+            await AsyncMigrationPlanner().create_plan(
+                deployment.names[0], redis_client=async_cluster, schema_patch=patch
+            )
+        # the caller's client is left working
+        assert await async_cluster.ping()
+    finally:
+        await async_cluster.aclose()
+    sync_cluster = redis.cluster.RedisCluster(host=host, port=int(port))
+    try:
+        with pytest.raises(PreflightBlocked, match="Redis Cluster of 3 primaries without"):
+            MigrationPlanner().create_plan(
+                deployment.names[1], redis_client=sync_cluster, schema_patch=patch
+            )
+        assert sync_cluster.ping()
+    finally:
+        sync_cluster.close()
+    assert snapshot(cluster) == deployment.before

@@ -19,6 +19,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 import redis.asyncio.connection as aconnection
+import redis.cluster
 
 import redismigrate.sync
 from redismigrate import _portal
@@ -349,9 +350,10 @@ def test_signatures_and_docstrings_match(async_class: type, sync_class: type) ->
         assert not inspect.iscoroutinefunction(sync_method)
         async_sig = inspect.signature(async_method, eval_str=False)
         sync_sig = inspect.signature(sync_method, eval_str=False)
-        # The one intended difference: the blocking API takes a blocking client.
+        # The one intended difference: the blocking API takes a blocking client (of one
+        # server or of a cluster).
         expected = [
-            p.replace(annotation=p.annotation.replace("aioredis.Redis", "redis.Redis"))
+            p.replace(annotation=p.annotation.replace("AsyncRedisClient", "SyncRedisClient"))
             if p.name == "redis_client"
             else p
             for p in async_sig.parameters.values()
@@ -363,5 +365,5 @@ def test_signatures_and_docstrings_match(async_class: type, sync_class: type) ->
         # every annotation resolves where the blocking API lives
         hints = typing.get_type_hints(sync_method)
         if "redis_client" in sync_sig.parameters:
-            assert hints["redis_client"] == (redis.Redis | None)
+            assert hints["redis_client"] == (redis.Redis | redis.cluster.RedisCluster | None)
     assert sync_class.__doc__ == async_class.__doc__

@@ -55,6 +55,10 @@ ASYNC_CLASSES: list[tuple[str, str]] = [
 RENAMES: dict[str, tuple[str, str]] = {
     "redis.asyncio.Redis": ("redis.Redis", "import redis"),
     "redis.asyncio.client.Redis": ("redis.Redis", "import redis"),
+    "redismigrate.aio.connection.AsyncRedisClient": (
+        "SyncRedisClient",
+        "from redismigrate._portal import SyncRedisClient",
+    ),
 }
 
 # Parameters that carry the caller's client; their argument goes through to_async_client.

@@ -11,7 +11,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from redismigrate.aio.aliases import assign_aliases
-from redismigrate.aio.connection import connect
+from redismigrate.aio.connection import AsyncRedisClient, connect
 from redismigrate.aio.executor import AsyncMigrationExecutor, check_backup_dir
 from redismigrate.aio.indexes import known_aliases, list_indexes, server_capabilities
 from redismigrate.aio.lock import RunGuard
@@ -88,7 +88,7 @@ class AsyncBatchMigrationPlanner:
         self,
         *,
         redis_url: str | None = None,
-        redis_client: aioredis.Redis | None = None,
+        redis_client: AsyncRedisClient | None = None,
         pattern: str | None = None,
         indexes: list[str] | None = None,
         indexes_file: str | Path | None = None,
@@ -241,7 +241,7 @@ class AsyncBatchMigrationExecutor:
         *,
         batch_plan_path: str | Path,
         redis_url: str | None = None,
-        redis_client: aioredis.Redis | None = None,
+        redis_client: AsyncRedisClient | None = None,
         state_path: str | Path = "batch_state.yaml",
         report_dir: str | Path | None = None,
         backup_dir: str | Path | None = None,
@@ -317,7 +317,7 @@ class AsyncBatchMigrationExecutor:
         *,
         state_path: str | Path,
         redis_url: str | None = None,
-        redis_client: aioredis.Redis | None = None,
+        redis_client: AsyncRedisClient | None = None,
         retry_failed: bool = False,
         accept_data_loss: bool = False,
         backup_dir: str | Path | None = None,
@@ -386,7 +386,7 @@ class AsyncBatchMigrationExecutor:
         state: BatchState,
         state_file: Path,
         redis_url: str | None,
-        redis_client: aioredis.Redis | None,
+        redis_client: AsyncRedisClient | None,
         retry_failed: bool,
         batch_size: int,
         progress: BatchProgressCallback | None,

@@ -28,7 +28,7 @@ import redis.exceptions as rexc
 from redismigrate.aio import aliases, online, reencode_online
 from redismigrate.aio import throttle as throttle_io
 from redismigrate.aio.capture import ChangeCapture
-from redismigrate.aio.connection import connect
+from redismigrate.aio.connection import AsyncRedisClient, connect
 from redismigrate.aio.fastwire import Wire
 from redismigrate.aio.indexes import (
     create_index,
@@ -231,7 +231,7 @@ class AsyncMigrationExecutor:
         plan: MigrationPlan,
         *,
         redis_url: str | None = None,
-        redis_client: aioredis.Redis | None = None,
+        redis_client: AsyncRedisClient | None = None,
         backup_dir: str | Path | None = None,
         batch_size: int = 500,
         num_workers: int = 1,
@@ -474,7 +474,7 @@ class AsyncMigrationExecutor:
         plan: MigrationPlan,
         *,
         redis_url: str | None = None,
-        redis_client: aioredis.Redis | None = None,
+        redis_client: AsyncRedisClient | None = None,
         backup_dir: str | Path | None = None,
     ) -> MigrationReport:
         """Check the live index against ``plan``; with ``backup_dir``, also sampled vectors."""
@@ -1187,7 +1187,7 @@ class AsyncMigrationExecutor:
         *,
         backup_dir: str | Path,
         redis_url: str | None = None,
-        redis_client: aioredis.Redis | None = None,
+        redis_client: AsyncRedisClient | None = None,
         index_name: str | None = None,
         recreate_index: bool = False,
         break_lock: bool = False,
@@ -1293,7 +1293,7 @@ class AsyncMigrationExecutor:
         self,
         *,
         redis_url: str | None = None,
-        redis_client: aioredis.Redis | None = None,
+        redis_client: AsyncRedisClient | None = None,
         index_name: str | None = None,
         limit: int | None = None,
     ) -> list[LedgerEntry]:
@@ -1307,7 +1307,7 @@ class AsyncMigrationExecutor:
         index_name: str,
         *,
         redis_url: str | None = None,
-        redis_client: aioredis.Redis | None = None,
+        redis_client: AsyncRedisClient | None = None,
     ) -> str:
         """Release the postponed cut-over of an online re-encoding of ``index_name``: the
         run waiting on it switches the name once the shadow index is built and the lag
@@ -1322,7 +1322,7 @@ class AsyncMigrationExecutor:
         max_rate: float | None,
         *,
         redis_url: str | None = None,
-        redis_client: aioredis.Redis | None = None,
+        redis_client: AsyncRedisClient | None = None,
     ) -> str:
         """Set the max rate (documents a second; None: no limit) of the runs on
         ``index_name``: a running one follows it within about a second, a later one

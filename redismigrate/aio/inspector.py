@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import msgspec
-import redis.asyncio as aioredis
 
-from redismigrate.aio.connection import connect
+from redismigrate.aio.connection import AsyncRedisClient, connect
 from redismigrate.aio.indexes import (
     IndexDescription,
     known_aliases,
@@ -31,7 +30,7 @@ class AsyncIndexInspector:
         self,
         *,
         redis_url: str | None = None,
-        redis_client: aioredis.Redis | None = None,
+        redis_client: AsyncRedisClient | None = None,
     ) -> list[str]:
         """Names of every index on the server, sorted."""
         async with connect(redis_url, redis_client) as client:
@@ -42,7 +41,7 @@ class AsyncIndexInspector:
         index_name: str,
         *,
         redis_url: str | None = None,
-        redis_client: aioredis.Redis | None = None,
+        redis_client: AsyncRedisClient | None = None,
     ) -> IndexDescription:
         """The full schema and the FT.INFO counters of ``index_name``.
 
@@ -62,7 +61,7 @@ class AsyncIndexInspector:
         self,
         *,
         redis_url: str | None = None,
-        redis_client: aioredis.Redis | None = None,
+        redis_client: AsyncRedisClient | None = None,
     ) -> ServerCapabilities:
         """Versions of Redis and its search and JSON modules.
 
@@ -75,7 +74,7 @@ class AsyncIndexInspector:
         self,
         *,
         redis_url: str | None = None,
-        redis_client: aioredis.Redis | None = None,
+        redis_client: AsyncRedisClient | None = None,
     ) -> list[IndexDescription]:
         """Every index on the server, described, in name order.
 

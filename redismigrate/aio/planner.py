@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 from redismigrate.aio.aliases import plan_aliases
-from redismigrate.aio.connection import connect, execute
+from redismigrate.aio.connection import AsyncRedisClient, connect, execute
 from redismigrate.aio.forecast import forecast_quality
 from redismigrate.aio.indexes import (
     ft_info,
@@ -141,7 +141,7 @@ class AsyncMigrationPlanner:
         index_name: str,
         *,
         redis_url: str | None = None,
-        redis_client: aioredis.Redis | None = None,
+        redis_client: AsyncRedisClient | None = None,
         schema_patch_path: str | Path | None = None,
         schema_patch: SchemaPatch | None = None,
         target_schema_path: str | Path | None = None,
@@ -207,7 +207,7 @@ class AsyncMigrationPlanner:
         plan: MigrationPlan,
         *,
         redis_url: str | None = None,
-        redis_client: aioredis.Redis | None = None,
+        redis_client: AsyncRedisClient | None = None,
         aof_enabled: bool = False,
         quality_queries: int = QUALITY_QUERIES,
     ) -> MigrationEstimate:
@@ -247,7 +247,7 @@ class AsyncMigrationPlanner:
         plan: MigrationPlan,
         *,
         redis_url: str | None = None,
-        redis_client: aioredis.Redis | None = None,
+        redis_client: AsyncRedisClient | None = None,
         command: Command = "apply",
         backup_dir: str | Path | None = None,
         allow_eviction: bool = False,

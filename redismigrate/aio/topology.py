@@ -13,13 +13,13 @@ ROLE where INFO is not allowed); :func:`topology_check` is pure over its answer.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
-from redismigrate.errors import BadInputError
+from redismigrate.errors import BadInputError, RedisMigrateError
 from redismigrate.preflight import PreflightCheck
 
 SUPPORTED = "redismigrate supports a single Redis server (a primary) only"
@@ -35,6 +35,7 @@ _CLUSTER_REPLIES: tuple[tuple[type[rexc.ResponseError], str], ...] = (
 )
 # the same replies as plain text (hiredis' ReplyError turned into ResponseError keeps the code)
 _CLUSTER_TEXT = re.compile(r"^\s*(MOVED|ASK|CLUSTERDOWN|TRYAGAIN|CROSSSLOT)\b\s*(.*)$", re.S)
+_REDIRECTED = re.compile(r"answered (?:MOVED|ASK) \d+ \S+")
 _CLUSTER_DISABLED = re.compile(r"cluster support disabled|cluster mode is not enabled", re.I)
 
 
@@ -50,6 +51,11 @@ class Topology:
     role: str | None  # "master" or "slave" (INFO's words); None: unknown
     connected_replicas: int = 0
     primary: str | None = None  # "host:port" of a replica's primary, when known
+    # a cluster node: how many primaries the cluster has (0: not found) and whether its
+    # search module runs with the coordinator (None: not found), and why not
+    cluster_primaries: int = 0
+    coordinator: bool | None = None
+    search_reasons: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------- asking
@@ -135,8 +141,30 @@ async def describe_topology(client: aioredis.Redis) -> Topology:
     """
     cluster = await _cluster_enabled(client)
     role, replicas, primary = await _replication(client)
-    return Topology(
+    found = Topology(
         cluster_enabled=cluster, role=role, connected_replicas=replicas, primary=primary
+    )
+    if cluster:
+        found = await _with_search(client, found)
+    return found
+
+
+async def _with_search(client: aioredis.Redis, found: Topology) -> Topology:
+    """``found`` with the cluster's primaries counted and its search coordination probed
+    (read only); as it was where the cluster would not say (ACL, a changing cluster)."""
+    from redismigrate.aio.cluster import connect_cluster
+
+    try:
+        async with connect_cluster(redis_client=client) as cluster:
+            search = await cluster.probe_search()
+            count = len(cluster.primaries)
+    except (RedisMigrateError, rexc.RedisError, OSError, TimeoutError):
+        return found
+    return replace(
+        found,
+        cluster_primaries=count,
+        coordinator=search.coordinator,
+        search_reasons=tuple(search.reasons),
     )
 
 
@@ -147,11 +175,26 @@ def topology_check(topology: Topology) -> PreflightCheck:
     """The ``topology`` line of the preflight: a single primary passes; a cluster node
     and a replica block; what the server would not say is a warning."""
     if topology.cluster_enabled:
+        count = topology.cluster_primaries
+        of = f" of {count} primar{'ies' if count != 1 else 'y'}" if count else ""
+        if topology.coordinator is False:
+            why = (
+                _REDIRECTED.sub("redirected to the node holding it", topology.search_reasons[0])
+                if topology.search_reasons
+                else "not found"
+            )
+            what = (
+                f"a node of a Redis Cluster{of} without the search coordinator ({why}): "
+                "each shard's index covers only that shard's keys"
+            )
+        elif topology.coordinator:
+            what = f"a node of a Redis Cluster{of} with the search coordinator"
+        else:
+            what = "a Redis Cluster node (cluster_enabled:1)"
         return PreflightCheck(
             check="topology",
             status="block",
-            detail=f"the server is a Redis Cluster node (cluster_enabled:1); {SUPPORTED}: "
-            f"{CLUSTER_LATER}",
+            detail=f"the server is {what}; {SUPPORTED}: {CLUSTER_LATER}",
         )
     if topology.role is not None and topology.role != "master":
         if topology.role in ("slave", "replica"):
