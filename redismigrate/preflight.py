@@ -9,6 +9,7 @@ parameter of the target schema).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
@@ -85,6 +86,29 @@ def ordered(checks: list[PreflightCheck]) -> Preflight:
     """The checks sorted into the order they are shown."""
     rank = {name: i for i, name in enumerate(CHECKS)}
     return Preflight(checks=sorted(checks, key=lambda c: rank.get(c.check, len(CHECKS))))
+
+
+_SEVERITY: dict[str, int] = {"pass": 0, "warn": 1, "block": 2}
+
+
+def merge_per_node(check: str, per_node: Sequence[tuple[str, PreflightCheck]]) -> PreflightCheck:
+    """One line of ``check`` for a cluster from each primary's own (``(label, check)``):
+    the worst status; the detail names every primary that did not pass, or says all did
+    (with the first primary's detail as the example)."""
+    if not per_node:
+        raise ValueError("no primary to merge")
+    worst = max((c.status for _, c in per_node), key=_SEVERITY.__getitem__)
+    failing = [(label, c) for label, c in per_node if c.status != "pass"]
+    if not failing:
+        label, first = per_node[0]
+        count = len(per_node)
+        return PreflightCheck(
+            check=check,
+            status="pass",
+            detail=f"every primary ({count}) passes; {label}: {first.detail}",
+        )
+    shown = "; ".join(f"on {label}: {c.detail}" for label, c in failing)
+    return PreflightCheck(check=check, status=worst, detail=shown)
 
 
 def human_bytes(count: float) -> str:

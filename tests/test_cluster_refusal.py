@@ -29,6 +29,8 @@ import redis.exceptions as rexc
 from redis.crc import key_slot
 
 from redismigrate import AsyncIndexInspector, AsyncMigrationPlanner, MigrationPlanner
+from redismigrate.aio.cluster import connect_cluster
+from redismigrate.aio.preflight import primaries_checks
 from redismigrate.aio.topology import (
     ClusterUnsupported,
     Topology,
@@ -38,6 +40,7 @@ from redismigrate.aio.topology import (
     topology_check,
 )
 from redismigrate.patch import SchemaPatch
+from redismigrate.plan import MigrationPlan
 from redismigrate.preflight import PreflightBlocked
 from redismigrate.server import EmbeddedRedis
 from tests.cluster import Cluster, running_cluster
@@ -599,4 +602,44 @@ async def test_a_cluster_client_is_taken_and_refused_with_the_reason(
         assert sync_cluster.ping()
     finally:
         sync_cluster.close()
+    assert snapshot(cluster) == deployment.before
+
+
+async def test_permissions_memory_and_eviction_are_checked_on_every_primary(
+    deployment: Deployment,
+) -> None:
+    """Issue #16 item 3: ACL users, maxmemory and the eviction policy are each node's
+    own; the preflight asks every primary and names the one that fails."""
+    cluster = deployment.cluster
+    plan = MigrationPlan.load(deployment.plans[0])
+    clients = [cluster.client(i) for i in range(3)]
+    async with connect_cluster(redis_url=cluster.nodes[0].url) as connections:
+        label = {
+            i: next(p.label for p in connections.primaries if p.address == node.address)
+            for i, node in enumerate(cluster.nodes)
+        }
+        quiet = await primaries_checks(connections, plan, "apply")
+        assert [c.check for c in quiet] == ["permissions", "memory", "eviction"]
+        assert [c.status for c in quiet] == ["pass", "pass", "pass"], quiet
+        assert all("every primary (3) passes" in c.detail for c in quiet)
+        used = int(clients[1].info("memory")["used_memory"])
+        try:
+            clients[1].config_set("maxmemory", str(used + 1024))
+            clients[2].config_set("maxmemory-policy", "allkeys-lru")
+            clients[0].execute_command("ACL", "SETUSER", "default", "-hset")
+            # the rollback of the float16 plan grows memory: each primary its share
+            permissions, memory, eviction = await primaries_checks(connections, plan, "rollback")
+            allowed = await primaries_checks(connections, plan, "rollback", allow_eviction=True)
+        finally:
+            clients[0].execute_command("ACL", "SETUSER", "default", "+@all")
+            clients[1].config_set("maxmemory", "0")
+            clients[2].config_set("maxmemory-policy", "noeviction")
+    assert permissions.status == "block" and f"on {label[0]}:" in permissions.detail
+    assert "HSET" in permissions.detail.upper()
+    assert label[1] not in permissions.detail and label[2] not in permissions.detail
+    assert memory.status == "block" and f"on {label[1]}:" in memory.detail
+    assert "free under maxmemory" in memory.detail
+    assert eviction.status == "block" and f"on {label[2]}:" in eviction.detail
+    assert "allkeys-lru" in eviction.detail and label[0] not in eviction.detail
+    assert allowed[2].status == "warn"  # --allow-eviction: said, not blocked
     assert snapshot(cluster) == deployment.before

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,10 +15,12 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 from redismigrate.aio.capture import MARKER_PREFIX, ORIGINAL_KEY
+from redismigrate.aio.cluster import ClusterConnections, connect_cluster, gather_all
 from redismigrate.aio.connection import execute
 from redismigrate.aio.keys import scan_prefixes
 from redismigrate.aio.steps.state import Run
 from redismigrate.aio.topology import describe_topology, topology_check
+from redismigrate.cluster import NodeInfo
 from redismigrate.errors import RedisMigrateError
 from redismigrate.estimate import build_estimate
 from redismigrate.keytext import key_text
@@ -31,6 +34,7 @@ from redismigrate.preflight import (
     disk_check,
     eviction_check,
     memory_check,
+    merge_per_node,
     ordered,
     parameters_check,
 )
@@ -345,6 +349,59 @@ async def malformed_vectors(client: aioredis.Redis, plan: MigrationPlan) -> Pref
     )
 
 
+# ---------------------------------------------------------------------------- a cluster
+
+
+async def primaries_checks(
+    cluster: ClusterConnections,
+    plan: MigrationPlan,
+    command: Command,
+    *,
+    allow_eviction: bool = False,
+) -> list[PreflightCheck]:
+    """The permissions, memory and eviction checks on every primary of ``cluster``, one
+    line each (``merge_per_node``): a run on a cluster writes on every primary, and ACL
+    users, maxmemory and the eviction policy are each node's own. A primary is held to
+    its share of the plan's memory growth: the share of the index's keys it holds
+    (counted by SCAN on every primary; SCAN's rare repeats are counted too)."""
+    growth = memory_growth(plan, command)
+    writes = writes_documents(plan) or command == "rollback"
+    primaries = cluster.primaries
+    counts = {p.node_id: 0 for p in primaries}
+    prefixes = plan.source.keyspace.prefixes or [""]
+    async with cluster.scan_per_primary(prefixes, SCAN_BATCH, dedupe=False) as batches:
+        async for node_id, keys in batches:
+            counts[node_id] += len(keys)
+    total = sum(counts.values())
+    found: dict[str, list[PreflightCheck]] = {}
+
+    async def check(node: NodeInfo) -> None:
+        client = cluster.client(node.node_id)
+        with cluster.answers(node.node_id):
+            share = growth * counts[node.node_id] // total if total else growth // len(primaries)
+            memory = await _info(client, "memory")
+            found[node.node_id] = [
+                await permissions_check(client, plan, command),
+                memory_check(
+                    growth_bytes=share,
+                    used_bytes=int(memory.get("used_memory", 0) or 0),
+                    maxmemory=int(memory.get("maxmemory", 0) or 0),
+                    writes_documents=writes,
+                ),
+                eviction_check(
+                    policy=str(memory.get("maxmemory_policy", "noeviction")),
+                    writes_documents=writes,
+                    allow_eviction=allow_eviction,
+                ),
+            ]
+
+    await gather_all([partial(check, node) for node in primaries])
+    return [
+        merge_per_node(name, [(p.label, found[p.node_id][i]) for p in primaries])
+        for i, name in enumerate(("permissions", "memory", "eviction"))
+    ]
+
+
 # ---------------------------------------------------------------------------- all
 
 
@@ -364,8 +421,16 @@ async def preflight(
     ``backup_on_disk``: bytes an earlier run of the plan already wrote (a resume needs
     only the rest); ``force`` turns a memory block into a warning.
     """
-    checks = [topology_check(await describe_topology(client))]
+    topology = await describe_topology(client)
+    checks = [topology_check(topology)]
     if checks[0].status == "block":
+        if topology.coordinator:
+            # what a run on it will need, primary by primary (it is refused all the same
+            # until plan and apply take the cluster path)
+            async with connect_cluster(redis_client=client) as cluster:
+                checks += await primaries_checks(
+                    cluster, plan, command, allow_eviction=allow_eviction
+                )
         return ordered(checks)  # nothing else can be asked of a node of a cluster
     checks.append(await permissions_check(client, plan, command))
     checks.append(parameters_check(plan.merged_target_schema))
@@ -416,6 +481,7 @@ __all__ = [
     "memory_checks",
     "permissions_check",
     "preflight",
+    "primaries_checks",
     "refuse_cluster",
     "watch_evictions",
     "writes_documents",
