@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 import redis
@@ -30,7 +31,7 @@ from redis.crc import key_slot
 
 from redismigrate import AsyncIndexInspector, AsyncMigrationPlanner, MigrationPlanner
 from redismigrate.aio.cluster import connect_cluster
-from redismigrate.aio.preflight import primaries_checks
+from redismigrate.aio.preflight import malformed_vectors, primaries_checks
 from redismigrate.aio.topology import (
     ClusterUnsupported,
     Topology,
@@ -642,4 +643,41 @@ async def test_permissions_memory_and_eviction_are_checked_on_every_primary(
     assert eviction.status == "block" and f"on {label[2]}:" in eviction.detail
     assert "allkeys-lru" in eviction.detail and label[0] not in eviction.detail
     assert allowed[2].status == "warn"  # --allow-eviction: said, not blocked
+    assert snapshot(cluster) == deployment.before
+
+
+async def test_the_data_check_reads_every_primary(deployment: Deployment) -> None:
+    """The preflight's malformed-vector count (one code path with the single server's)
+    over a cluster: every primary's keys are read, each from its owner."""
+    cluster = deployment.cluster
+    plan = MigrationPlan.load(deployment.plans[0])
+    # keys under a prefix of their own (no index of the deployment covers them)
+    prefix = f"{deployment.prefix[:-4]}mv:"
+    schema = plan.source.schema_snapshot
+    moved = msgspec.structs.replace(
+        schema, index=msgspec.structs.replace(schema.index, prefix=prefix)
+    )
+    probe = msgspec.structs.replace(
+        plan, source=msgspec.structs.replace(plan.source, schema_snapshot=moved)
+    )
+    good = np.zeros(DIM, dtype=np.float32).tobytes()
+    keys = [f"{prefix}{n}" for n in range(300)]
+    bad = {k for n, k in enumerate(keys) if n % 37 == 0}  # on every node, by the hash
+    missing = {k for n, k in enumerate(keys) if n % 41 == 1}
+    try:
+        for key in keys:
+            owner = cluster.owner_client(key)
+            fields = {"title": "x"}
+            if key not in missing:
+                fields["v"] = good[:-2] if key in bad else good  # type: ignore[assignment]
+            owner.hset(key, mapping=fields)
+        assert {cluster.owner(k) for k in bad} == {0, 1, 2}
+        async with connect_cluster(redis_url=cluster.nodes[2].url) as connections:
+            check = await malformed_vectors(connections, probe)
+    finally:
+        for key in keys:
+            cluster.owner_client(key).delete(key)
+    assert check.status == "warn", check
+    assert f"{len(bad)} document(s) hold a vector of the wrong byte length" in check.detail
+    assert f"{len(missing)} vector value(s) are missing" in check.detail
     assert snapshot(cluster) == deployment.before

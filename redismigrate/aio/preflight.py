@@ -17,7 +17,7 @@ import redis.exceptions as rexc
 from redismigrate.aio.capture import MARKER_PREFIX, ORIGINAL_KEY
 from redismigrate.aio.cluster import ClusterConnections, connect_cluster, gather_all
 from redismigrate.aio.connection import execute
-from redismigrate.aio.keys import scan_prefixes
+from redismigrate.aio.keyspace import Servers, keys_by_holder
 from redismigrate.aio.steps.state import Run
 from redismigrate.aio.topology import describe_topology, topology_check
 from redismigrate.cluster import NodeInfo
@@ -309,9 +309,10 @@ def disk_free(path: Path) -> int | None:
 # ---------------------------------------------------------------------------- data
 
 
-async def malformed_vectors(client: aioredis.Redis, plan: MigrationPlan) -> PreflightCheck:
+async def malformed_vectors(servers: Servers, plan: MigrationPlan) -> PreflightCheck:
     """Hash documents whose re-encoded vector has another byte length than its field's
-    (or is missing), counted over every key; skipped when nothing is re-encoded."""
+    (or is missing), counted over every key (on a cluster, on every primary); skipped
+    when nothing is re-encoded."""
     changes = [c for c in plan.vector_changes if c.rewrite_documents and c.encoding is not None]
     source = plan.source.schema_snapshot
     if not changes or source.storage_type != "hash":
@@ -324,7 +325,7 @@ async def malformed_vectors(client: aioredis.Redis, plan: MigrationPlan) -> Pref
         fields.append((name, change.dims * DATATYPE_BYTES[change.source_datatype]))
     malformed = missing = 0
     sample: list[str] = []
-    async for keys in scan_prefixes(client, source.prefixes, "hash", SCAN_BATCH):
+    async for client, keys in keys_by_holder(servers, source.prefixes, "hash", SCAN_BATCH):
         pipe = client.pipeline(transaction=False)
         for key in keys:
             for name, _ in fields:
@@ -431,6 +432,8 @@ async def preflight(
                 checks += await primaries_checks(
                     cluster, plan, command, allow_eviction=allow_eviction
                 )
+                if scan_data:
+                    checks.append(await malformed_vectors(cluster, plan))
         return ordered(checks)  # nothing else can be asked of a node of a cluster
     checks.append(await permissions_check(client, plan, command))
     checks.append(parameters_check(plan.merged_target_schema))
