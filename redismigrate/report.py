@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import msgspec
@@ -44,6 +45,27 @@ class StepTiming(Model, frozen=True, kw_only=True):
         return self.items / self.seconds
 
 
+class ShardDocuments(Model, frozen=True, kw_only=True):
+    """The documents one primary of a Redis Cluster holds under the index's prefixes."""
+
+    node_id: str
+    address: str
+    documents: int
+
+
+def shard_count_error(shards: Sequence[ShardDocuments], indexed: int) -> str | None:
+    """The validation error when the primaries' documents do not add up to what the
+    index counts (``indexed``: its documents plus indexing failures); None when they do."""
+    held = sum(s.documents for s in shards)
+    if held == indexed:
+        return None
+    each = ", ".join(f"{s.node_id[:8]} {s.documents:,}" for s in shards)
+    return (
+        f"document count mismatch across the primaries: they hold {held:,} documents under "
+        f"the prefixes ({each}), the index counts {indexed:,} (documents + indexing failures)"
+    )
+
+
 class ValidationResult(Model, frozen=True, kw_only=True):
     """Checks of a live index against its plan; ``passed`` only when every one holds."""
 
@@ -59,6 +81,8 @@ class ValidationResult(Model, frozen=True, kw_only=True):
     vectors_checked: int = 0
     vectors_mismatched: list[str] = []
     errors: list[str] = []
+    # a Redis Cluster: what each primary holds (their sum is held against the index)
+    shards: list[ShardDocuments] = []
 
 
 class ConcurrentWrites(Model, frozen=True, kw_only=True):

@@ -31,6 +31,7 @@ from redis.crc import key_slot
 
 from redismigrate import AsyncIndexInspector, AsyncMigrationPlanner, MigrationPlanner
 from redismigrate.aio.cluster import connect_cluster
+from redismigrate.aio.keyspace import documents_by_primary
 from redismigrate.aio.preflight import malformed_vectors, primaries_checks
 from redismigrate.aio.topology import (
     ClusterUnsupported,
@@ -43,6 +44,7 @@ from redismigrate.aio.topology import (
 from redismigrate.patch import SchemaPatch
 from redismigrate.plan import MigrationPlan
 from redismigrate.preflight import PreflightBlocked
+from redismigrate.report import ValidationResult, shard_count_error
 from redismigrate.server import EmbeddedRedis
 from tests.cluster import Cluster, running_cluster
 from tests.test_cli import cli
@@ -681,3 +683,30 @@ async def test_the_data_check_reads_every_primary(deployment: Deployment) -> Non
     assert f"{len(bad)} document(s) hold a vector of the wrong byte length" in check.detail
     assert f"{len(missing)} vector value(s) are missing" in check.detail
     assert snapshot(cluster) == deployment.before
+
+
+async def test_per_primary_documents_add_up_to_the_index_count(deployment: Deployment) -> None:
+    """Issue #16 item 6: validation's per-shard figures. Each primary's documents under
+    the prefixes, counted on every primary at once, are what that shard's index holds
+    (on Stack 7.4 each shard's index covers its own keys), and they add up."""
+    cluster = deployment.cluster
+    async with connect_cluster(redis_url=cluster.nodes[1].url) as connections:
+        shards = await documents_by_primary(connections, [deployment.prefix], "hash")
+        node_of = {p.node_id: p.address for p in connections.primaries}
+    assert [s.node_id for s in shards] == list(node_of)
+    by_address = {s.address: s.documents for s in shards}
+    for i, node in enumerate(cluster.nodes):
+        indexed = deployment.before[i]["counts"][deployment.names[i]][0]
+        assert by_address[node.address] == indexed == len(deployment.before[i]["keys"])
+    assert sum(by_address.values()) == DOCS
+    assert shard_count_error(shards, DOCS) is None
+    error = shard_count_error(shards, DOCS - 1)
+    assert error is not None and f"they hold {DOCS:,} documents" in error
+    assert f"the index counts {DOCS - 1:,}" in error
+    assert all(f"{s.node_id[:8]} {s.documents:,}" in error for s in shards)
+    result = ValidationResult(
+        passed=True, schema_match=True, doc_count_match=True, source_documents=DOCS,
+        target_documents=DOCS, indexing_failures_before=0, indexing_failures_after=0,
+        shards=shards,
+    )  # fmt: skip
+    assert msgspec.json.decode(msgspec.json.encode(result), type=ValidationResult) == result

@@ -15,8 +15,10 @@ import redis.asyncio as aioredis
 
 from redismigrate.aio.cluster import ClusterConnections
 from redismigrate.aio.keys import scan_prefixes
+from redismigrate.report import ShardDocuments
 
 Servers: TypeAlias = aioredis.Redis | ClusterConnections
+COUNT_BATCH = 1000
 
 
 async def keys_by_holder(
@@ -36,4 +38,23 @@ async def keys_by_holder(
         yield servers, keys
 
 
-__all__ = ["Servers", "keys_by_holder"]
+async def documents_by_primary(
+    cluster: ClusterConnections, prefixes: Sequence[str], storage_type: str
+) -> list[ShardDocuments]:
+    """How many documents of the storage's type each primary holds under ``prefixes``
+    (each key once), in the topology's order: the per-shard figures of a validation."""
+    counts = {p.node_id: 0 for p in cluster.primaries}
+    # counted as found (no set of every key held): a key SCAN returns twice while a
+    # node rehashes is counted twice, as count_documents does on a single server
+    async with cluster.scan_per_primary(
+        prefixes, COUNT_BATCH, storage_type=storage_type, dedupe=False
+    ) as batches:
+        async for node_id, keys in batches:
+            counts[node_id] += len(keys)
+    return [
+        ShardDocuments(node_id=p.node_id, address=p.address, documents=counts[p.node_id])
+        for p in cluster.primaries
+    ]
+
+
+__all__ = ["Servers", "documents_by_primary", "keys_by_holder"]

@@ -71,7 +71,7 @@ async def check_memory(client: aioredis.Redis, plan: MigrationPlan, *, force: bo
         raise InsufficientMemory(
             f"the shadow index needs about {needed / 1_048_576:,.1f} MB, but the server uses "
             f"{used / 1_048_576:,.1f} MB of its {limit / 1_048_576:,.1f} MB maxmemory; free "
-            "memory, raise maxmemory, use --mode drop_recreate, or pass --force"
+            "memory, raise maxmemory, plan again with --mode drop_recreate, or pass --force"
         )
 
 
