@@ -75,7 +75,9 @@ class IndexInspector:
     def list_indexes(
         self, *, redis_url: str | None = None, redis_client: SyncRedisClient | None = None
     ) -> list[str]:
-        """Names of every index on the server, sorted."""
+        """Names of every index on the server, sorted. ClusterUnsupported on a cluster
+        whose primaries each have their own indexes (no search coordinator), naming
+        them per primary: one node's list would be a part taken for the whole."""
         return _portal.run_sync(
             self._async.list_indexes,
             redis_url=redis_url,
@@ -121,7 +123,8 @@ class IndexInspector:
     ) -> list[IndexDescription]:
         """Every index on the server, described, in name order.
 
-        Raises SearchModuleMissing when the server has no search module.
+        Raises SearchModuleMissing when the server has no search module, and
+        ClusterUnsupported as ``list_indexes`` does.
         """
         return _portal.run_sync(
             self._async.describe_all,

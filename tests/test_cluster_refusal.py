@@ -415,6 +415,10 @@ def test_read_commands_on_each_node_say_cluster_never_a_raw_moved(
 
     listed = cli("index", "list", "--url", url)
     assert_no_raw_redirect(listed)
+    # one node's FT._LIST is one shard's: refused, naming every primary's own indexes
+    line = assert_refused(listed, 2)
+    assert "without the search coordinator: each primary has only its own indexes" in line
+    assert all(name in line for name in deployment.names.values()), line
     shown = cli("index", "info", "-i", own, "--url", url)
     assert_no_raw_redirect(shown)
     assert shown.returncode == 0, _shown(shown)  # the node holds that index: it can be read

@@ -13,6 +13,7 @@ from redismigrate.aio.indexes import (
     server_capabilities,
 )
 from redismigrate.aio.ledger import recall_unreported
+from redismigrate.aio.topology import describe_topology, refuse_partial_listing
 from redismigrate.capabilities import ServerCapabilities
 
 
@@ -32,8 +33,11 @@ class AsyncIndexInspector:
         redis_url: str | None = None,
         redis_client: AsyncRedisClient | None = None,
     ) -> list[str]:
-        """Names of every index on the server, sorted."""
+        """Names of every index on the server, sorted. ClusterUnsupported on a cluster
+        whose primaries each have their own indexes (no search coordinator), naming
+        them per primary: one node's list would be a part taken for the whole."""
         async with connect(redis_url, redis_client) as client:
+            refuse_partial_listing(await describe_topology(client))
             return await list_indexes(client)
 
     async def describe(
@@ -78,10 +82,12 @@ class AsyncIndexInspector:
     ) -> list[IndexDescription]:
         """Every index on the server, described, in name order.
 
-        Raises SearchModuleMissing when the server has no search module.
+        Raises SearchModuleMissing when the server has no search module, and
+        ClusterUnsupported as ``list_indexes`` does.
         """
         async with connect(redis_url, redis_client) as client:
             await server_capabilities(client)
+            refuse_partial_listing(await describe_topology(client))
             aliases = await known_aliases(client)
             described = []
             for name in await list_indexes(client):

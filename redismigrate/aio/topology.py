@@ -56,6 +56,8 @@ class Topology:
     cluster_primaries: int = 0
     coordinator: bool | None = None
     search_reasons: tuple[str, ...] = ()
+    # each primary's own indexes (FT._LIST): (its label, the names)
+    node_indexes: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 # ---------------------------------------------------------------------------- asking
@@ -165,6 +167,7 @@ async def _with_search(client: aioredis.Redis, found: Topology) -> Topology:
         cluster_primaries=count,
         coordinator=search.coordinator,
         search_reasons=tuple(search.reasons),
+        node_indexes=tuple((n.label, n.indexes) for n in search.nodes if n.indexes is not None),
     )
 
 
@@ -235,6 +238,22 @@ def topology_check(topology: Topology) -> PreflightCheck:
     return PreflightCheck(check="topology", status="pass", detail=detail)
 
 
+def refuse_partial_listing(topology: Topology) -> None:
+    """ClusterUnsupported when the server is a node of a cluster whose primaries each
+    have their own indexes (no search coordinator): its FT._LIST would be one shard's."""
+    if not topology.cluster_enabled or topology.coordinator is not False:
+        return
+    listed = "; ".join(
+        f"{node}: {', '.join(names) or 'none'}" for node, names in topology.node_indexes
+    )
+    raise ClusterUnsupported(
+        f"the server is a node of a Redis Cluster of {topology.cluster_primaries} primaries "
+        "without the search coordinator: each primary has only its own indexes"
+        + (f" ({listed})" if listed else "")
+        + "; list one node's with --url redis://<that node>"
+    )
+
+
 # ---------------------------------------------------------------------------- redirections
 
 
@@ -283,5 +302,6 @@ __all__ = [
     "cluster_reply",
     "describe_error",
     "describe_topology",
+    "refuse_partial_listing",
     "topology_check",
 ]
