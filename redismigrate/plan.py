@@ -375,6 +375,7 @@ def build_plan(
     keep_shadow_field: bool = False,
     memory_room: MemoryRoom | None = None,
     wait_for_new_encoding: bool | None = None,
+    online_reencode_unavailable: str | None = None,
 ) -> MigrationPlan:
     """Merge ``patch`` into the source schema and classify every change.
 
@@ -384,6 +385,9 @@ def build_plan(
     drop_recreate. ``wait_for_new_encoding`` (an online re-encoding waits after its
     cut-over for the application's first new-encoding write) defaults to True for
     ``mode="online"``, False where the planner chose online.
+    ``online_reencode_unavailable``: why this deployment cannot re-encode online (a
+    Redis Cluster): the planner then picks drop_recreate, and ``mode="online"`` with a
+    re-encoding is blocked with that reason.
 
     ``physical_index`` is the index behind the source name when that name is an alias.
     ``aliases`` are the source's user aliases, moved to the target; ``aliases_listed``
@@ -502,7 +506,13 @@ def build_plan(
         raise SchemaError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     chosen: Mode = DropRecreate()
     mode_note = None
-    if mode is None and rewrites == ["vector re-encoding"]:
+    if mode is None and rewrites == ["vector re-encoding"] and online_reencode_unavailable:
+        mode = "drop_recreate"
+        mode_note = (
+            "Mode drop_recreate (chosen by the planner): online re-encoding cannot be had "
+            f"here: {online_reencode_unavailable}"
+        )
+    elif mode is None and rewrites == ["vector re-encoding"]:
         mode, mode_note = _default_reencode_mode(
             source,
             target,
@@ -534,6 +544,12 @@ def build_plan(
         )
         for problem, remedy in taken:
             b.block("online re-encoding", problem, remedy)
+        if reencode is not None and online_reencode_unavailable:
+            b.block(
+                "online re-encoding",
+                online_reencode_unavailable,
+                "use --mode drop_recreate",
+            )
         chosen = Online(
             shadow_index=shadow_name(target.name, other_indexes, physical_index or source.name),
             previous_physical_index=physical_index or source.name,

@@ -214,6 +214,15 @@ class ClusterConnections:
         """``{primary node id: its client}``."""
         return dict(self._clients)
 
+    def client_for_key(self, key: str | bytes) -> aioredis.Redis:
+        """The plain client of the primary serving ``key``'s slot (as the topology read
+        at connect time says); TopologyError when no primary serves it."""
+        slot = key_slot(key)
+        owner = owner_table(self.topology)[slot]
+        if owner is None:
+            raise TopologyError(f"slot {slot} is served by no node of the cluster")
+        return self._clients[owner]
+
     def group(self, keys: Sequence[bytes]) -> dict[str, list[bytes]]:
         """``keys`` by the primary that holds them (see ``group_by_primary``)."""
         return group_by_primary(self.topology, keys)

@@ -27,8 +27,10 @@ import redis.exceptions as rexc
 
 from redismigrate.aio import aliases, online, reencode_online
 from redismigrate.aio import throttle as throttle_io
-from redismigrate.aio.capture import ChangeCapture
+from redismigrate.aio.capture import ChangeCapture, ClusterCapture
+from redismigrate.aio.cluster import ClusterConnections, ClusterWire
 from redismigrate.aio.connection import AsyncRedisClient, connect
+from redismigrate.aio.deployment import primaries_of
 from redismigrate.aio.fastwire import Wire
 from redismigrate.aio.indexes import (
     create_index,
@@ -37,12 +39,12 @@ from redismigrate.aio.indexes import (
     read_schema_and_stats,
 )
 from redismigrate.aio.keys import (
-    count_documents,
     enumerate_keys,
     is_cluster,
     moved_key,
 )
-from redismigrate.aio.ledger import read_history
+from redismigrate.aio.keyspace import count_documents_on
+from redismigrate.aio.ledger import cluster_route, read_history
 from redismigrate.aio.lock import RunGuard
 from redismigrate.aio.preflight import (
     check_evictions,
@@ -51,6 +53,7 @@ from redismigrate.aio.preflight import (
     watch_evictions,
 )
 from redismigrate.aio.steps import backup as backup_step
+from redismigrate.aio.steps import cluster as cluster_step
 from redismigrate.aio.steps import fields as fields_step
 from redismigrate.aio.steps import prefix as prefix_step
 from redismigrate.aio.steps import reencode as reencode_step
@@ -72,9 +75,12 @@ from redismigrate.backup import (
     backup_paths,
     backup_size_on_disk,
     new_manifest,
+    read_manifest,
     set_aside,
     write_manifest,
 )
+from redismigrate.cluster import ClusterChanged
+from redismigrate.cutover import cut_over_window_sentence
 from redismigrate.errors import BadInputError, ConnectionFailed, IndexNotFound, RedisMigrateError
 from redismigrate.files import write_document
 from redismigrate.ftinfo import stats_from_ft_info
@@ -307,6 +313,7 @@ class AsyncMigrationExecutor:
             )
             checked.raise_if_blocked()
             async with (
+                _deployment(client, plan) as cluster,
                 RunGuard(
                     client,
                     command="apply",
@@ -317,6 +324,7 @@ class AsyncMigrationExecutor:
                     break_lock=break_lock,
                     source_params=unreportable_params(plan.source.schema_snapshot),
                     target_params=unreportable_params(plan.merged_target_schema),
+                    route=cluster_route(cluster) if cluster is not None else None,
                 ) as guard,
                 shown(progress, progress_callback) as reporting,
             ):
@@ -332,7 +340,11 @@ class AsyncMigrationExecutor:
                 await run.throttle.start()
                 run.preflight = checked
                 run.memory_before = await server_memory(client)
-                run.wire.enabled = not await is_cluster(client)
+                if cluster is not None:
+                    run.cluster = cluster
+                    run.wire = ClusterWire(cluster)
+                else:
+                    run.wire.enabled = not await is_cluster(client)
                 report: MigrationReport | None = None
                 failure: Exception | None = None
                 async with anyio.create_task_group() as watchers:
@@ -419,8 +431,28 @@ class AsyncMigrationExecutor:
             report = await self._report(run, result, validation)
             return msgspec.structs.replace(report, online_reencode=done)
         switch_documents: int | None = None
+        in_steps = run.cluster is not None  # the coordinator refuses FT.* inside MULTI
+        cut_over_said: str | None = None
         if await online.physical_name(client, plan.target_index_name) == shadow:
             run.resumed = True  # switched already: check it
+        elif (
+            in_steps
+            and await online.physical_name(client, plan.source.index_name) is None
+            and await online.physical_name(client, shadow) == shadow
+        ):
+            # killed inside a cut-over made in steps, between the drop and the alias
+            run.resumed = True
+            started = time.perf_counter()
+            steps = await online.cut_over_in_steps(
+                client,
+                name=plan.source.index_name,
+                new_name=plan.target_index_name,
+                shadow=shadow,
+                aliases=plan.source.aliases,
+                previous=plan.mode.previous_physical_index,
+            )
+            cut_over_said = cut_over_window_sentence(steps.order, steps.window_seconds)
+            run.timed("cut_over", started)
         else:
             started = time.perf_counter()
             live = await self._live_schema(
@@ -455,19 +487,41 @@ class AsyncMigrationExecutor:
             switch_documents = caught_up.num_docs + caught_up.hash_indexing_failures
             run.timed("indexing", started, switch_documents)
             started = time.perf_counter()
-            await online.cut_over(
-                client,
-                name=plan.source.index_name,
-                new_name=plan.target_index_name,
-                shadow=shadow,
-                aliases=plan.source.aliases,
-            )
+            if in_steps:
+                steps = await online.cut_over_in_steps(
+                    client,
+                    name=plan.source.index_name,
+                    new_name=plan.target_index_name,
+                    shadow=shadow,
+                    aliases=plan.source.aliases,
+                    previous=plan.mode.previous_physical_index,
+                )
+                cut_over_said = cut_over_window_sentence(steps.order, steps.window_seconds)
+            else:
+                await online.cut_over(
+                    client,
+                    name=plan.source.index_name,
+                    new_name=plan.target_index_name,
+                    shadow=shadow,
+                    aliases=plan.source.aliases,
+                )
             run.timed("cut_over", started)
+        if run.cluster is not None:
+            await run.cluster.ensure_stable("at the end")
         started = time.perf_counter()
-        validation = await validate_live(client, plan, None, documents_at_switch=switch_documents)
+        validation = await validate_live(
+            client,
+            plan,
+            None,
+            documents_at_switch=switch_documents,
+            servers=run.servers,
+        )
         run.timed("validate", started)
         run.ready_at = time.perf_counter()
-        return await self._report(run, "succeeded" if validation.passed else "failed", validation)
+        report = await self._report(run, "succeeded" if validation.passed else "failed", validation)
+        if cut_over_said is not None:
+            report = msgspec.structs.replace(report, warnings=[*report.warnings, cut_over_said])
+        return report
 
     async def validate(
         self,
@@ -485,14 +539,16 @@ class AsyncMigrationExecutor:
         started = time.perf_counter()
         async with connect(redis_url, redis_client) as client:
             await refuse_cluster(client)  # one shard's index says nothing of the others
-            # the application may have written since the migration: counted as it is now
-            stats = plan.source.stats_snapshot
-            validation = await validate_live(
-                client,
-                reencode_online.as_built(plan),  # online re-encoding: the shadow schema
-                backup,
-                documents_at_switch=stats.num_docs + stats.hash_indexing_failures,
-            )
+            async with primaries_of(client) as cluster:
+                # the application may have written since the migration: counted as it is now
+                stats = plan.source.stats_snapshot
+                validation = await validate_live(
+                    client,
+                    reencode_online.as_built(plan),  # online re-encoding: the shadow schema
+                    backup,
+                    documents_at_switch=stats.num_docs + stats.hash_indexing_failures,
+                    servers=cluster,
+                )
         seconds = round(time.perf_counter() - started, 4)
         return MigrationReport(
             mode="validate",
@@ -514,10 +570,19 @@ class AsyncMigrationExecutor:
     # ------------------------------------------------------------------ the steps
     async def _apply(self, run: Run, plan_path: str | None) -> MigrationReport:
         started = time.perf_counter()
+        if run.cluster is not None:
+            await run.cluster.ensure_stable("before the first write")
         phase = await self._open_or_start(run)
         run.timed("check", started)
         # the application's writes are watched from before the first key is read
-        run.capture = await ChangeCapture(run.client, _watched_prefixes(run.plan)).start()
+        prefixes = _watched_prefixes(run.plan)
+        cluster = run.cluster
+        capture = (
+            ClusterCapture(cluster.clients, cluster.topology, prefixes)
+            if cluster is not None
+            else ChangeCapture(run.client, prefixes)
+        )
+        run.capture = await capture.start()
         try:
             return await self._apply_steps(run, phase)
         finally:
@@ -527,10 +592,16 @@ class AsyncMigrationExecutor:
     async def _apply_steps(self, run: Run, phase: str) -> MigrationReport:
         plan, client = run.plan, run.client
         if phase == "dump":
-            await backup_step.back_up(run, await self._enumerate(run), self.checkpoint_seconds)
+            if run.cluster is not None:  # SCAN on every primary, a shard each
+                await cluster_step.back_up(run, run.cluster, self.checkpoint_seconds)
+            else:
+                await backup_step.back_up(run, await self._enumerate(run), self.checkpoint_seconds)
             phase = "ready"
         if phase == "ready":
-            await self._check_collisions(run)
+            if run.cluster is not None:  # held still, and no new name taken
+                await cluster_step.check_before_drop(run, run.cluster)
+            else:
+                await self._check_collisions(run)
             await check_evictions(run)
             crash_point("before_drop")
             started = time.perf_counter()
@@ -549,7 +620,10 @@ class AsyncMigrationExecutor:
         if phase in ("index_dropped", "active"):
             if phase == "index_dropped":
                 # renames run after the drop: no index answers with half-renamed documents
-                await self._key_renames(run)
+                if run.cluster is not None:  # across slots: DUMP, RESTORE, DEL
+                    await cluster_step.move_keys(run)
+                else:
+                    await self._key_renames(run)
                 await fields_step.rename(run, self._snapshot(run))
                 run.set_phase("active")
             if rewrites:
@@ -578,6 +652,8 @@ class AsyncMigrationExecutor:
         await self._rebuild_if_failures_grew(run)
         await check_evictions(run)
         await aliases.point_at_target(client, plan)  # the drop removed them from the source
+        if run.cluster is not None:
+            await run.cluster.ensure_stable("at the end")
         started = time.perf_counter()
         validation = await validate_live(
             client,
@@ -585,6 +661,7 @@ class AsyncMigrationExecutor:
             run.backups,
             written_during_run=self._written_during_run(run),
             live_documents=await self._live_documents(run),
+            servers=run.servers,
         )
         run.timed("validate", started)
         await check_evictions(run)
@@ -634,8 +711,8 @@ class AsyncMigrationExecutor:
         target = run.plan.merged_target_schema
         if target.index.options.filter is not None:
             return None
-        return await count_documents(
-            run.client, target.index.prefixes, run.plan.source.keyspace.storage_type
+        return await count_documents_on(
+            run.servers, target.index.prefixes, run.plan.source.keyspace.storage_type
         )
 
     async def _reconcile(self, run: Run, *, touch: bool) -> None:
@@ -644,7 +721,13 @@ class AsyncMigrationExecutor:
         assert run.backups is not None
         run.tick("reconcile", 0, None)
         reconciler = Reconciler(
-            run.client, run.wire, run.plan, run.header.fields, run.capture, touch=touch
+            run.client,
+            run.wire,
+            run.plan,
+            run.header.fields,
+            run.capture,
+            touch=touch,
+            servers=run.servers,
         )
         reconciler.skipped = run.skipped
         reconciler.found_by_sweep = run.found_by_sweep
@@ -730,6 +813,10 @@ class AsyncMigrationExecutor:
                 "plan was made; run `redismigrate plan` again"
             )
         await aliases.check_before_drop(run.client, plan)
+        if run.cluster is not None:  # a shard per primary, its manifest naming them
+            started_in = await cluster_step.start_backup(run, run.cluster)
+            write_document(plan_copy_path(run.backup_dir, plan.source.index_name), plan.to_dict())
+            return started_in
         if plan.rename_operations.change_prefix is not None:
             await prefix_step.refuse_keys_under_new_prefix(
                 run.client, plan.rename_operations.change_prefix
@@ -779,6 +866,14 @@ class AsyncMigrationExecutor:
 
     @staticmethod
     def _adopt(run: Run, existing: BackupSet) -> None:
+        taken_on_cluster = _taken_on_a_cluster(run.backup_dir, run.plan.source.index_name)
+        if taken_on_cluster != (run.cluster is not None):
+            existing.close()
+            where = "a Redis Cluster" if taken_on_cluster else "a single server"
+            raise BadInputError(
+                f"the backup of index {run.plan.source.index_name!r} in {run.backup_dir} was "
+                f"taken on {where}; resume it against the deployment it was taken on"
+            )
         run.backups, run.backup, run.resumed = existing, existing.main, True
         run.documents = existing.keys_backed_up
 
@@ -793,7 +888,9 @@ class AsyncMigrationExecutor:
         return field.path or field.name
 
     def _discard(self, run: Run, backup: BackupSet, *, stale: bool = False) -> None:
-        files = backup.files()
+        index = run.plan.source.index_name
+        # with the shards a run killed before it wrote its manifest left
+        files = sorted(set(backup.files()) | set(cluster_step.shard_files(run.backup_dir, index)))
         backup.close()
         suffix = STALE_SUFFIX if stale else RESTARTED_SUFFIX  # one restarted copy at most
         set_aside(run.backup_dir, run.plan.source.index_name, files, suffix)
@@ -1004,10 +1101,17 @@ class AsyncMigrationExecutor:
                 error=f"{message} (stopped before the drop: the source index still serves)",
                 next_steps=[f"resume: {resume}"],
             )
-        if auto_rollback and not isinstance(exc, ConnectionFailed | rexc.ConnectionError):
+        # a lost connection or a changing cluster would fail the undo as well: left to a
+        # resume (which reads the topology again) or a rollback
+        unreachable = ConnectionFailed | rexc.ConnectionError | ClusterChanged
+        if auto_rollback and not isinstance(exc, unreachable):
             try:
                 await self._undo(
-                    run.client, run.plan, run.backup_dir, tick=_best_effort(run.progress)
+                    run.client,
+                    run.plan,
+                    run.backup_dir,
+                    tick=_best_effort(run.progress),
+                    cluster=run.cluster,
                 )
             except (RedisMigrateError, rexc.RedisError, OSError) as undo_error:
                 return await self._report(
@@ -1041,17 +1145,31 @@ class AsyncMigrationExecutor:
         *,
         recreate_index: bool = True,
         tick: ProgressCallback | None = None,
+        cluster: ClusterConnections | None = None,
     ) -> int:
         """Put documents, keys, fields and (optionally) the source index back as the plan
         found them; returns how many vector values were restored. Progress goes to
-        ``tick`` (steps ``restore`` and ``indexing``)."""
+        ``tick`` (steps ``restore`` and ``indexing``). On ``cluster`` every primary's
+        documents are put back (FT.* still goes to ``client``)."""
         # the whole backup checks out, and matches the plan, before anything is destroyed
         await anyio.to_thread.run_sync(verify_backup_for_plan, backup_dir, plan)
         if await self._target_not_source(client, plan, backup_dir):
             await drop_index(client, plan.target_index_name)
         backup = BackupSet.open(backup_dir, plan.source.index_name)
         restored = 0
-        if backup is not None:
+        if backup is not None and cluster is not None:
+            if not _taken_on_a_cluster(backup_dir, plan.source.index_name):
+                backup.close()
+                raise BadInputError(
+                    f"the backup in {backup_dir} was taken on a single server; roll it back "
+                    "against that server"
+                )
+            cluster_wire = ClusterWire(cluster)
+            try:
+                restored = await _undo_on_cluster(cluster_wire, plan, backup, tick)
+            finally:
+                await cluster_wire.close()
+        elif backup is not None:
             wire = Wire(client, enabled=not await is_cluster(client))
             try:
                 restored = await self._undo_documents(client, wire, plan, backup, tick)
@@ -1212,6 +1330,7 @@ class AsyncMigrationExecutor:
             async with (
                 connect(redis_url, redis_client) as client,
                 _preflighted(client, plan, allow_eviction),
+                _deployment(client, plan) as cluster,
                 RunGuard(
                     client,
                     command="rollback",
@@ -1222,6 +1341,7 @@ class AsyncMigrationExecutor:
                     break_lock=break_lock,
                     source_params=unreportable_params(plan.source.schema_snapshot),
                     target_params=unreportable_params(plan.merged_target_schema),
+                    route=cluster_route(cluster) if cluster is not None else None,
                 ) as guard,
                 shown(progress, progress_callback) as reporting,
             ):
@@ -1240,6 +1360,7 @@ class AsyncMigrationExecutor:
                         timeout=self.index_ready_timeout,
                         poll=self.poll_interval,
                         tick=reporting.steps,
+                        in_steps=cluster is not None,
                     )
                 )
                 said = await undo
@@ -1262,6 +1383,7 @@ class AsyncMigrationExecutor:
         async with (
             connect(redis_url, redis_client) as client,
             _preflighted(client, plan, allow_eviction),
+            _deployment(client, plan) as cluster,
             RunGuard(
                 client,
                 command="rollback",
@@ -1272,11 +1394,19 @@ class AsyncMigrationExecutor:
                 break_lock=break_lock,
                 source_params=unreportable_params(plan.source.schema_snapshot),
                 target_params=unreportable_params(plan.merged_target_schema),
+                route=cluster_route(cluster) if cluster is not None else None,
             ) as guard,
             shown(progress, progress_callback) as reporting,
         ):
+            if cluster is not None:
+                await cluster.ensure_stable("before the rollback")
             restored = await self._undo(
-                client, plan, directory, recreate_index=recreate_index, tick=reporting.steps
+                client,
+                plan,
+                directory,
+                recreate_index=recreate_index,
+                tick=reporting.steps,
+                cluster=cluster,
             )
         return _kept_rollback(
             RollbackReport(
@@ -1299,8 +1429,9 @@ class AsyncMigrationExecutor:
     ) -> list[LedgerEntry]:
         """The runs the migration ledger recorded, newest first (only ``index_name``'s when
         given): command, index, plan hash, start, end, status, host, pid, backup dir."""
-        async with connect(redis_url, redis_client) as client:
-            return await read_history(client, index_name=index_name, limit=limit)
+        async with connect(redis_url, redis_client) as client, primaries_of(client) as cluster:
+            route = cluster_route(cluster) if cluster is not None else client
+            return await read_history(route, index_name=index_name, limit=limit)
 
     async def request_cut_over(
         self,
@@ -1359,6 +1490,39 @@ def _kept_rollback(report: RollbackReport, directory: Path) -> RollbackReport:
     return kept
 
 
+async def _undo_on_cluster(
+    wire: ClusterWire, plan: MigrationPlan, backup: BackupSet, tick: ProgressCallback | None
+) -> int:
+    """``cluster_step.undo_documents`` with progress; UndoConflicts naming the documents
+    the application changed since (left as it left them)."""
+    total = backup.keys_backed_up
+    if tick is not None:
+        tick("restore", 0, total)
+    undone = await cluster_step.undo_documents(wire, plan, backup)
+    if tick is not None:
+        tick("restore", total, total)
+    if undone.conflicts:
+        shown = ", ".join(repr(key_text(k)) for k in undone.conflicts[:5])
+        raise UndoConflicts(
+            f"{len(undone.conflicts)} document(s) were changed by the application after the "
+            f"migration wrote them and were left as the application left them ({shown}); "
+            "everything else was put back"
+        )
+    return undone.restored
+
+
+@contextlib.asynccontextmanager
+async def _deployment(
+    client: aioredis.Redis, plan: MigrationPlan
+) -> AsyncIterator[ClusterConnections | None]:
+    """The cluster's primaries (None: a single server), once ``plan`` is one a run on
+    them can carry out (before any lock is taken)."""
+    async with primaries_of(client) as cluster:
+        if cluster is not None:
+            refuse_on_a_cluster(plan)
+        yield cluster
+
+
 @contextlib.asynccontextmanager
 async def _preflighted(
     client: aioredis.Redis, plan: MigrationPlan, allow_eviction: bool
@@ -1367,6 +1531,36 @@ async def _preflighted(
     checked = await preflight(client, plan, "rollback", allow_eviction=allow_eviction)
     checked.raise_if_blocked()
     yield
+
+
+def refuse_on_a_cluster(plan: MigrationPlan) -> None:
+    """BadInputError for what a run on a Redis Cluster cannot do yet (nothing touched)."""
+    if isinstance(plan.mode, Online) and plan.mode.reencode is not None:
+        raise BadInputError(
+            "the plan re-encodes online, which redismigrate does not do on a Redis Cluster "
+            "yet; plan again with --mode drop_recreate"
+        )
+    if writes_documents_of(plan) and plan.source.schema_snapshot.index.options.filter:
+        raise BadInputError(
+            "the index has a FILTER, so on a Redis Cluster its documents cannot be told from "
+            "the other keys under its prefixes (each primary is read with SCAN); not "
+            "supported there yet"
+        )
+
+
+def writes_documents_of(plan: MigrationPlan) -> bool:
+    """Whether applying ``plan`` rewrites documents (not only the index definition)."""
+    return (
+        bool(plan.rename_operations.rename_fields)
+        or plan.rename_operations.change_prefix is not None
+        or any(vc.rewrite_documents for vc in plan.vector_changes)
+    )
+
+
+def _taken_on_a_cluster(backup_dir: Path, index_name: str) -> bool:
+    """Whether the backup of ``index_name`` in ``backup_dir`` has a shard per primary."""
+    path = Path(backup_paths(backup_dir, index_name).manifest)
+    return path.exists() and read_manifest(path).nodes is not None
 
 
 def _only_backup_in(directory: Path) -> str:

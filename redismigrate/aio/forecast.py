@@ -18,8 +18,10 @@ import anyio
 import numpy as np
 import redis.asyncio as aioredis
 
+from redismigrate.aio.cluster import ClusterConnections, ClusterWire
 from redismigrate.aio.fastwire import Wire
 from redismigrate.aio.keys import enumerate_keys
+from redismigrate.aio.keyspace import Servers, json_path_of_each, keys_by_holder
 from redismigrate.estimate import RECALL_QUERIES, QualityForecast, RecallForecaster
 from redismigrate.plan import MigrationPlan, VectorChange
 from redismigrate.quantize import NUMPY_DTYPES
@@ -28,8 +30,19 @@ from redismigrate.schema import DATATYPE_BYTES, IndexSchema, VectorField, defaul
 FORECAST_BATCH = 2000
 
 
-def _keys(client: aioredis.Redis, plan: MigrationPlan, batch: int) -> AsyncIterator[list[bytes]]:
+async def _cluster_keys(
+    cluster: ClusterConnections, plan: MigrationPlan, batch: int
+) -> AsyncIterator[list[bytes]]:
+    keyspace = plan.source.keyspace
+    async for _, keys in keys_by_holder(cluster, keyspace.prefixes, keyspace.storage_type, batch):
+        yield keys
+
+
+def _keys(servers: Servers, plan: MigrationPlan, batch: int) -> AsyncIterator[list[bytes]]:
     source = plan.source
+    if isinstance(servers, ClusterConnections):
+        return _cluster_keys(servers, plan, batch)  # SCAN on every primary
+    client = servers
     return enumerate_keys(
         client,
         source.physical_index or source.index_name,
@@ -43,13 +56,13 @@ def _keys(client: aioredis.Redis, plan: MigrationPlan, batch: int) -> AsyncItera
 
 
 async def pick_query_keys(
-    client: aioredis.Redis, plan: MigrationPlan, count: int, *, seed: int = 0
+    servers: Servers, plan: MigrationPlan, count: int, *, seed: int = 0
 ) -> list[bytes]:
     """``count`` keys of the index's documents, uniformly at random (reservoir sampling)."""
     rng = random.Random(seed)
     chosen: list[bytes] = []
     seen = 0
-    async for batch in _keys(client, plan, FORECAST_BATCH):
+    async for batch in _keys(servers, plan, FORECAST_BATCH):
         for key in batch:
             seen += 1
             if len(chosen) < count:
@@ -62,7 +75,7 @@ async def pick_query_keys(
 
 
 async def read_vectors(
-    client: aioredis.Redis,
+    servers: Servers,
     wire: Wire,
     schema: IndexSchema,
     fields: Sequence[VectorField],
@@ -85,12 +98,9 @@ async def read_vectors(
         return out
     for field in fields:
         path = field.path or default_json_path(field.name)
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.execute_command("JSON.GET", key, path)
         found_keys: list[bytes] = []
         rows: list[list[float]] = []
-        for key, raw in zip(keys, await pipe.execute(raise_on_error=False), strict=True):
+        for key, raw in zip(keys, await json_path_of_each(servers, keys, path), strict=True):
             values = _json_vector(raw, path)
             if values is not None and len(values) == field.attrs.dims:
                 found_keys.append(key)
@@ -125,9 +135,12 @@ async def forecast_quality(
     *,
     queries: int = RECALL_QUERIES,
     seed: int = 0,
+    cluster: ClusterConnections | None = None,
 ) -> dict[str, QualityForecast | None]:
     """Recall@10 after re-encoding each of ``changes`` (by source field), for ``queries``
-    stored vectors searched among every stored vector of the index."""
+    stored vectors searched among every stored vector of the index (on ``cluster``, the
+    documents of every primary)."""
+    servers: Servers = cluster if cluster is not None else client
     schema = plan.source.schema_snapshot
     wanted = [c for c in changes if c.encoding is not None]
     fields = []
@@ -137,12 +150,12 @@ async def forecast_quality(
             fields.append(field)
     if not fields:
         return {}
-    wire = Wire(client)
+    wire = ClusterWire(cluster) if cluster is not None else Wire(client)
     try:
-        picked = await pick_query_keys(client, plan, queries, seed=seed)
+        picked = await pick_query_keys(servers, plan, queries, seed=seed)
         if not picked:
             return {}
-        read = await read_vectors(client, wire, schema, fields, picked)
+        read = await read_vectors(servers, wire, schema, fields, picked)
         forecasters: dict[str, RecallForecaster] = {}
         for change in wanted:
             if change.source_field in read:
@@ -156,8 +169,8 @@ async def forecast_quality(
 
         async def produce() -> None:
             async with send:
-                async for batch in _keys(client, plan, FORECAST_BATCH):
-                    await send.send(await read_vectors(client, wire, schema, fields, batch))
+                async for batch in _keys(servers, plan, FORECAST_BATCH):
+                    await send.send(await read_vectors(servers, wire, schema, fields, batch))
 
         async def consume() -> None:
             async with receive:

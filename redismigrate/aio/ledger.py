@@ -1,9 +1,15 @@
-"""The migration ledger: a Redis stream with a ``started`` and a ``finished`` event per run."""
+"""The migration ledger: a Redis stream with a ``started`` and a ``finished`` event per run.
+
+redismigrate's own keys (the ledger, the index locks) are sent through a :data:`KeyRoute`:
+on a single server its one client, on a cluster the client of the primary owning the
+key's slot (:func:`cluster_route`). Each function here takes a client or a route.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
@@ -24,8 +30,36 @@ from redismigrate.ledger import (
 from redismigrate.plan import MigrationPlan, plan_hash
 from redismigrate.schema import IndexSchema, UnreportedAttribute, with_recorded
 
+if TYPE_CHECKING:
+    from redismigrate.aio.cluster import ClusterConnections
+
 _PAGE = 1000
 _FIELD = b"event"
+
+KeyRoute: TypeAlias = Callable[[str | bytes], aioredis.Redis]
+"""Given one of redismigrate's own keys, the client to send its commands to."""
+
+
+def single_route(client: aioredis.Redis) -> KeyRoute:
+    """The route of a single server: ``client`` for every key."""
+
+    def route(key: str | bytes) -> aioredis.Redis:
+        return client
+
+    return route
+
+
+def cluster_route(connections: ClusterConnections) -> KeyRoute:
+    """The route of a cluster: the client of the primary owning the key's slot (as the
+    topology read at connect time says)."""
+    return connections.client_for_key
+
+
+def as_route(client: aioredis.Redis | KeyRoute) -> KeyRoute:
+    """``client`` when it is a route, else the route always giving ``client``."""
+    if isinstance(client, aioredis.Redis):
+        return single_route(client)
+    return client
 
 
 def permission_error(action: str, key: str, exc: BaseException) -> BadInputError:
@@ -36,23 +70,24 @@ def permission_error(action: str, key: str, exc: BaseException) -> BadInputError
     )
 
 
-async def record(client: aioredis.Redis, event: LedgerEvent) -> None:
+async def record(client: aioredis.Redis | KeyRoute, event: LedgerEvent) -> None:
     """Append ``event`` to the ledger (trimmed to about LEDGER_MAXLEN records)."""
     try:
-        await client.xadd(
+        await as_route(client)(LEDGER_KEY).xadd(
             LEDGER_KEY, {_FIELD: event.encode()}, maxlen=LEDGER_MAXLEN, approximate=True
         )
     except rexc.NoPermissionError as exc:
         raise permission_error("write the migration ledger", LEDGER_KEY, exc) from None
 
 
-async def read_events(client: aioredis.Redis) -> list[LedgerEvent]:
+async def read_events(client: aioredis.Redis | KeyRoute) -> list[LedgerEvent]:
     """Every readable event in the ledger, oldest first."""
+    ledger = as_route(client)(LEDGER_KEY)
     events: list[LedgerEvent] = []
     start = "-"
     try:
         while True:
-            page = await execute(client, "XRANGE", LEDGER_KEY, start, "+", "COUNT", _PAGE)
+            page = await execute(ledger, "XRANGE", LEDGER_KEY, start, "+", "COUNT", _PAGE)
             for _, fields in page or []:
                 values = _as_dict(fields)
                 raw = values.get(_FIELD) or values.get(_FIELD.decode())
@@ -76,10 +111,11 @@ def _as_dict(fields: Any) -> dict[Any, Any]:
 
 
 async def read_history(
-    client: aioredis.Redis, *, index_name: str | None = None, limit: int | None = None
+    client: aioredis.Redis | KeyRoute, *, index_name: str | None = None, limit: int | None = None
 ) -> list[LedgerEntry]:
     """The runs in the ledger, newest first; only those on ``index_name`` when given."""
-    events = await read_events(client)
+    route = as_route(client)
+    events = await read_events(route)
     if index_name is not None:
         events = [e for e in events if index_name in (e.index_name, e.target_index)]
     open_runs = {e.run_id: e.index_name for e in events if e.event == "started"}
@@ -89,7 +125,8 @@ async def read_history(
     running = []
     for run_id, name in open_runs.items():
         try:
-            holder = LockHolder.decode(await client.get(lock_key(name)))
+            key = lock_key(name)
+            holder = LockHolder.decode(await route(key).get(key))
         except rexc.NoPermissionError:
             holder = None
         if holder is not None and holder.run_id == run_id and not holder.is_dead():
@@ -120,7 +157,7 @@ def plan_of(entry: LedgerEntry) -> MigrationPlan | None:
 
 
 async def recall_unreported(
-    client: aioredis.Redis,
+    client: aioredis.Redis | KeyRoute,
     index_name: str,
     schema: IndexSchema,
     unreported: list[UnreportedAttribute],

@@ -11,6 +11,9 @@ taken over at once, and ``break_lock`` takes over any. A run whose lock is lost 
 or taken over) is cancelled and raises :class:`LockLost`.
 
 A run inside a run (each index of a batch) reuses the locks its outer run holds.
+
+On a cluster each lock and the ledger go to the primary owning the key's slot: pass
+``route=ledger.cluster_route(connections)``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import redis.exceptions as rexc
 from anyio.abc import TaskGroup
 
 from redismigrate.aio import ledger
+from redismigrate.aio.ledger import KeyRoute, single_route
 from redismigrate.errors import BadInputError, LockLost, MigrationLocked
 from redismigrate.ledger import (
     DIRECTORY_LOCK_FILE,
@@ -78,17 +82,26 @@ R = TypeVar("R", bound=MigrationReport)
 
 
 class RedisLock:
-    """The lock on one index: ``redismigrate:lock:{<index>}`` holding a LockHolder."""
+    """The lock on one index: ``redismigrate:lock:{<index>}`` holding a LockHolder.
 
-    def __init__(self, client: aioredis.Redis, index_name: str, holder: LockHolder, ttl: float):
-        self.client = client
+    ``client`` is the client of the lock's server, or a route giving it for the key.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis | KeyRoute,
+        index_name: str,
+        holder: LockHolder,
+        ttl: float,
+    ) -> None:
         self.index_name = index_name
         self.key = lock_key(index_name)
+        self.client = ledger.as_route(client)(self.key)
         self.value = holder.encode()
         self.ttl_ms = max(1, int(ttl * 1000))
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
-        self._take_over = client.register_script(_TAKE_OVER)
+        self._renew = self.client.register_script(_RENEW)
+        self._release = self.client.register_script(_RELEASE)
+        self._take_over = self.client.register_script(_TAKE_OVER)
         self._own: aioredis.Redis | None = None
         self._renew_own: Any = None
 
@@ -226,7 +239,8 @@ class RunGuard:
 
     ``index_name`` names the run in the ledger; ``lock_names`` (default: the index and
     ``target_index``) are the indexes locked. ``ledger=False`` writes no events (a batch:
-    each of its indexes is a run of its own).
+    each of its indexes is a run of its own). ``route`` gives the client of each lock and
+    of the ledger (default: ``client`` for all; on a cluster ``ledger.cluster_route``).
     """
 
     def __init__(
@@ -244,8 +258,10 @@ class RunGuard:
         ttl: float | None = None,
         source_params: dict[str, dict[str, Any]] | None = None,
         target_params: dict[str, dict[str, Any]] | None = None,
+        route: KeyRoute | None = None,
     ) -> None:
         self.client = client
+        self.route = route if route is not None else single_route(client)
         # recorded in the ledger: the vector parameters a server may not report
         self.source_params = source_params or {}
         self.target_params = target_params or {}
@@ -296,14 +312,14 @@ class RunGuard:
                 if name in held.names:
                     note = held.names[name]
                 else:
-                    redis_lock = RedisLock(self.client, name, holder, self.ttl)
+                    redis_lock = RedisLock(self.route, name, holder, self.ttl)
                     note = await redis_lock.acquire(break_lock=self.break_lock)
                     self._locks.append(redis_lock)
                     held.names[name] = note
                 if note is not None and note not in self.warnings:
                     self.warnings.append(note)
             if self.write_ledger:
-                await ledger.record(self.client, self._event("started"))
+                await ledger.record(self.route, self._event("started"))
         except BaseException as exc:
             with anyio.CancelScope(shield=True) as scope:
                 scope.deadline = anyio.current_time() + CLEANUP_SECONDS
@@ -311,7 +327,7 @@ class RunGuard:
                 if isinstance(exc, MigrationLocked) and self.write_ledger:
                     with contextlib.suppress(rexc.RedisError, BadInputError, OSError):
                         await ledger.record(
-                            self.client, self._event("finished", "refused", str(exc))
+                            self.route, self._event("finished", "refused", str(exc))
                         )
             raise
         if self._locks:
@@ -353,7 +369,7 @@ class RunGuard:
                 # a failed write leaves the run "unfinished" in the ledger, which is not a
                 # reason to hide the run's own outcome
                 with contextlib.suppress(rexc.RedisError, BadInputError, OSError):
-                    await ledger.record(self.client, self._event("finished", result, error))
+                    await ledger.record(self.route, self._event("finished", result, error))
         if self._group is not None:
             await self._group.__aexit__(None, None, None)
         if self.lost is not None and exc is not None:

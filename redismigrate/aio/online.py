@@ -28,6 +28,7 @@ from redismigrate.cutover import (
     CutOverSteps,
     alias_already_there,
     alias_name_taken,
+    cut_over_window_sentence,
 )
 from redismigrate.errors import BadInputError, IndexNotFound, RedisMigrateError
 from redismigrate.estimate import shadow_index_bytes
@@ -317,11 +318,13 @@ async def reverse(
     poll: float,
     tick: Callable[[str, int, int | None], None] | None = None,
     serving: str | None = None,
+    in_steps: bool = False,
 ) -> str:
     """Undo an online migration: before the cut-over drop the shadow; after it, build the
     source schema under a new physical name and swap the name back the same way.
     ``serving``: the index the name was moved to, when not the plan's shadow index (a
-    rollback that rebuilt it under another name)."""
+    rollback that rebuilt it under another name). ``in_steps``: swap without MULTI
+    (``cut_over_in_steps``; a cluster with the search coordinator)."""
     assert isinstance(plan.mode, Online)
     shadow = serving or plan.mode.shadow_index
     behind_target = await physical_name(client, plan.target_index_name)
@@ -344,6 +347,19 @@ async def reverse(
         await create_index(client, plan.source.schema_snapshot, index_name=back)
     crash_point("rollback_source_built")
     await wait_until_caught_up(client, back, shadow, timeout=timeout, poll=poll, tick=tick)
+    if in_steps:
+        steps = await cut_over_in_steps(
+            client,
+            name=plan.target_index_name,
+            new_name=plan.source.index_name,
+            shadow=back,
+            aliases=plan.source.aliases,
+            previous=shadow,
+        )
+        return (
+            f"the name {plan.source.index_name!r} serves the source schema again (as "
+            f"{back!r}). {cut_over_window_sentence(steps.order, steps.window_seconds)}"
+        )
     await cut_over(
         client,
         name=plan.target_index_name,

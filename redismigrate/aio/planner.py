@@ -13,7 +13,9 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 from redismigrate.aio.aliases import plan_aliases
+from redismigrate.aio.cluster import ClusterConnections
 from redismigrate.aio.connection import AsyncRedisClient, connect, execute
+from redismigrate.aio.deployment import primaries_of
 from redismigrate.aio.forecast import forecast_quality
 from redismigrate.aio.indexes import (
     ft_info,
@@ -21,6 +23,7 @@ from redismigrate.aio.indexes import (
     read_schema_and_stats,
     server_capabilities,
 )
+from redismigrate.aio.keyspace import Servers, hash_field_of_each, json_path_of_each
 from redismigrate.aio.ledger import recall_unreported
 from redismigrate.aio.preflight import Command, malformed_vectors, preflight, refuse_cluster
 from redismigrate.aio.topology import cluster_reply
@@ -38,6 +41,10 @@ from redismigrate.schema import DATATYPE_BYTES, IndexSchema, VectorField, defaul
 KEY_SAMPLE_SIZE = 10
 VECTOR_SAMPLE_SIZE = 2000
 QUALITY_QUERIES = RECALL_QUERIES
+ON_A_CLUSTER = (
+    "the index lives on a Redis Cluster, where redismigrate does not re-encode online yet "
+    "(its shadow fields and their mirroring are written per server)"
+)
 
 
 async def sample_keys(client: aioredis.Redis, index_name: str, count: int) -> list[bytes]:
@@ -61,26 +68,23 @@ def _key_bytes(value: Any) -> bytes:
 
 
 async def sample_vectors(
-    client: aioredis.Redis,
+    servers: Servers,
     schema: IndexSchema,
     field: VectorField,
     keys: Sequence[bytes] | Sequence[str],
 ) -> np.ndarray:
-    """The stored vectors of ``field`` in ``keys`` as a float array (n, dims); read-only."""
+    """The stored vectors of ``field`` in ``keys`` as a float array (n, dims); read-only
+    (on a cluster each key asked of the primary holding it)."""
     dims, datatype = field.attrs.dims, field.attrs.datatype
     rows: list[np.ndarray] = []
-    pipe = client.pipeline(transaction=False)
+    names = [k if isinstance(k, bytes) else k.encode() for k in keys]
     if schema.storage_type == "hash":
-        for key in keys:
-            pipe.hget(key, field.path or field.name)
-        for raw in await pipe.execute():
+        for raw in await hash_field_of_each(servers, names, field.path or field.name):
             if isinstance(raw, bytes) and len(raw) == dims * DATATYPE_BYTES[datatype]:
                 rows.append(decode_stored(raw, datatype, dims).astype(np.float64))
     else:
         path = field.path or default_json_path(field.name)
-        for key in keys:
-            pipe.execute_command("JSON.GET", key, path)
-        for raw in await pipe.execute(raise_on_error=False):
+        for raw in await json_path_of_each(servers, names, path):
             if not isinstance(raw, (bytes, str)):
                 continue
             values = json.loads(raw)
@@ -188,19 +192,21 @@ class AsyncMigrationPlanner:
             )
         previous = previous_encodings_from(previous_plan_path)
         async with connect(redis_url, redis_client) as client:
-            await refuse_cluster(client)
-            return await self._plan(
-                client,
-                index_name,
-                schema_patch,
-                target_schema,
-                previous,
-                force,
-                set(overlap_checked_elsewhere or ()),
-                mode,
-                aliases,
-                keep_shadow_field,
-            )
+            await refuse_cluster(client)  # a cluster passes only with the search coordinator
+            async with primaries_of(client) as cluster:
+                return await self._plan(
+                    client,
+                    cluster,
+                    index_name,
+                    schema_patch,
+                    target_schema,
+                    previous,
+                    force,
+                    set(overlap_checked_elsewhere or ()),
+                    mode,
+                    aliases,
+                    keep_shadow_field,
+                )
 
     async def estimate(
         self,
@@ -218,10 +224,13 @@ class AsyncMigrationPlanner:
         re-encoding (the vectors are streamed in batches: memory stays bounded; the
         numpy work runs in a worker thread).
         """
-        async with connect(redis_url, redis_client) as client:
-            await refuse_cluster(client)
-            memory = await client.info("memory")
-            dataset = int(memory.get("used_memory_dataset", 0))
+        async with connect(redis_url, redis_client) as client, primaries_of(client) as cluster:
+            await refuse_cluster(client)  # a cluster passes only with the search coordinator
+            nodes = list(cluster.clients.values()) if cluster is not None else [client]
+            dataset = 0
+            for node in nodes:
+                memory = await node.info("memory")
+                dataset += int(memory.get("used_memory_dataset", 0))
             forecasts: dict[str, Any] = {}
             lossy = [vc for vc in plan.vector_changes if vc.lossy]
             if lossy:
@@ -233,7 +242,9 @@ class AsyncMigrationPlanner:
                         raise
                     present = False  # the source index is gone (already migrated)
                 if present:
-                    forecasts = await forecast_quality(client, plan, lossy, queries=quality_queries)
+                    forecasts = await forecast_quality(
+                        client, plan, lossy, queries=quality_queries, cluster=cluster
+                    )
         return build_estimate(
             plan,
             forecasts=forecasts,
@@ -269,6 +280,7 @@ class AsyncMigrationPlanner:
     async def _plan(
         self,
         client: aioredis.Redis,
+        cluster: ClusterConnections | None,
         index_name: str,
         patch: SchemaPatch | None,
         target: IndexSchema | None,
@@ -279,6 +291,7 @@ class AsyncMigrationPlanner:
         aliases: Sequence[str] = (),
         keep_shadow_field: bool = False,
     ) -> MigrationPlan:
+        servers: Servers = cluster if cluster is not None else client
         capabilities = await server_capabilities(client)
         described = await read_schema_and_stats(client, index_name)
         physical = described.schema.name  # differs when index_name is an alias
@@ -305,9 +318,11 @@ class AsyncMigrationPlanner:
             for field in source.vector_fields:
                 if field.name in wanted:
                     samples[field.name] = await sample_vectors(
-                        client, source, field, sample_keys_for_vectors
+                        servers, source, field, sample_keys_for_vectors
                     )
-        room = await memory_room(client)
+        on_cluster = cluster is not None
+        # a cluster's memory is each primary's: the preflight judges it per primary
+        room = await memory_room(client) if not on_cluster else None
         plan = build_plan(
             memory_room=room,
             source_schema=source,
@@ -325,8 +340,9 @@ class AsyncMigrationPlanner:
             aliases_listed=aliases_listed,
             unreported=unreported,
             keep_shadow_field=keep_shadow_field,
+            online_reencode_unavailable=ON_A_CLUSTER if on_cluster else None,
         )
-        data = await malformed_vectors(client, plan)
+        data = await malformed_vectors(servers, plan)
         if data.status != "pass":  # counted over every key: the plan says so
             notes.append(f"data: {data.detail}")
         if notes:

@@ -243,10 +243,17 @@ async def memory_checks(
     ]
 
 
-async def evicted_keys(client: aioredis.Redis) -> int:
-    """The server's count of keys evicted since it started."""
-    stats = await _info(client, "stats")
-    return int(stats.get("evicted_keys", 0) or 0)
+async def evicted_keys(servers: aioredis.Redis | ClusterConnections) -> int:
+    """The server's count of keys evicted since it started (a cluster's: every
+    primary's, added up)."""
+    clients = (
+        list(servers.clients.values()) if isinstance(servers, ClusterConnections) else [servers]
+    )
+    total = 0
+    for client in clients:
+        stats = await _info(client, "stats")
+        total += int(stats.get("evicted_keys", 0) or 0)
+    return total
 
 
 class EvictionDetected(RedisMigrateError):
@@ -257,7 +264,7 @@ async def watch_evictions(run: Run, interval: float = EVICTION_POLL_SECONDS) -> 
     """Poll the server's evicted_keys for the whole run; on any eviction, halt the run
     (its next step raises EvictionDetected, and what it did is undone)."""
     if run.evictions_at_start is None:
-        run.evictions_at_start = await evicted_keys(run.client)
+        run.evictions_at_start = await evicted_keys(run.servers)
     while run.halt is None:
         await anyio.sleep(interval)
         try:
@@ -270,7 +277,7 @@ async def check_evictions(run: Run, *, raise_now: bool = True) -> None:
     """Halt the run (and raise, with ``raise_now``) when the server evicted any key
     since the run started."""
     if run.evictions_at_start is not None and run.halt is None:
-        evicted = await evicted_keys(run.client) - run.evictions_at_start
+        evicted = await evicted_keys(run.servers) - run.evictions_at_start
         if evicted > 0:
             run.halt = EvictionDetected(
                 f"the server evicted {evicted:,} key(s) during the run (maxmemory is full "
@@ -425,19 +432,21 @@ async def preflight(
     topology = await describe_topology(client)
     checks = [topology_check(topology)]
     if checks[0].status == "block":
-        if topology.coordinator:
-            # what a run on it will need, primary by primary (it is refused all the same
-            # until plan and apply take the cluster path)
-            async with connect_cluster(redis_client=client) as cluster:
-                checks += await primaries_checks(
-                    cluster, plan, command, allow_eviction=allow_eviction
-                )
-                if scan_data:
-                    checks.append(await malformed_vectors(cluster, plan))
-        return ordered(checks)  # nothing else can be asked of a node of a cluster
-    checks.append(await permissions_check(client, plan, command))
+        return ordered(checks)  # nothing else can be asked of it
+    if topology.cluster_enabled:  # with the search coordinator: every primary is asked
+        async with connect_cluster(redis_client=client) as cluster:
+            permissions, memory, eviction = await primaries_checks(
+                cluster, plan, command, allow_eviction=allow_eviction
+            )
+            if scan_data:
+                checks.append(await malformed_vectors(cluster, plan))
+    else:
+        permissions = await permissions_check(client, plan, command)
+        memory, eviction = await memory_checks(client, plan, command, allow_eviction=allow_eviction)
+        if scan_data:
+            checks.append(await malformed_vectors(client, plan))
+    checks.append(permissions)
     checks.append(parameters_check(plan.merged_target_schema))
-    memory, eviction = await memory_checks(client, plan, command, allow_eviction=allow_eviction)
     if force and memory.status == "block":
         memory = PreflightCheck(
             check="memory", status="warn", detail=memory.detail + " (--force: going ahead)"
@@ -451,8 +460,6 @@ async def preflight(
                 path=str(backup_dir),
             )
         )
-    if scan_data:
-        checks.append(await malformed_vectors(client, plan))
     return ordered(checks)
 
 

@@ -23,7 +23,10 @@ from redismigrate.errors import BadInputError, RedisMigrateError
 from redismigrate.preflight import PreflightCheck
 
 SUPPORTED = "redismigrate supports a single Redis server (a primary) only"
-CLUSTER_LATER = "Redis Cluster is not supported yet (issue 16)"
+CLUSTER_NEEDS = (
+    "redismigrate migrates a Redis Cluster only where the search coordinator runs "
+    "(Redis 8 or later), so that one index spans every shard"
+)
 
 # replies only a cluster node gives, by the redis-py class that carries them
 _CLUSTER_REPLIES: tuple[tuple[type[rexc.ResponseError], str], ...] = (
@@ -191,13 +194,22 @@ def topology_check(topology: Topology) -> PreflightCheck:
                 "each shard's index covers only that shard's keys"
             )
         elif topology.coordinator:
-            what = f"a node of a Redis Cluster{of} with the search coordinator"
+            return PreflightCheck(
+                check="topology",
+                status="pass",
+                detail=f"a node of a Redis Cluster{of} with the search coordinator: index "
+                "commands go to this node, which forwards them to every shard; document keys "
+                "to the primary serving each",
+            )
         else:
-            what = "a Redis Cluster node (cluster_enabled:1)"
+            what = (
+                "a Redis Cluster node (cluster_enabled:1) whose search coordinator could not "
+                "be confirmed"
+            )
         return PreflightCheck(
             check="topology",
             status="block",
-            detail=f"the server is {what}; {SUPPORTED}: {CLUSTER_LATER}",
+            detail=f"the server is {what}; {CLUSTER_NEEDS}",
         )
     if topology.role is not None and topology.role != "master":
         if topology.role in ("slave", "replica"):
@@ -282,8 +294,8 @@ def cluster_error(exc: BaseException) -> ClusterUnsupported | None:
     if reply is None:
         return None
     return ClusterUnsupported(
-        f"the server answered {reply}: it is a Redis Cluster node, and {SUPPORTED} "
-        "(Redis Cluster: issue 16)"
+        f"the server answered {reply}: it is a node of a Redis Cluster whose slots moved, "
+        f"or that was not recognised as one (INFO cluster not allowed?); {CLUSTER_NEEDS}"
     )
 
 

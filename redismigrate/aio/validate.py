@@ -8,15 +8,23 @@ from typing import TYPE_CHECKING
 import anyio
 import redis.asyncio as aioredis
 
+from redismigrate.aio.cluster import ClusterConnections
 from redismigrate.aio.connection import execute
 from redismigrate.aio.indexes import read_schema_and_stats
-from redismigrate.aio.keys import count_documents, moved_key
+from redismigrate.aio.keys import moved_key
+from redismigrate.aio.keyspace import (
+    Servers,
+    count_documents_on,
+    documents_by_primary,
+    exists_each,
+    hash_field_of_each,
+)
 from redismigrate.aio.planner import renamed
 from redismigrate.errors import IndexNotFound
 from redismigrate.keytext import key_names, key_text
 from redismigrate.plan import MigrationPlan
 from redismigrate.quantize import reencode_bytes
-from redismigrate.report import ValidationResult
+from redismigrate.report import ShardDocuments, ValidationResult, shard_count_error
 from redismigrate.schema import DATATYPE_BYTES
 
 if TYPE_CHECKING:
@@ -41,6 +49,7 @@ async def validate_live(
     written_during_run: Callable[[bytes], bool] | None = None,
     live_documents: int | None = None,
     failures_by_application: bool = False,
+    servers: Servers | None = None,
 ) -> ValidationResult:
     """Live schema equals the merged target (in what the server reports); document counts
     and failures hold; sampled keys exist; re-encoded vectors equal the plan's rule
@@ -56,7 +65,12 @@ async def validate_live(
     failure count the server never lowers once the run rewrote such a vector). Its
     failure count is then not held against the source's, and its documents are counted
     with the source's failures instead of its own.
+
+    ``servers``: where the documents live when that is not ``client``'s server alone (a
+    cluster's primaries; FT.* still goes to ``client``). On a cluster every primary's
+    documents are counted and their sum held against the aggregated index (``shards``).
     """
+    keys_at: Servers = servers if servers is not None else client
     errors: list[str] = []
     target = plan.merged_target_schema
     source_stats = plan.source.stats_snapshot
@@ -100,8 +114,8 @@ async def validate_live(
             if count_match or target.index.options.filter is not None:
                 break
             # writes land between the two counts: try again for a quiet moment
-            source_total = await count_documents(
-                client, target.index.prefixes, plan.source.keyspace.storage_type
+            source_total = await count_documents_on(
+                keys_at, target.index.prefixes, plan.source.keyspace.storage_type
             )
             again = await read_schema_and_stats(client, target.name)
             target_total = again.stats.num_docs + (
@@ -135,10 +149,7 @@ async def validate_live(
     ]
     gone: list[list[bytes]] = []
     if sample:
-        pipe = client.pipeline(transaction=False)
-        for names in sample:
-            pipe.exists(*names)
-        for names, found in zip(sample, await pipe.execute(), strict=True):
+        for names, found in zip(sample, await exists_each(keys_at, sample), strict=True):
             if not found:
                 gone.append(names)
     if gone and documents_at_switch is not None:
@@ -148,9 +159,17 @@ async def validate_live(
     missing = [key_text(names[0]) for names in gone]
     if missing:
         errors.append(f"{len(missing)} sampled key(s) are missing")
-    checked, mismatched = await _check_vectors(client, plan, backup, written_during_run)
+    checked, mismatched = await _check_vectors(keys_at, plan, backup, written_during_run)
     if mismatched:
         errors.append(f"{len(mismatched)} re-encoded vector(s) differ from the plan's rule")
+    shards: list[ShardDocuments] = []
+    if isinstance(keys_at, ClusterConnections) and target.index.options.filter is None:
+        shards, indexed = await _shard_figures(keys_at, client, plan)
+        if live_documents is None and documents_at_switch is None:
+            # the application kept still: what the primaries hold is what the index counts
+            shard_error = shard_count_error(shards, indexed)
+            if shard_error is not None:
+                errors.append(shard_error)
     return ValidationResult(
         passed=not errors,
         schema_match=schema_match,
@@ -164,7 +183,27 @@ async def validate_live(
         vectors_checked=checked,
         vectors_mismatched=mismatched,
         errors=errors,
+        shards=shards,
     )
+
+
+async def _shard_figures(
+    cluster: ClusterConnections, client: aioredis.Redis, plan: MigrationPlan
+) -> tuple[list[ShardDocuments], int]:
+    """Every primary's documents under the target's prefixes, and the index's documents
+    plus failures, read for a quiet moment (equal twice in a row) where writes go on."""
+    target = plan.merged_target_schema
+    storage = plan.source.keyspace.storage_type
+    shards: list[ShardDocuments] = []
+    indexed = -1
+    for _ in range(LIVE_COUNT_TRIES):
+        shards = await documents_by_primary(cluster, target.index.prefixes, storage)
+        stats = (await read_schema_and_stats(client, target.name)).stats
+        indexed = stats.num_docs + stats.hash_indexing_failures
+        if sum(s.documents for s in shards) == indexed:
+            break
+        await anyio.sleep(0.05)
+    return shards, indexed
 
 
 async def _indexed(client: aioredis.Redis, index_name: str, keys: list[bytes]) -> bool:
@@ -177,7 +216,7 @@ async def _indexed(client: aioredis.Redis, index_name: str, keys: list[bytes]) -
 
 
 async def _check_vectors(
-    client: aioredis.Redis,
+    servers: Servers,
     plan: MigrationPlan,
     backup: BackupSet | None,
     written_during_run: Callable[[bytes], bool] | None = None,
@@ -207,12 +246,11 @@ async def _check_vectors(
             if not present:
                 continue
             expected = reencode_bytes([v for _, v in present], change.encoding, change.dims)
-            pipe = client.pipeline(transaction=False)
             known = backup.header.fields.get(change.source_field)
             field_name = known.document_field if known is not None else change.field
-            for key, _ in present:
-                pipe.hget(target_key(plan, key), field_name)
-            stored = await pipe.execute()
+            stored = await hash_field_of_each(
+                servers, [target_key(plan, key) for key, _ in present], field_name
+            )
             for (key, _), want, got in zip(present, expected, stored, strict=True):
                 checked += 1
                 if want != got:

@@ -127,9 +127,17 @@ async def open_or_start(run: Run, connections: ClusterConnections) -> str:
             run.documents = existing.keys_backed_up
             return existing.header.phase
         # taken again; with the shards a run killed before writing its manifest left
-        files = set(existing.files()) | set(_shard_files(run.backup_dir, index))
+        files = set(existing.files()) | set(shard_files(run.backup_dir, index))
         existing.close()
         set_aside(run.backup_dir, index, sorted(files), RESTARTED_SUFFIX)
+    return await start_backup(run, connections)
+
+
+async def start_backup(run: Run, connections: ClusterConnections) -> str:
+    """A new backup with one shard per primary of the cluster, recorded in its manifest
+    (node id, address, slots), once no key is found under a new prefix; ``dump``."""
+    plan = run.plan
+    index = plan.source.index_name
     change = plan.rename_operations.change_prefix
     if change is not None:
         await refuse_keys_under_new_prefix(connections, change)
@@ -155,7 +163,9 @@ async def open_or_start(run: Run, connections: ClusterConnections) -> str:
     return "dump"
 
 
-def _shard_files(backup_dir: Path, index_name: str) -> list[Path]:
+def shard_files(backup_dir: Path, index_name: str) -> list[Path]:
+    """The shard files of a backup in ``backup_dir``, listed in its manifest or not (a
+    run killed before it wrote its manifest)."""
     base = backup_paths(backup_dir, index_name).prefix.name
     shard = re.compile(re.escape(base) + r"\.w\d+(\.header\.json|\.data)")
     return [p for p in backup_dir.iterdir() if shard.fullmatch(p.name)]
@@ -541,5 +551,7 @@ __all__ = [
     "move_pairs",
     "open_or_start",
     "refuse_keys_under_new_prefix",
+    "shard_files",
+    "start_backup",
     "undo_documents",
 ]

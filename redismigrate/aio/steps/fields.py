@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from redismigrate.aio import guarded
 from redismigrate.aio.fastwire import Wire
 from redismigrate.aio.keys import moved_key, rename_json_fields
+from redismigrate.aio.keyspace import rename_json_fields_on
 from redismigrate.aio.steps.state import Run
 from redismigrate.plan import MigrationPlan
 
@@ -32,7 +33,7 @@ async def rename(run: Run, snapshot: Iterable[list[bytes]]) -> None:
     for batch in snapshot:
         keys = [moved_key(k, change.old, change.new) if change is not None else k for k in batch]
         if is_json:
-            run.fields_renamed += await rename_json_fields(run.client, keys, renames)
+            run.fields_renamed += await rename_json_fields_on(run.servers, keys, renames)
         else:
             outcome = await guarded.rename_fields(run.wire, keys, renames, capture=run.capture)
             run.fields_renamed += outcome.written

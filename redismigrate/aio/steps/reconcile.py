@@ -20,8 +20,10 @@ import redis.asyncio as aioredis
 
 from redismigrate.aio import guarded
 from redismigrate.aio.capture import ChangeCapture
+from redismigrate.aio.cluster import ClusterConnections, ClusterWire
 from redismigrate.aio.fastwire import Wire
-from redismigrate.aio.keys import rename_json_fields, scan_prefixes
+from redismigrate.aio.keyspace import Servers, keys_by_holder, rename_json_fields_on
+from redismigrate.aio.steps import cluster as cluster_step
 from redismigrate.aio.steps import prefix as prefix_step
 from redismigrate.backup import BackupField
 from redismigrate.keytext import key_text
@@ -63,9 +65,12 @@ class Reconciler:
         capture: ChangeCapture | None,
         *,
         touch: bool,
+        servers: Servers | None = None,
     ) -> None:
         self.client = client
         self.wire = wire
+        # where the documents live: ``client``'s server, or every primary of a cluster
+        self.servers: Servers = servers if servers is not None else client
         self.plan = plan
         self.capture = capture
         self.touch = touch
@@ -134,7 +139,9 @@ class Reconciler:
         )
 
     async def _all_keys(self) -> AsyncIterator[list[bytes]]:
-        async for keys in scan_prefixes(self.client, self.target_prefixes, self.storage, BATCH):
+        async for _, keys in keys_by_holder(
+            self.servers, self.target_prefixes, self.storage, BATCH
+        ):
             yield keys
 
     def _under_old_name(self, key: bytes) -> bool:
@@ -151,8 +158,8 @@ class Reconciler:
             keys = await self._move(keys)
         if self.renames and not sweeping:
             if self.storage == "json":
-                self.tally.fields_renamed += await rename_json_fields(
-                    self.client, keys, self.renames
+                self.tally.fields_renamed += await rename_json_fields_on(
+                    self.servers, keys, self.renames
                 )
             else:
                 done = await guarded.rename_fields(
@@ -179,11 +186,15 @@ class Reconciler:
         old_names = [k for k in keys if self._under_old_name(k)]
         if not old_names:
             return keys
-        moved, taken = await prefix_step.rename_batch(
-            self.client,
-            [(k, change.new.encode() + k[len(change.old) :]) for k in old_names],
-            self.capture,
-        )
+        pairs = [(k, change.new.encode() + k[len(change.old) :]) for k in old_names]
+        if isinstance(self.servers, ClusterConnections):
+            assert isinstance(self.wire, ClusterWire)
+            moves = await cluster_step.move_pairs(self.wire, pairs, self.capture)
+            moved, taken = moves.moved, moves.taken
+            for old, _ in moves.changed:
+                self.tally.refuse(old, "written by the application while it was being moved")
+        else:
+            moved, taken = await prefix_step.rename_batch(self.client, pairs, self.capture)
         self.tally.moved += moved
         for old, new in taken:
             self.tally.refuse(old, f"written under the old prefix while {new!r} exists")

@@ -15,6 +15,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from redismigrate.aio.capture import ChangeCapture
+from redismigrate.aio.cluster import ClusterConnections
 from redismigrate.aio.fastwire import Wire
 from redismigrate.aio.throttle import Throttle
 from redismigrate.backup import (
@@ -191,6 +192,13 @@ class Run:
         self.malformed_keys: list[str] = []
         # what writes while the index serves waits on: admit(n) before writing n documents
         self.throttle = throttle or Throttle(client, plan.source.index_name)
+        # a cluster's primaries (keys go to each; FT.* to ``client``, the pinned one)
+        self.cluster: ClusterConnections | None = None
+
+    @property
+    def servers(self) -> aioredis.Redis | ClusterConnections:
+        """Where the documents live: the server, or every primary of the cluster."""
+        return self.cluster if self.cluster is not None else self.client
 
     def note_malformed(self, keys: list[bytes]) -> None:
         self.malformed += len(keys)
