@@ -118,13 +118,17 @@ def source_matches(plan: MigrationPlan, live: IndexSchema) -> bool:
     return schema_hash(under_name) == plan.source.schema_hash
 
 
-async def check_before_drop(client: aioredis.Redis, plan: MigrationPlan) -> None:
+async def check_before_drop(
+    client: aioredis.Redis, plan: MigrationPlan, *, moved_to: str | None = None
+) -> None:
     """Refuse (BadInputError, nothing touched) when the plan's aliases no longer point at
-    the source, or the server lists an alias of the source the plan does not move."""
+    the source, or the server lists an alias of the source the plan does not move.
+    ``moved_to``: an index the aliases may point at already (a cut-over made in steps
+    that a killed run began)."""
     source = source_index(plan)
     for alias in plan.source.aliases:
         behind = await physical_name(client, alias)
-        if behind != source:
+        if behind != source and (moved_to is None or behind != moved_to):
             now = "no longer exists" if behind is None else f"now points at {behind!r}"
             raise BadInputError(
                 f"alias {alias!r} of index {plan.source.index_name!r} {now}; {_REPLAN}"

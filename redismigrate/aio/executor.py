@@ -382,8 +382,11 @@ class AsyncMigrationExecutor:
             if isinstance(run.plan.mode, Online):
                 return await self._apply_online(run, force, cut_over)
             return await self._apply(run, plan_path)
-        except BadInputError:
-            raise
+        except BadInputError as exc:
+            if not isinstance(exc, ConnectionFailed):  # a node lost mid-run: reported
+                raise
+            _close_backups(run)
+            return await self._failed(run, exc, auto_rollback, plan_path)
         except Exception as exc:  # whatever failed after the drop is undone
             _close_backups(run)  # before an undo renames its files
             return await self._failed(run, exc, auto_rollback, plan_path)
@@ -468,7 +471,7 @@ class AsyncMigrationExecutor:
                     f"source schema mismatch: index {plan.source.index_name!r} changed since "
                     "the plan was made; run `redismigrate plan` again"
                 )
-            await aliases.check_before_drop(client, plan)
+            await aliases.check_before_drop(client, plan, moved_to=shadow if in_steps else None)
             if await online.physical_name(client, shadow) is None:
                 await online.check_memory(client, plan, force=force)
                 await create_index(client, plan.merged_target_schema, index_name=shadow)

@@ -155,10 +155,13 @@ class _Sender:
 
     async def send(self, *args: Any) -> float:
         """Send one command; returns the perf_counter time it started."""
+        from redismigrate.aio.steps.state import crash_point
+
         started = time.perf_counter()
         if self.first is None:
             self.first = started
         await execute(self.client, *args)
+        crash_point("cut_over_step")  # test hook: killed between two commands
         return started
 
 

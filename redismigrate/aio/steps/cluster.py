@@ -41,6 +41,7 @@ from redismigrate.aio.cluster import ClusterConnections, ClusterWire
 from redismigrate.aio.connection import execute
 from redismigrate.aio.fastwire import pack
 from redismigrate.aio.keys import KeyCollision, moved_key
+from redismigrate.aio.keyspace import rename_json_fields_on
 from redismigrate.aio.steps import backup as backup_step
 from redismigrate.aio.steps import prefix as prefix_step
 from redismigrate.aio.steps import reencode as reencode_step
@@ -488,8 +489,7 @@ async def undo_documents(wire: ClusterWire, plan: MigrationPlan, backup: BackupS
     Idempotent: a rollback cut short is run again."""
     change = plan.rename_operations.change_prefix
     renames = [(r.new_path, r.old_path) for r in plan.rename_operations.rename_fields]
-    if renames and plan.source.keyspace.storage_type == "json":
-        raise BadInputError("JSON field renames are not undone on a Redis Cluster yet")
+    is_json = plan.source.keyspace.storage_type == "json"
     fields = backup.header.fields
     changes = {vc.source_field: vc for vc in plan.vector_changes if vc.rewrite_documents}
     done = Undone()
@@ -513,7 +513,9 @@ async def undo_documents(wire: ClusterWire, plan: MigrationPlan, backup: BackupS
         done.conflicts.extend(outcome.skipped)
         if not check:
             check = restored_here
-        if renames:
+        if renames and is_json:
+            await rename_json_fields_on(wire.connections, names, renames)
+        elif renames:
             renamed = await guarded.rename_fields(wire, names, renames, capture=None)
             done.conflicts.extend(renamed.skipped)
     by_field: dict[bytes, list[tuple[bytes, bytes]]] = {}
