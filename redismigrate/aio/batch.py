@@ -12,8 +12,10 @@ import redis.asyncio as aioredis
 
 from redismigrate.aio.aliases import assign_aliases
 from redismigrate.aio.connection import AsyncRedisClient, connect
+from redismigrate.aio.deployment import primaries_of
 from redismigrate.aio.executor import AsyncMigrationExecutor, check_backup_dir
 from redismigrate.aio.indexes import known_aliases, list_indexes, server_capabilities
+from redismigrate.aio.ledger import cluster_route
 from redismigrate.aio.lock import RunGuard
 from redismigrate.aio.planner import AsyncMigrationPlanner
 from redismigrate.aio.preflight import preflight
@@ -278,6 +280,7 @@ class AsyncBatchMigrationExecutor:
         async with (
             connect(redis_url, redis_client) as client,
             _preflighted(client, plans, directory, allow_eviction),
+            primaries_of(client) as cluster,
             RunGuard(
                 client,
                 command="batch-apply",
@@ -288,6 +291,7 @@ class AsyncBatchMigrationExecutor:
                 backup_dir=directory,
                 break_lock=break_lock,
                 ledger=False,
+                route=cluster_route(cluster) if cluster is not None else None,
             ),
             shown(progress, step_callback, progress_callback) as reporting,
         ):
@@ -352,6 +356,7 @@ class AsyncBatchMigrationExecutor:
         async with (
             connect(redis_url, redis_client) as client,
             _preflighted(client, plans, Path(state.backup_dir), allow_eviction),
+            primaries_of(client) as cluster,
             RunGuard(
                 client,
                 command="batch-resume",
@@ -362,6 +367,7 @@ class AsyncBatchMigrationExecutor:
                 backup_dir=state.backup_dir,
                 break_lock=break_lock,
                 ledger=False,
+                route=cluster_route(cluster) if cluster is not None else None,
             ),
             shown(progress, step_callback, progress_callback) as reporting,
         ):
