@@ -221,3 +221,39 @@ async def test_without_the_route_a_primary_not_owning_the_lock_answers_moved(
         assert_moved(moved.value, key, cluster.nodes[owner].address)
         assert cluster.client(owner).get(key) is None
         assert not (tmp_path / DIRECTORY_LOCK_FILE).read_bytes()  # released
+
+
+# ---------------------------------------------------------------------------- CROSSSLOT
+
+
+async def test_a_server_refusing_transactions_across_slots_takes_the_per_slot_path(
+    cluster: Cluster, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy in front of several shards that says it is no cluster node answers
+    CROSSSLOT to a transaction over two slots; so does an OSS cluster node for two keys it
+    serves. ``refuses_cross_slot`` tells it (read only), and a single server does not."""
+    import redis.asyncio as aioredis
+
+    from redismigrate.aio.deployment import OneServer, primaries_of, refuses_cross_slot
+
+    keys = [f"probe:{{{n}}}" for n in range(200) if cluster.owner(f"probe:{{{n}}}") == 0][:2]
+    assert len(keys) == 2 and key_slot(keys[0]) != key_slot(keys[1])
+    node = aioredis.Redis(host="127.0.0.1", port=cluster.nodes[0].port)
+    single = aioredis.Redis.from_url(redis_url)
+    try:
+        assert await refuses_cross_slot(node, keys)
+        assert not await refuses_cross_slot(single)
+        # the WATCH left no state behind: a transaction on the same pool still commits
+        pipe = node.pipeline(transaction=True)
+        pipe.set(keys[0], "x")
+        assert await pipe.execute() == [True]
+        monkeypatch.delenv("REDISMIGRATE_PER_PRIMARY", raising=False)
+        async with primaries_of(single) as found:
+            assert found is None  # a single server keeps its own path
+        async with primaries_of(node) as found:
+            assert found is not None and not isinstance(found, OneServer)
+            assert len(found.primaries) == 3
+    finally:
+        await node.delete(keys[0])
+        await node.aclose()
+        await single.aclose()

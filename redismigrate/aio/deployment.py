@@ -1,5 +1,11 @@
 """Where a run's commands go: one server, or every primary of a cluster.
 
+A proxy in front of several shards that says it is no cluster node (Redis Enterprise
+or Redis Cloud without the OSS Cluster API) takes one command at a time for any key,
+but refuses a transaction or a RENAME over keys of two slots (CROSSSLOT). A run there
+takes the cluster's path through :class:`OneServer` as well: its guarded writes are one
+transaction per slot and its prefix moves DUMP, RESTORE and DEL, each of one key.
+
 A run on a Redis Cluster with the search coordinator sends its FT.* commands to one
 pinned primary (the coordinator forwards them to every shard) and its key-level work to
 every primary at once through :class:`~redismigrate.aio.cluster.ClusterConnections`.
@@ -13,10 +19,11 @@ through it, step for step, so that path is exercised wherever a single server is
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
+import redis.exceptions as rexc
 
 from redismigrate.aio.cluster import ClusterConnections, connect_cluster
 from redismigrate.aio.keys import is_cluster
@@ -31,6 +38,9 @@ from redismigrate.cluster import (
 
 PER_PRIMARY_ENV = "REDISMIGRATE_PER_PRIMARY"
 ONE_SERVER_ID = "single-server"
+# two names of different slots (15495 and 3300): a transaction over both is refused
+# where the keys may live on different shards
+CROSS_SLOT_PROBE = ("redismigrate:probe:{a}", "redismigrate:probe:{b}")
 
 
 class OneServer(ClusterConnections):
@@ -62,17 +72,42 @@ def per_primary_requested() -> bool:
     return os.environ.get(PER_PRIMARY_ENV, "") not in ("", "0")
 
 
+async def refuses_cross_slot(
+    client: aioredis.Redis, keys: Sequence[str] = CROSS_SLOT_PROBE
+) -> bool:
+    """Whether the server answers CROSSSLOT to a WATCH of ``keys`` (of different slots),
+    as a proxy in front of several shards does; read only (UNWATCH right after, on the
+    same connection). False where WATCH is not allowed: the preflight says so."""
+    async with client.pipeline(transaction=True) as pipe:  # its reset sends UNWATCH
+        try:
+            await pipe.watch(*keys)
+        except rexc.ClusterCrossSlotError:
+            return True
+        except rexc.ResponseError as exc:
+            return "CROSSSLOT" in str(exc)  # as a raw reply, where the code is kept
+    return False
+
+
 @asynccontextmanager
 async def primaries_of(client: aioredis.Redis) -> AsyncIterator[ClusterConnections | None]:
     """Every primary of the cluster ``client`` is a node of (connections closed on exit);
-    on a single server None, or :class:`OneServer` under the test hook."""
+    on a single server None, or :class:`OneServer` under the test hook or where the
+    server refuses transactions across slots (a proxy in front of several shards)."""
     if await is_cluster(client):
         async with connect_cluster(redis_client=client) as cluster:
             yield cluster
-    elif per_primary_requested():
+    elif per_primary_requested() or await refuses_cross_slot(client):
         yield OneServer(client)
     else:
         yield None
 
 
-__all__ = ["ONE_SERVER_ID", "PER_PRIMARY_ENV", "OneServer", "per_primary_requested", "primaries_of"]
+__all__ = [
+    "CROSS_SLOT_PROBE",
+    "ONE_SERVER_ID",
+    "PER_PRIMARY_ENV",
+    "OneServer",
+    "per_primary_requested",
+    "primaries_of",
+    "refuses_cross_slot",
+]

@@ -27,13 +27,14 @@ from redismigrate.aio.keyspace import Servers, hash_field_of_each, json_path_of_
 from redismigrate.aio.ledger import recall_unreported
 from redismigrate.aio.preflight import Command, malformed_vectors, preflight, refuse_cluster
 from redismigrate.aio.topology import cluster_reply
+from redismigrate.cutover import ALIAS_THEN_DROP, DROP_THEN_ALIAS, cut_over_window_sentence
 from redismigrate.errors import BadInputError
 from redismigrate.estimate import RECALL_QUERIES, MigrationEstimate, build_estimate
 from redismigrate.ftinfo import pairs_to_dict, schema_from_ft_info
 from redismigrate.keytext import key_text
 from redismigrate.memory import MemoryRoom, average_key_bytes
 from redismigrate.patch import SchemaPatch, diff_schemas, target_schema_notes
-from redismigrate.plan import MigrationPlan, OtherIndex, build_plan, seal_plan
+from redismigrate.plan import MigrationPlan, Online, OtherIndex, build_plan, seal_plan
 from redismigrate.preflight import Preflight
 from redismigrate.quantize import Encoding, decode_stored
 from redismigrate.schema import DATATYPE_BYTES, IndexSchema, VectorField, default_json_path
@@ -345,6 +346,14 @@ class AsyncMigrationPlanner:
         data = await malformed_vectors(servers, plan)
         if data.status != "pass":  # counted over every key: the plan says so
             notes.append(f"data: {data.detail}")
+        if on_cluster and isinstance(plan.mode, Online):
+            # no MULTI on a coordinator cluster: the cut-over goes one command at a time
+            order = (
+                ALIAS_THEN_DROP
+                if physical != index_name or capabilities.search_version < (8, 0, 0)
+                else DROP_THEN_ALIAS  # search 8 refuses an alias named like an index
+            )
+            notes.append(cut_over_window_sentence(order, None))
         if notes:
             plan = seal_plan(msgspec.structs.replace(plan, warnings=[*plan.warnings, *notes]))
         return plan
