@@ -160,13 +160,23 @@ def _close_backups(run: Run) -> None:
             run.backups.close()
 
 
-async def server_memory(client: aioredis.Redis) -> tuple[int, int] | None:
-    """INFO memory's ``used_memory`` and ``used_memory_dataset`` (None when refused)."""
+async def server_memory(
+    servers: aioredis.Redis | ClusterConnections,
+) -> tuple[int, int] | None:
+    """INFO memory's ``used_memory`` and ``used_memory_dataset`` (None when refused);
+    a cluster's: every primary's, added up."""
+    clients = (
+        list(servers.clients.values()) if isinstance(servers, ClusterConnections) else [servers]
+    )
+    used = dataset = 0
     try:
-        info = await client.info("memory")
-        return int(info["used_memory"]), int(info["used_memory_dataset"])
+        for client in clients:
+            info = await client.info("memory")
+            used += int(info["used_memory"])
+            dataset += int(info["used_memory_dataset"])
     except (rexc.RedisError, OSError, KeyError, ValueError):
         return None
+    return used, dataset
 
 
 def _best_effort(tick: ProgressCallback | None) -> ProgressCallback | None:
@@ -339,12 +349,12 @@ class AsyncMigrationExecutor:
                 )
                 await run.throttle.start()
                 run.preflight = checked
-                run.memory_before = await server_memory(client)
                 if cluster is not None:
                     run.cluster = cluster
                     run.wire = ClusterWire(cluster)
                 else:
                     run.wire.enabled = not await is_cluster(client)
+                run.memory_before = await server_memory(run.servers)
                 report: MigrationReport | None = None
                 failure: Exception | None = None
                 async with anyio.create_task_group() as watchers:
@@ -1074,7 +1084,7 @@ class AsyncMigrationExecutor:
         """The memory model's figure for the plan, and the server's memory measured
         before and after the run (not for a resumed run: its "before" is not the start)."""
         model = plan_memory(run.plan, batch_size=run.batch_size)
-        after = await server_memory(run.client)
+        after = await server_memory(run.servers)
         before = run.memory_before
         if run.resumed or before is None or after is None:
             return MemoryUse(model_change_bytes=model.change)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from redismigrate.aio.connection import AsyncRedisClient, connect
+from redismigrate.aio.deployment import primaries_of
 from redismigrate.aio.indexes import (
     IndexDescription,
     known_aliases,
@@ -12,7 +13,7 @@ from redismigrate.aio.indexes import (
     read_schema_and_stats,
     server_capabilities,
 )
-from redismigrate.aio.ledger import recall_unreported
+from redismigrate.aio.ledger import cluster_route, recall_unreported
 from redismigrate.aio.topology import describe_topology, refuse_partial_listing
 from redismigrate.capabilities import ServerCapabilities
 
@@ -56,9 +57,13 @@ class AsyncIndexInspector:
         """
         async with connect(redis_url, redis_client) as client:
             described = await read_schema_and_stats(client, index_name)
-            schema, unreported = await recall_unreported(
-                client, index_name, described.schema, described.unreported
-            )
+            async with primaries_of(client) as cluster:  # the ledger's key has its owner
+                schema, unreported = await recall_unreported(
+                    cluster_route(cluster) if cluster is not None else client,
+                    index_name,
+                    described.schema,
+                    described.unreported,
+                )
             return msgspec.structs.replace(described, schema=schema, unreported=unreported)
 
     async def capabilities(

@@ -24,7 +24,7 @@ from redismigrate.aio.indexes import (
     server_capabilities,
 )
 from redismigrate.aio.keyspace import Servers, hash_field_of_each, json_path_of_each
-from redismigrate.aio.ledger import recall_unreported
+from redismigrate.aio.ledger import cluster_route, recall_unreported
 from redismigrate.aio.preflight import Command, malformed_vectors, preflight, refuse_cluster
 from redismigrate.aio.topology import cluster_reply
 from redismigrate.cutover import ALIAS_THEN_DROP, DROP_THEN_ALIAS, cut_over_window_sentence
@@ -299,7 +299,10 @@ class AsyncMigrationPlanner:
         source = renamed(described.schema, index_name)
         # parameters the server does not report: the values an earlier run recorded
         source, unreported = await recall_unreported(
-            client, index_name, source, described.unreported
+            cluster_route(cluster) if cluster is not None else client,
+            index_name,
+            source,
+            described.unreported,
         )
         notes = target_schema_notes(target) if target is not None else []
         user_aliases, aliases_listed = await plan_aliases(client, index_name, physical, aliases)
