@@ -227,9 +227,7 @@ async def test_application_writes_during_apply_are_never_lost(
     aclient: aioredis.Redis, sync_client: redis.Redis, redis_url: str, ns: str, tmp_path: Path
 ) -> None:
     """test_safety's writer (updates, inserts, deletes all through the run) on this path."""
-    await test_safety.test_application_writes_during_apply_are_never_lost(
-        aclient, sync_client, redis_url, ns, tmp_path, 1
-    )
+    await test_safety.writes_during_apply(aclient, sync_client, redis_url, ns, tmp_path, 1, 15_000)
     manifest = read_manifest(next(tmp_path.glob("*.manifest.json")))
     assert manifest.nodes is not None
 

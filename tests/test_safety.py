@@ -146,7 +146,21 @@ async def test_application_writes_during_apply_are_never_lost(
     tmp_path: Path,
     workers: int,
 ) -> None:
-    docs = 40_000
+    await writes_during_apply(aclient, sync_client, redis_url, ns, tmp_path, workers, 40_000)
+
+
+async def writes_during_apply(
+    aclient: aioredis.Redis,
+    sync_client: redis.Redis,
+    redis_url: str,
+    ns: str,
+    tmp_path: Path,
+    workers: int,
+    docs: int,
+) -> None:
+    """An application updating, inserting and deleting through a whole apply of ``docs``
+    documents: every document ends as the float16 of its latest value, none deleted
+    comes back, none is missing."""
     prefix = f"{ns}:w:"
     schema = schema_for(f"{ns}_w", prefix)
     sync_client.execute_command(*ft_create_args(schema))
