@@ -25,7 +25,7 @@ import binascii
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from itertools import pairwise
+from itertools import count, pairwise
 from typing import Any, Literal
 
 from redismigrate.capabilities import parse_module_version
@@ -73,6 +73,17 @@ def key_slot(key: bytes | str) -> int:
     tag = hash_tag(raw)
     # binascii.crc_hqx with 0 as the start value is CRC16/XMODEM, the CRC Redis uses
     return binascii.crc_hqx(raw if tag is None else tag, 0) % SLOTS
+
+
+@lru_cache(maxsize=1024)
+def name_in_slot(slot: int, base: str) -> str:
+    """``<base>:{<n>}`` for the first ``n`` that hashes to ``slot``: a name of
+    redismigrate's own that a script may use beside a key of that slot."""
+    for n in count():
+        name = f"{base}:{{{n}}}"
+        if key_slot(name) == slot:
+            return name
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def tagged_key(index_name: str, *parts: str) -> str:
@@ -816,6 +827,7 @@ __all__ = [
     "key_served_by",
     "key_slot",
     "migrations_of",
+    "name_in_slot",
     "owner_of",
     "owner_table",
     "parse_cluster_nodes",

@@ -399,34 +399,53 @@ async def test_a_move_deletes_the_old_name_only_where_it_holds_what_was_dumped(
     assert client.exists(old)
     client.hset(old, "title", before[old][0][b"title"])
 
-    # through the step: the application writes one old name after its DUMP (here, at
-    # the crash point between the RESTOREs and the DELs): both names are kept (the
-    # write is not lost) and listed; the other documents move
+    # through the step, at the crash point between the RESTOREs and the DELs the
+    # application writes one old name, deletes another, and writes a third under both
+    # names: what it did wins (the written one moves as written, the deleted one is under
+    # neither name); the third is left under both names and listed
     pairs = [(k, docs.moved(k)) for k in docs.keys[:40]]
     written = docs.keys[PLAIN + BINARY + 3]  # hash-tagged: its slot holds others too
-    pairs.append((written, docs.moved(written)))
-    monkeypatch.setattr(
-        cluster_step,
-        "crash_point",
-        lambda _: docs.client_of(written).hset(written, "title", "the application's"),
-    )
+    removed, both = docs.keys[41], docs.keys[42]
+    pairs += [(k, docs.moved(k)) for k in (written, removed, both)]
+    ttl_before = docs.client_of(written).pttl(written)
+
+    def application(_: str) -> None:
+        docs.client_of(written).hset(written, "title", "the application's")
+        docs.client_of(removed).delete(removed)
+        docs.client_of(both).hset(both, "title", "old name")
+        docs.client_of(docs.moved(both)).hset(docs.moved(both), "title", "new name")
+
+    monkeypatch.setattr(cluster_step, "crash_point", application)
     async with connect_cluster(docs.url) as connections:
         wire = ClusterWire(connections)
         moves = await cluster_step.move_pairs(wire, pairs, None)
-        assert (moves.moved, moves.gone, moves.taken) == (40, 0, [])
-        assert moves.changed == [(written, docs.moved(written))]
-        assert docs.client_of(written).hget(written, "title") == b"the application's"
-        moved = docs.client_of(docs.moved(written)).hgetall(docs.moved(written))
-        assert moved == before[written][0]  # as it was dumped
+        assert (moves.moved, moves.gone, moves.taken, moves.deleted) == (41, 0, [], 1), moves
+        assert moves.rewritten == [(written, docs.moved(written))]
+        assert moves.changed == [(both, docs.moved(both))]
+        new_name = docs.moved(written)
+        assert not docs.client_of(written).exists(written)
+        moved = docs.client_of(new_name).hgetall(new_name)
+        assert moved == {**before[written][0], b"title": b"the application's"}
+        if ttl_before > 0:  # its TTL went with it
+            assert 0 < docs.client_of(new_name).pttl(new_name) <= ttl_before
+        else:
+            assert docs.client_of(new_name).pttl(new_name) == -1
+        assert not docs.client_of(removed).exists(removed)
+        assert not docs.client_of(docs.moved(removed)).exists(docs.moved(removed))
+        assert docs.client_of(both).hget(both, "title") == b"old name"
+        assert docs.client_of(docs.moved(both)).hget(docs.moved(both), "title") == b"new name"
         # moved already: again finds them gone; back, and the names are as they were
         monkeypatch.setattr(cluster_step, "crash_point", lambda _: None)
         assert (await cluster_step.move_pairs(wire, pairs[:40], None)).gone == 40
-        back = await cluster_step.move_pairs(wire, [(n, o) for o, n in pairs[:40]], None)
-        assert back.moved == 40
+        back = [(n, o) for o, n in [*pairs[:40], (written, new_name)]]
+        assert (await cluster_step.move_pairs(wire, back, None)).moved == 41
         await wire.close()
+    docs.client_of(docs.moved(both)).delete(docs.moved(both))
     after = docs.state()
     assert after.pop(written)[0][b"title"] == b"the application's"
-    del before[written]
+    assert after.pop(both)[0][b"title"] == b"old name"
+    for key in (written, removed, both):
+        del before[key]
     assert_same(before, after)
 
 

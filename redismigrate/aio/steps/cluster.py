@@ -59,11 +59,29 @@ from redismigrate.backup import (
     set_aside,
     write_manifest,
 )
-from redismigrate.cluster import ClusterChanged, key_slot, owner_table
+from redismigrate.cluster import ClusterChanged, key_slot, name_in_slot, owner_table
 from redismigrate.errors import BadInputError, RedisMigrateError
 from redismigrate.integrity import expected_backup_fields
 from redismigrate.plan import MigrationPlan, PrefixChange, now_iso, plan_hash, schema_hash
 
+SETTLE_ATTEMPTS = 5
+SPARE_NAME = "redismigrate:settle"
+# KEYS[1] a moved key's new name, KEYS[2] a spare name of its slot; ARGV[1] the payload
+# this run restored there. Where the new name still holds that copy (compared with the
+# payload restored again under the spare name: the server's own serialisation of it),
+# it gets ARGV[3] with TTL ARGV[2] (the document as the application left it), or is
+# deleted when ARGV[3] is empty (the application deleted the document); 0: it holds
+# something else, and nothing is written
+SETTLE_NEW_NAME = b"""redis.call('RESTORE', KEYS[2], 0, ARGV[1], 'REPLACE')
+local ours = redis.call('DUMP', KEYS[2])
+redis.call('DEL', KEYS[2])
+if redis.call('DUMP', KEYS[1]) ~= ours then return 0 end
+if ARGV[3] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('RESTORE', KEYS[1], ARGV[2], ARGV[3], 'REPLACE')
+end
+return 1"""
 # DEL of a moved key's old name where it still holds what was dumped; 0: it is gone,
 # -1: it holds something else (written since the DUMP)
 DELETE_IF_DUMPED = b"""local now = redis.call('DUMP', KEYS[1])
@@ -285,8 +303,12 @@ class Moves:
     finished: int = 0  # of ``moved``: restored by an earlier run cut short before its DEL
     # (old, new) where the new name holds another document: not moved
     taken: list[tuple[bytes, bytes]] = field(default_factory=list)
-    # (old, new) where the old name was written or deleted between its DUMP and its DEL:
-    # the new name holds the document as dumped, the old one what the application left
+    # (old, new) where the application wrote the old name between its DUMP and its DEL,
+    # and the new name got the document as it left it (counted in ``moved``)
+    rewritten: list[tuple[bytes, bytes]] = field(default_factory=list)
+    deleted: int = 0  # deleted by the application during their move: under neither name
+    # (old, new) left with both names: the application wrote the new name as well, or
+    # kept writing the old one; the new name holds an earlier copy
     changed: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     def add(self, other: Moves) -> None:
@@ -294,6 +316,8 @@ class Moves:
         self.gone += other.gone
         self.finished += other.finished
         self.taken += other.taken
+        self.rewritten += other.rewritten
+        self.deleted += other.deleted
         self.changed += other.changed
 
 
@@ -412,11 +436,71 @@ async def move_pairs(
         if deleted[n]:
             out.moved += 1
             out.finished += position in finishing
+            continue
+        found = dumped[position]
+        assert found is not None
+        old, new = pairs[position]
+        settled = await _settle(wire, old, new, found[0], capture)
+        if settled == "moved":
+            out.moved += 1
+            out.rewritten.append(pairs[position])
+        elif settled == "deleted":
+            out.deleted += 1
         else:
             out.changed.append(pairs[position])
-    if capture is not None and out.changed:
-        capture.suspect(key for pair in out.changed for key in pair)
+    if capture is not None and (out.changed or out.rewritten):
+        capture.suspect(key for pair in [*out.changed, *out.rewritten] for key in pair)
     return out
+
+
+async def _settle(
+    wire: ClusterWire,
+    old: bytes,
+    new: bytes,
+    restored: bytes,
+    capture: ChangeCapture | None,
+) -> str:
+    """A document the application wrote or deleted under ``old`` between its DUMP and
+    its DEL, while ``new`` holds the copy restored from that DUMP (``restored``): what
+    the application did wins. Deleted: ``new`` is deleted too (a deleted document never
+    comes back); written: ``new`` gets the document as it is now, and ``old`` is
+    deleted once it still holds that. Each write only where ``new`` still holds what
+    this run restored there. ``moved``, ``deleted``, or ``changed`` (the new name was
+    written as well, or the application kept writing: both names are left)."""
+    table = owner_table(wire.topology)
+    old_owner, new_owner = table[key_slot(old)] or "", table[key_slot(new)] or ""
+    old_client = wire.connections.client(old_owner)
+    new_client = wire.connections.client(new_owner)
+    spare = name_in_slot(key_slot(new), SPARE_NAME)
+    for _ in range(SETTLE_ATTEMPTS):
+        with wire.answers(old_owner):
+            async with old_client.pipeline(transaction=True) as pipe:
+                pipe.dump(old)
+                pipe.pttl(old)
+                payload, pttl = await pipe.execute()
+        now = b"" if payload is None else bytes(payload)  # empty: deleted by the application
+        if capture is not None:
+            capture.expect([(new, 1)])
+        with wire.answers(new_owner):
+            settled = await execute(
+                new_client, "EVAL", SETTLE_NEW_NAME, 2, new, spare, restored, _ttl(int(pttl)), now
+            )
+        if settled != 1:
+            if capture is not None:
+                capture.unexpect([(new, 1)])
+            return "changed"
+        if payload is None:
+            return "deleted"
+        restored = now
+        if capture is not None:
+            capture.expect([(old, 1)])
+        with wire.answers(old_owner):
+            gone = await execute(old_client, "EVAL", DELETE_IF_DUMPED, 1, old, restored)
+        if gone == 1:
+            return "moved"
+        if capture is not None:
+            capture.unexpect([(old, 1)])
+    return "changed"
 
 
 async def move(
@@ -460,7 +544,8 @@ async def move_keys(run: Run) -> Moves:
     async for frame in _frames(run.backups):
         moves = await move(run.wire, frame.keys, change, run.capture)
         total.add(moves)
-        run.skipped.update(new for _, new in moves.changed)
+        # written by the application while moving: the reconcile step looks at them again
+        run.skipped.update(new for _, new in [*moves.changed, *moves.rewritten])
         run.tick("key_renames", total.moved, run.documents or None)
     run.keys_renamed += total.moved
     run.timed("key_renames", started, total.moved)
