@@ -674,8 +674,7 @@ async def test_the_data_check_reads_every_primary(deployment: Deployment) -> Non
     # every 37th, and the first of each node's (the names are random: the hash alone may
     # leave a node out)
     bad = {k for n, k in enumerate(keys) if n % 37 == 0 and k not in missing} | {
-        next(k for k in keys if cluster.owner(k) == node and k not in missing)
-        for node in range(3)
+        next(k for k in keys if cluster.owner(k) == node and k not in missing) for node in range(3)
     }
     try:
         for key in keys:
