@@ -16,6 +16,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,15 @@ from redismigrate.report import ValidationResult, shard_count_error
 from redismigrate.server import EmbeddedRedis
 from tests.cluster import Cluster, running_cluster
 from tests.test_cli import cli
+
+PARALLEL = 4
+
+
+def at_once(runs: dict[Any, tuple[str, ...]]) -> dict[Any, subprocess.CompletedProcess[str]]:
+    """Each CLI run of ``runs`` (none of them may write), a few at a time."""
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        return dict(zip(runs, pool.map(lambda args: cli(*args), runs.values()), strict=True))
+
 
 DIM = 32
 DOCS = 3000
@@ -379,20 +389,23 @@ def test_plan_and_apply_are_refused_on_each_node(
 
     # its own index: the node holds it and a third of the documents (this once migrated
     # that third and said "succeeded"); another node's: FT.INFO answers MOVED
-    planned = {
-        which: cli(
+    # the four runs at once (each is refused before it writes anything)
+    runs = {
+        ("plan", which): (
             "plan", "-i", deployment.names[which], "--schema-patch", str(patch),
             "--plan-out", str(tmp_path / f"plan-{which}.yaml"), "--url", url,
         )
         for which in (own, other)
-    }  # fmt: skip
-    applied = {
-        which: cli(
+    } | {
+        ("apply", which): (
             "apply", "--plan", str(deployment.plans[which]),
             "--backup-dir", str(tmp_path / f"backup-{which}"), "--url", url,
         )
         for which in (own, other)
     }  # fmt: skip
+    done = at_once(runs)
+    planned = {which: done[("plan", which)] for which in (own, other)}
+    applied = {which: done[("apply", which)] for which in (own, other)}
 
     # nothing changed anywhere: every key, index and count of every node as it was
     assert snapshot(cluster) == deployment.before
@@ -415,28 +428,45 @@ def test_read_commands_on_each_node_say_cluster_never_a_raw_moved(
     own, other = deployment.names[node], deployment.names[(node + 1) % len(cluster.nodes)]
     own_plan, other_plan = deployment.plans[node], deployment.plans[(node + 1) % 3]
 
-    listed = cli("index", "list", "--url", url)
+    empty = tmp_path / "backup"
+    empty.mkdir()
+    # every command at once (none of them writes)
+    done = at_once(
+        {
+            "list": ("index", "list", "--url", url),
+            "own": ("index", "info", "-i", own, "--url", url),
+            "other": ("index", "info", "-i", other, "--url", url),
+            "rollback": ("rollback", "--backup-dir", str(empty), "--url", url),
+        }
+        | {
+            ("estimate", str(p)): ("estimate", "--plan", str(p), "--url", url)
+            for p in (own_plan, other_plan)
+        }
+        | {
+            ("validate", str(p)): ("validate", "--plan", str(p), "--url", url)
+            for p in (own_plan, other_plan)
+        }
+    )
+    listed = done["list"]
     assert_no_raw_redirect(listed)
     # one node's FT._LIST is one shard's: refused, naming every primary's own indexes
     line = assert_refused(listed, 2)
     assert "without the search coordinator: each primary has only its own indexes" in line
     assert all(name in line for name in deployment.names.values()), line
-    shown = cli("index", "info", "-i", own, "--url", url)
+    shown = done["own"]
     assert_no_raw_redirect(shown)
     assert shown.returncode == 0, _shown(shown)  # the node holds that index: it can be read
-    line = assert_refused(cli("index", "info", "-i", other, "--url", url), 2)
+    line = assert_refused(done["other"], 2)
     assert "answered MOVED" in line
 
     for plan in (own_plan, other_plan):
-        estimated = cli("estimate", "--plan", str(plan), "--url", url)
+        estimated = done[("estimate", str(plan))]
         assert_no_raw_redirect(estimated)
         assert "Redis Cluster" in estimated.stdout + estimated.stderr, _shown(estimated)
-        validated = cli("validate", "--plan", str(plan), "--url", url)
+        validated = done[("validate", str(plan))]
         assert_refused(validated, BLOCKED)  # one shard's index says nothing of the others
 
-    empty = tmp_path / "backup"
-    empty.mkdir()
-    assert_no_raw_redirect(cli("rollback", "--backup-dir", str(empty), "--url", url))
+    assert_no_raw_redirect(done["rollback"])
 
     assert snapshot(cluster) == deployment.before
 

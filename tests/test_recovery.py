@@ -80,19 +80,23 @@ def assert_reencoded_once(
         }
 
 
+KILLED_RUNS = [
+    ("during_backup:3", "float32", "float16"),
+    ("after_drop", "float32", "float16"),
+    ("dropped_unrecorded", "float32", "float16"),
+    ("during_reencode:4", "float32", "float16"),
+    ("before_create", "float32", "float16"),
+    ("during_reencode:4", "float16", "bfloat16"),
+    ("after_drop", "float16", "bfloat16"),
+]
+# with three workers, the points where the shards are being written or read
+SHARDED_KILLED_RUNS = [KILLED_RUNS[0], KILLED_RUNS[1], KILLED_RUNS[3]]
+
+
 @pytest.mark.parametrize(
-    ("crash_at", "source_type", "target_type"),
-    [
-        ("during_backup:3", "float32", "float16"),
-        ("after_drop", "float32", "float16"),
-        ("dropped_unrecorded", "float32", "float16"),
-        ("during_reencode:4", "float32", "float16"),
-        ("before_create", "float32", "float16"),
-        ("during_reencode:4", "float16", "bfloat16"),
-        ("after_drop", "float16", "bfloat16"),
-    ],
+    ("workers", "crash_at", "source_type", "target_type"),
+    [("1", *run) for run in KILLED_RUNS] + [("3", *run) for run in SHARDED_KILLED_RUNS],
 )
-@pytest.mark.parametrize("workers", ["1", "3"])
 def test_a_killed_apply_resumes_to_the_right_vectors(
     sync_client: redis.Redis,
     redis_url: str,
