@@ -18,7 +18,8 @@ BENCH_BASELINE = "eebc680"
 def tests(session: nox.Session) -> None:
     """The test suite against a real Redis with the search module (started for you)."""
     session.install("-e", ".[dev]")
-    session.run("pytest", *session.posargs)
+    # both cores: each worker takes whole test files and starts its own server
+    session.run("pytest", *(session.posargs or ["-n", "2", "--dist", "loadfile"]))
 
 
 @nox.session
